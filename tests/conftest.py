@@ -1,0 +1,83 @@
+"""Session fixtures: real pyramidal TIFFs written with tifffile, and the shared real data."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsizarr._demo import write_demo_annotations, write_demo_slide
+from wsizarr._slide import composite_on_white
+
+
+def _shared_data() -> Path:
+    candidates = [
+        os.environ.get("WSIZARR_SHARED_DATA"),
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        "/work/shared/data",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "SHA256SUMS").is_file():
+            return Path(candidate)
+    raise RuntimeError(
+        "the shared test data (../shared/data beside the repository) was not found; "
+        "set WSIZARR_SHARED_DATA to its path"
+    )
+
+
+SHARED = _shared_data()
+SLIDES = SHARED / "slides"
+ANNOTATIONS = SHARED / "annotations"
+
+
+@dataclass(frozen=True)
+class SlideCase:
+    name: str
+    slide: Path
+    annotations: Path
+
+
+@pytest.fixture(scope="session")
+def aperio_case(tmp_path_factory) -> SlideCase:
+    """Aperio-style SVS: JPEG tiles, downsample-4 levels, sizes that make them non-integer."""
+    folder = tmp_path_factory.mktemp("aperio")
+    slide = write_demo_slide(folder / "aperio.svs", width=4001, height=3003, n_glomeruli=8, seed=1)
+    return SlideCase("aperio", slide.path, write_demo_annotations(slide, folder / "aperio.xml"))
+
+
+@pytest.fixture(scope="session")
+def aperio_even_case(tmp_path_factory) -> SlideCase:
+    """Aperio-style SVS whose downsamples are exactly 1, 4, 16 (neighbourhood reads apply)."""
+    folder = tmp_path_factory.mktemp("aperio_even")
+    slide = write_demo_slide(folder / "even.svs", width=4096, height=3072, n_glomeruli=8, seed=2)
+    return SlideCase("aperio_even", slide.path, write_demo_annotations(slide, folder / "even.xml"))
+
+
+@pytest.fixture(scope="session")
+def generic_case(tmp_path_factory) -> SlideCase:
+    """Generic tiled pyramidal TIFF with downsample-2 levels."""
+    folder = tmp_path_factory.mktemp("generic")
+    slide = write_demo_slide(
+        folder / "generic.tif", width=3000, height=2000, levels=4, downsample=2,
+        aperio=False, n_glomeruli=6, seed=3,
+    )
+    return SlideCase("generic", slide.path, write_demo_annotations(slide, folder / "generic.xml"))
+
+
+@pytest.fixture(scope="session")
+def wsipacker_case() -> SlideCase:
+    return SlideCase(
+        "wsipacker", SLIDES / "wsipacker_example.tif", ANNOTATIONS / "wsipacker_example.xml"
+    )
+
+
+def read_like_openslide(slide_path: Path, x: int, y: int, level: int, size: int) -> np.ndarray:
+    """What a user gets from OpenSlide for a stored patch: read_region composited onto white."""
+    import openslide
+
+    with openslide.OpenSlide(slide_path) as slide:
+        rgba = np.asarray(slide.read_region((x, y), level, (size, size)))
+    return composite_on_white(rgba)

@@ -1,0 +1,93 @@
+"""The command line, through the installed ``wsizarr`` entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from wsizarr._cli import main
+
+from .conftest import SLIDES
+
+WSIZARR = shutil.which("wsizarr")
+
+
+def run(*args, cwd=None):
+    assert WSIZARR, "the wsizarr entry point is not installed; pip install -e '.[test]'"
+    return subprocess.run([WSIZARR, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wsizarr: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_demo_extract_and_info(tmp_path):
+    demo = run("demo", tmp_path / "demo", "--per-annotation", "5", "--patch-size", "128")
+    assert demo.returncode == 0, demo.stderr
+    assert "120 patches in" in demo.stdout and "patches/s" in demo.stdout
+    folder = tmp_path / "demo"
+    assert {p.name for p in folder.iterdir()} == {"demo.svs", "demo.xml", "demo.zarr"}
+    out = tmp_path / "cli.zarr"
+    result = run("extract", folder / "demo.svs", "--annotations", folder / "demo.xml", "--out", out,
+                 "--level", "1", "--patch-size", "64", "--per-annotation", "3", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("72 patches in")
+    info = run("info", out)
+    assert info.returncode == 0 and "[complete]" in info.stdout and "72 x 64x64x3" in info.stdout
+    data = json.loads(run("info", out, "--json").stdout)
+    assert data["n_patches"] == 72 and sum(data["per_label"].values()) == 72
+    assert data["parameters"]["seed"] == 5 and data["files"] <= 72 / 64 + 20
+    again = run("extract", folder / "demo.svs", "--annotations", folder / "demo.xml", "--out", out)
+    assert_one_line_error(again, str(out), "--overwrite")
+    replaced = run("extract", folder / "demo.svs", "--annotations", folder / "demo.xml", "--out", out,
+                   "--per-annotation", "1", "--overwrite")
+    assert replaced.returncode == 0 and "24 patches" in replaced.stdout
+
+
+@pytest.mark.parametrize(
+    ("slide", "annotations", "extra", "fragments"),
+    [
+        ("missing.svs", "{xml}", [], ["missing.svs", "slide not found"]),
+        (SLIDES / "histolab_kidney-48-5.tif", "{xml}", [], ["histolab_kidney-48-5.tif", "tiled pyramidal TIFF"]),
+        ("{svs}", "{bad}", [], ["bad.xml:1", "not well-formed XML"]),
+        ("{svs}", "nothere.xml", [], ["nothere.xml", "not found"]),
+        ("{svs}", "{xml}", ["--level", "9"], ["level 9 does not exist", "levels 0..1"]),
+        ("{svs}", "{xml}", ["--patch-size", "0"], ["patch size"]),
+    ],
+    ids=["missing-slide", "unsupported-slide", "malformed-xml", "missing-xml", "bad-level", "bad-patch-size"],
+)
+def test_errors_are_one_line_and_leave_no_store(tmp_path, aperio_case, slide, annotations, extra, fragments):
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<ASAP_Annotations><Annotations><Annotation")
+    small = tmp_path / "small.svs"
+    from wsizarr._demo import write_demo_annotations, write_demo_slide
+
+    written = write_demo_slide(small, width=1200, height=900, levels=2, n_glomeruli=2, glomerulus_px=100)
+    xml = write_demo_annotations(written, tmp_path / "small.xml")
+    fill = {"xml": xml, "svs": small, "bad": bad}
+    out = tmp_path / "out.zarr"
+    result = run("extract", str(slide).format(**fill), "--annotations", str(annotations).format(**fill),
+                 "--out", out, *extra)
+    assert_one_line_error(result, *fragments)
+    assert not out.exists()
+
+
+def test_info_on_missing_and_foreign_paths(tmp_path):
+    assert_one_line_error(run("info", tmp_path / "nope.zarr"), "nope.zarr", "store not found")
+    (tmp_path / "plain").mkdir()
+    assert_one_line_error(run("info", tmp_path / "plain"), "plain")
+
+
+def test_main_can_be_called_directly(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "none.zarr")]) == 1
+    assert "store not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["extract"])  # argparse usage error: exit code 2

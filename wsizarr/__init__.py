@@ -1,0 +1,45 @@
+"""wsizarr: annotation-driven patch extraction from whole-slide images into one Zarr v3 store."""
+
+from __future__ import annotations
+
+from ._annotations import Annotation, read_annotations
+from ._demo import DemoSlide, write_demo_annotations, write_demo_slide
+from ._errors import (
+    AnnotationError,
+    IncompleteStoreError,
+    ParameterError,
+    SlideError,
+    StoreError,
+    StoreExistsError,
+    WsizarrError,
+)
+from ._extract import ExtractionSummary, extract
+from ._loaders import open_dataset
+from ._sampling import PatchPlan, plan_jitter
+from ._slide import SlideInfo
+from ._store import SCHEMA_VERSION, store_info
+from ._version import __version__
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Annotation",
+    "AnnotationError",
+    "DemoSlide",
+    "ExtractionSummary",
+    "IncompleteStoreError",
+    "ParameterError",
+    "PatchPlan",
+    "SlideError",
+    "SlideInfo",
+    "StoreError",
+    "StoreExistsError",
+    "WsizarrError",
+    "__version__",
+    "extract",
+    "open_dataset",
+    "plan_jitter",
+    "read_annotations",
+    "store_info",
+    "write_demo_annotations",
+    "write_demo_slide",
+]

@@ -1,0 +1,125 @@
+"""The ``wsizarr`` command line: ``extract``, ``info`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._errors import WsizarrError
+
+__all__ = ["main"]
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total == 0:
+            return
+        width = 30
+        filled = width * done // total
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} patches")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _add_extract_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--level", type=int, default=0, help="pyramid level to read (default 0)")
+    parser.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (default 256)")
+    parser.add_argument("--per-annotation", type=int, default=30, help="patches per annotation (default 30)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the plan (default 0)")
+    parser.add_argument("--shard-size", type=int, default=256, help="patches per shard file (default 256)")
+    parser.add_argument("--codec", default="zstd", help="patch codec: zstd (default), blosc-lz4, none")
+    parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsizarr", description="Annotation-driven patch extraction from whole-slide images into Zarr v3."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    extract = commands.add_parser("extract", help="extract patches around annotations into a store")
+    extract.add_argument("slide", help="whole-slide image (any format OpenSlide reads)")
+    extract.add_argument("--annotations", required=True, help="annotation file (ASAP XML)")
+    extract.add_argument("--out", required=True, help="output Zarr store (a directory)")
+    _add_extract_options(extract)
+    mode = extract.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    mode.add_argument("--resume", action="store_true", help="finish an interrupted store")
+    info = commands.add_parser("info", help="describe a store")
+    info.add_argument("store")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    demo = commands.add_parser("demo", help="generate a synthetic slide with annotations and extract it")
+    demo.add_argument("dir", nargs="?", default="wsizarr-demo", help="output folder (default ./wsizarr-demo)")
+    _add_extract_options(demo)
+    return parser
+
+
+def _extract_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "level": args.level, "patch_size": args.patch_size, "per_annotation": args.per_annotation,
+        "seed": args.seed, "shard_size": args.shard_size, "codec": args.codec,
+        "workers": args.workers, "progress": _ProgressBar(),
+    }
+
+
+def _print_info(store: str, as_json: bool) -> None:
+    from ._store import store_info
+
+    info = store_info(store)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    state = "complete" if info["complete"] else f"INCOMPLETE ({info['shards_done']}/{info['n_shards']} shards; resume it)"
+    print(f"store       {info['store']}  [{state}]")
+    print(f"patches     {info['n_patches']} x {'x'.join(map(str, info['patch_shape']))} uint8")
+    print(f"chunks      {info['chunks']}  shards {info['shards']}  codec {info['codec']}")
+    print(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files")
+    print("per label   " + ", ".join(f"{k}: {v}" for k, v in info["per_label"].items()))
+    print("per slide   " + ", ".join(f"{k}: {v}" for k, v in info["per_slide"].items()))
+    print("parameters  " + ", ".join(f"{k}={v}" for k, v in info["parameters"].items()))
+    print(f"schema      {info['schema_version']} (wsizarr {info['wsizarr_version']})")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ._demo import write_demo_annotations, write_demo_slide
+    from ._extract import extract
+
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    slide = write_demo_slide(folder / "demo.svs")
+    annotations = write_demo_annotations(slide, folder / "demo.xml")
+    print(f"wrote {slide.path} ({slide.dimensions[0]}x{slide.dimensions[1]}) and {annotations}")
+    summary = extract(slide.path, annotations, folder / "demo.zarr", overwrite=True, **_extract_kwargs(args))
+    print(summary)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 success, 1 a user error, 130 interrupted)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "extract":
+            from ._extract import extract
+
+            print(extract(
+                args.slide, args.annotations, args.out,
+                overwrite=args.overwrite, resume=args.resume, **_extract_kwargs(args),
+            ))
+        elif args.command == "info":
+            _print_info(args.store, args.json)
+        else:
+            _demo(args)
+    except WsizarrError as exc:
+        print(f"wsizarr: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nwsizarr: interrupted; finish the store with --resume", file=sys.stderr)
+        return 130
+    return 0

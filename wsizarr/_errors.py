@@ -1,0 +1,41 @@
+"""The exception hierarchy: every error a user can cause is a ``WsizarrError``."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnnotationError",
+    "IncompleteStoreError",
+    "ParameterError",
+    "SlideError",
+    "StoreError",
+    "StoreExistsError",
+    "WsizarrError",
+]
+
+
+class WsizarrError(Exception):
+    """Base of every error wsizarr raises on bad input; its message names the file and the fix."""
+
+
+class ParameterError(WsizarrError, ValueError):
+    """An invalid parameter (a level that does not exist, a negative patch size, ...)."""
+
+
+class AnnotationError(WsizarrError, ValueError):
+    """An annotation file that is missing, malformed, hostile or inconsistent."""
+
+
+class SlideError(WsizarrError, OSError):
+    """A slide that is missing or that OpenSlide cannot open or read."""
+
+
+class StoreError(WsizarrError, OSError):
+    """A patch store that cannot be created, resumed or opened."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """The output store exists and neither overwrite nor resume was asked for."""
+
+
+class IncompleteStoreError(StoreError):
+    """The store was not finished (a crash or an interrupted run): resume the extraction."""

@@ -1,0 +1,35 @@
+"""Reading a finished store back: an ``xarray.Dataset`` with labels decoded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._store import open_store, store_metadata
+
+if TYPE_CHECKING:
+    import xarray
+
+__all__ = ["open_dataset"]
+
+
+def open_dataset(store: str | Path) -> xarray.Dataset:
+    """Open a complete store as an ``xarray.Dataset`` (lazy, dask-free).
+
+    ``patches`` has dims ``(patch, row, column, channel)``; ``x``, ``y``, ``level``,
+    ``annotation_id``, ``slide`` and ``label`` are coordinates along ``patch``. ``label`` holds
+    the label names ("" for unlabelled) and ``label_code`` the stored integer codes.
+    Raises ``IncompleteStoreError`` for a store whose extraction did not finish.
+    """
+    import xarray as xr
+
+    group = open_store(store)
+    label_names = np.array([*store_metadata(group)["label_names"], ""], dtype=str)
+    dataset = xr.open_zarr(Path(store), consolidated=True, chunks=None, zarr_format=3)
+    codes = dataset["label"].values
+    return dataset.assign_coords(
+        label=("patch", label_names[codes]),  # code -1 picks the trailing ""
+        label_code=("patch", codes),
+    )

@@ -1,0 +1,137 @@
+"""Slides: geometry from OpenSlide and RGB region reads composited onto white."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openslide
+
+from ._errors import ParameterError, SlideError
+
+__all__ = ["SlideInfo", "level0_from_level_px", "open_slide", "read_rgb", "slide_info"]
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """Geometry and provenance of one slide, as OpenSlide reports it.
+
+    ``level_downsamples`` are the slide's real factors (Aperio levels are ~4, e.g. 4.00009,
+    never assumed to be ``2**level``); ``mpp`` is level-0 microns per pixel ``(x, y)`` or None.
+    """
+
+    path: str
+    vendor: str | None
+    dimensions: tuple[int, int]
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: tuple[float, float] | None
+    objective_power: float | None
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def check_level(self, level: int) -> None:
+        """Raise ``ParameterError`` unless ``level`` is one of the slide's levels."""
+        if not 0 <= level < self.level_count:
+            raise ParameterError(
+                f"{self.path}: level {level} does not exist; this slide has levels "
+                f"0..{self.level_count - 1} (downsamples "
+                f"{', '.join(f'{d:g}' for d in self.level_downsamples)})"
+            )
+
+    def to_attrs(self) -> dict[str, Any]:
+        """A JSON-ready dict of this record."""
+        attrs = asdict(self)
+        attrs["dimensions"] = list(self.dimensions)
+        attrs["level_dimensions"] = [list(d) for d in self.level_dimensions]
+        attrs["level_downsamples"] = list(self.level_downsamples)
+        attrs["mpp"] = None if self.mpp is None else list(self.mpp)
+        return attrs
+
+
+def open_slide(path: str | Path) -> openslide.OpenSlide:
+    """Open a slide with OpenSlide; ``SlideError`` names the file and the fix on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: slide not found; check the path")
+    try:
+        return openslide.OpenSlide(path)
+    except openslide.OpenSlideUnsupportedFormatError:
+        raise SlideError(
+            f"{path}: OpenSlide does not recognise this file as a whole-slide image; "
+            "convert it to a tiled pyramidal TIFF (e.g. `vips tiffsave IN OUT --tile --pyramid`)"
+        ) from None
+    except openslide.OpenSlideError as exc:
+        raise SlideError(
+            f"{path}: OpenSlide cannot read this slide ({exc}); the file may be corrupt or "
+            "truncated, copy it again"
+        ) from None
+
+
+def _float_property(slide: openslide.OpenSlide, key: str) -> float | None:
+    try:
+        value = float(slide.properties[key])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def slide_info(slide: openslide.OpenSlide, path: str | Path) -> SlideInfo:
+    """The ``SlideInfo`` of an open slide."""
+    mpp_x = _float_property(slide, openslide.PROPERTY_NAME_MPP_X)
+    mpp_y = _float_property(slide, openslide.PROPERTY_NAME_MPP_Y)
+    return SlideInfo(
+        path=str(Path(path).resolve()),
+        vendor=slide.properties.get(openslide.PROPERTY_NAME_VENDOR),
+        dimensions=tuple(slide.dimensions),
+        level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),
+        level_downsamples=tuple(float(d) for d in slide.level_downsamples),
+        mpp=None if mpp_x is None or mpp_y is None else (mpp_x, mpp_y),
+        objective_power=_float_property(slide, openslide.PROPERTY_NAME_OBJECTIVE_POWER),
+    )
+
+
+def level0_from_level_px(level_px: np.ndarray, downsample: float) -> np.ndarray:
+    """Level-0 coordinates (int64) that OpenSlide maps onto the given level pixel positions.
+
+    OpenSlide reads level ``L`` at ``floor(x0 / downsample)``; the smallest integer ``x0`` with
+    that floor equal to ``level_px`` puts every read on the level's pixel grid, which makes crops
+    of a large read identical to reads of the crops themselves.
+    """
+    level_px = np.asarray(level_px, dtype=np.int64)
+    level0 = np.ceil(level_px * downsample - 1e-7).astype(np.int64)
+    level0 += np.floor(level0 / downsample).astype(np.int64) < level_px
+    return level0
+
+
+def read_rgb(
+    slide: openslide.OpenSlide, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
+) -> np.ndarray:
+    """Read a ``(height, width, 3)`` uint8 region, transparent pixels composited onto white.
+
+    ``level0_xy`` is the top-left corner in level-0 pixels and ``size`` is ``(width, height)``
+    in pixels of ``level``. Pixels outside the slide or its scanned area come back white.
+    """
+    try:
+        rgba = np.asarray(slide.read_region(level0_xy, level, size))
+    except openslide.OpenSlideError as exc:
+        raise SlideError(
+            f"reading {size[0]}x{size[1]} px at level {level}, level-0 {level0_xy} failed "
+            f"({exc}); the slide file may be corrupt"
+        ) from None
+    return composite_on_white(rgba)
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """RGB of a straight-alpha RGBA array composited onto white, rounding to nearest."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:  # the common case: fully inside the scanned area
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha[..., None].astype(np.uint32)
+    rgb = (rgba[..., :3].astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
+    return rgb.astype(np.uint8)

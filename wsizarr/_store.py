@@ -1,0 +1,249 @@
+"""The Zarr v3 patch store: its schema, and how it is created, filled, resumed and opened.
+
+Layout (schema version 1), all arrays along the ``patch`` dimension of length N:
+
+* ``patches``  ``(N, H, W, 3)`` uint8, dims ``(patch, row, column, channel)``, one patch per
+  chunk, ``shard_size`` patches per shard, a standard lossless codec by default.
+* ``x``, ``y`` int64 level-0 top-left; ``level`` int32; ``annotation_id`` int64; ``label`` int32
+  (names in its ``label_names`` attribute, -1 unlabelled); ``slide`` int32 (index into the slide
+  table).
+* group attribute ``wsizarr``: schema version, package version, parameters, slide table, label
+  names, ``complete`` (false until every shard is written).
+
+While an extraction runs, ``_shards_done`` (one uint8 chunk per shard) records finished shards;
+it is removed once the store is complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+
+from ._errors import IncompleteStoreError, ParameterError, StoreError, StoreExistsError
+
+__all__ = [
+    "CODECS",
+    "COORDINATE_ARRAYS",
+    "PATCH_DIMS",
+    "SCHEMA_VERSION",
+    "create_store",
+    "disk_usage",
+    "done_shards",
+    "finalize_store",
+    "open_store",
+    "open_for_resume",
+    "store_info",
+    "store_metadata",
+    "write_shard",
+]
+
+SCHEMA_VERSION = 1
+PATCH_DIMS = ("patch", "row", "column", "channel")
+COORDINATE_ARRAYS: dict[str, str] = {
+    "x": "int64", "y": "int64", "level": "int32",
+    "annotation_id": "int64", "label": "int32", "slide": "int32",
+}
+CODECS = {
+    "zstd": lambda: ZstdCodec(level=3),
+    "blosc-lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle),
+    "none": lambda: None,
+}
+_DONE = "_shards_done"
+_ATTRS = "wsizarr"
+_COORD_CHUNK = 1 << 16
+
+
+def _metadata(group: zarr.Group) -> dict[str, Any]:
+    metadata = group.attrs.get(_ATTRS)
+    if not isinstance(metadata, dict):
+        raise StoreError(f"{group.store}: not a wsizarr store (no '{_ATTRS}' attributes)")
+    return metadata
+
+
+def create_store(
+    path: str | Path,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    patch_size: int,
+    shard_size: int,
+    codec: str,
+    metadata: Mapping[str, Any],
+    label_names: list[str],
+    overwrite: bool = False,
+) -> zarr.Group:
+    """Create an empty, incomplete store for N patches and write its 1-D arrays.
+
+    ``arrays`` holds every name of ``COORDINATE_ARRAYS`` with length N. Raises
+    ``StoreExistsError`` when ``path`` exists and ``overwrite`` is false.
+    """
+    if codec not in CODECS:
+        raise ParameterError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    if shard_size < 1:
+        raise ParameterError(f"shard size must be at least 1 patch, got {shard_size}")
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise StoreExistsError(
+                f"{path}: already exists; pass --overwrite to replace it or --resume to finish it"
+            )
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    n = len(arrays["x"])
+    n_shards = -(-n // shard_size)
+    try:
+        group = zarr.create_group(zarr.storage.LocalStore(path), zarr_format=3)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the store ({exc.strerror}); check the path") from None
+    group.attrs[_ATTRS] = {
+        **metadata, "schema_version": SCHEMA_VERSION, "complete": False,
+        "n_patches": n, "shard_size": shard_size, "codec": codec, "label_names": label_names,
+    }
+    compressor = CODECS[codec]()
+    group.create_array(
+        "patches",
+        shape=(n, patch_size, patch_size, 3),
+        dtype="uint8",
+        chunks=(1, patch_size, patch_size, 3),
+        shards=(shard_size, patch_size, patch_size, 3),
+        compressors=() if compressor is None else compressor,
+        fill_value=255,
+        dimension_names=PATCH_DIMS,
+        config={"write_empty_chunks": True},
+        attributes={"coordinates": " ".join(COORDINATE_ARRAYS)},
+    )
+    for name, dtype in COORDINATE_ARRAYS.items():
+        values = np.asarray(arrays[name]).astype(dtype, copy=False)
+        attributes = {"label_names": label_names} if name == "label" else {}
+        array = group.create_array(
+            name, shape=(n,), dtype=dtype, chunks=(max(1, min(n, _COORD_CHUNK)),),
+            fill_value=-1, dimension_names=("patch",), attributes=attributes,
+        )
+        array[:] = values
+    group.create_array(
+        _DONE, shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
+        dimension_names=("shard",), config={"write_empty_chunks": True},
+    )
+    return group
+
+
+def open_store(path: str | Path, *, require_complete: bool = True) -> zarr.Group:
+    """Open a wsizarr store read-only.
+
+    Raises ``StoreError`` when it is missing or not a wsizarr store, and
+    ``IncompleteStoreError`` when ``require_complete`` and the extraction did not finish.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: store not found; check the path")
+    try:
+        group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r", zarr_format=3)
+    except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
+        raise StoreError(f"{path}: not a Zarr v3 group ({exc}); is this a wsizarr store?") from None
+    metadata = _metadata(group)
+    if metadata.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {metadata.get('schema_version')} is not supported by this "
+            f"wsizarr (schema {SCHEMA_VERSION}); upgrade wsizarr"
+        )
+    if require_complete and not metadata.get("complete"):
+        raise IncompleteStoreError(
+            f"{path}: the extraction did not finish ({int(done_shards(group).sum())} of "
+            f"{len(done_shards(group))} shards written); run the same extract command with --resume"
+        )
+    return group
+
+
+def open_for_resume(path: str | Path) -> zarr.Group:
+    """Open an existing store for writing the shards it lacks."""
+    open_store(path, require_complete=False)
+    return zarr.open_group(zarr.storage.LocalStore(Path(path)), mode="r+", zarr_format=3)
+
+
+def store_metadata(group: zarr.Group) -> dict[str, Any]:
+    """The store's ``wsizarr`` attributes."""
+    return _metadata(group)
+
+
+def done_shards(group: zarr.Group) -> np.ndarray:
+    """A boolean array, one entry per shard: True where the shard is fully written."""
+    metadata = _metadata(group)
+    n_shards = -(-metadata["n_patches"] // metadata["shard_size"])
+    if metadata.get("complete"):
+        return np.ones(n_shards, bool)
+    return np.asarray(group[_DONE][:], dtype=bool)
+
+
+def write_shard(group: zarr.Group, shard_index: int, pixels: np.ndarray) -> None:
+    """Write one whole shard of patches, then mark it done (the order makes crashes safe)."""
+    shard_size = _metadata(group)["shard_size"]
+    start = shard_index * shard_size
+    group["patches"][start : start + len(pixels)] = pixels
+    group[_DONE][shard_index] = 1
+
+
+def finalize_store(group: zarr.Group) -> None:
+    """Mark the store complete once every shard is written; ``IncompleteStoreError`` otherwise."""
+    done = done_shards(group)
+    if not done.all():
+        raise IncompleteStoreError(
+            f"{group.store}: {int((~done).sum())} shards are missing; resume the extraction"
+        )
+    metadata = _metadata(group)
+    group.attrs[_ATTRS] = {**metadata, "complete": True}
+    if _DONE in group:
+        del group[_DONE]
+    with warnings.catch_warnings():
+        # consolidated metadata is a zarr-python extension; other readers simply ignore it
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(group.store)
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """A summary of a store, complete or not: counts per label and slide, shapes, bytes, parameters."""
+    path = Path(path)
+    group = open_store(path, require_complete=False)
+    metadata = _metadata(group)
+    patches = group["patches"]
+    done = done_shards(group)
+    n_bytes, n_files = disk_usage(path)
+    label_names = metadata.get("label_names", [])
+    labels = np.asarray(group["label"][:])
+    slides = np.asarray(group["slide"][:])
+    codes, counts = np.unique(labels, return_counts=True)
+    slide_codes, slide_counts = np.unique(slides, return_counts=True)
+    return {
+        "store": str(path),
+        "complete": bool(metadata.get("complete")),
+        "shards_done": int(done.sum()),
+        "n_shards": len(done),
+        "n_patches": int(patches.shape[0]),
+        "patch_shape": list(patches.shape[1:]),
+        "chunks": list(patches.chunks),
+        "shards": list(patches.shards or patches.chunks),
+        "codec": metadata.get("codec"),
+        "bytes_on_disk": n_bytes,
+        "files": n_files,
+        "per_label": {
+            ("(unlabelled)" if code < 0 else label_names[code]): int(count)
+            for code, count in zip(codes.tolist(), counts.tolist())
+        },
+        "per_slide": {
+            metadata["slides"][code]["path"]: int(count)
+            for code, count in zip(slide_codes.tolist(), slide_counts.tolist())
+        },
+        "parameters": metadata.get("parameters", {}),
+        "wsizarr_version": metadata.get("wsizarr_version"),
+        "schema_version": metadata.get("schema_version"),
+    }
+
+
+def disk_usage(path: str | Path) -> tuple[int, int]:
+    """Bytes and number of files of a store on local disk."""
+    sizes = [f.stat().st_size for f in Path(path).rglob("*") if f.is_file()]
+    return sum(sizes), len(sizes)
