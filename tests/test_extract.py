@@ -211,3 +211,14 @@ def test_records_instead_of_a_file(tmp_path, wsipacker_case):
     summary = extract(wsipacker_case.slide, records, tmp_path / "r.zarr", patch_size=64, per_annotation=4)
     assert summary.n_patches == 4
     assert open_dataset(tmp_path / "r.zarr").label.values.tolist() == [""] * 4
+
+
+@pytest.mark.parametrize("codec", sorted(wsizarr._store.CODECS))
+def test_every_codec_writes_shards_zarr_reads(tmp_path, aperio_even_case, codec):
+    kwargs = dict(level=1, patch_size=48, per_annotation=5, shard_size=16, seed=2)
+    store = tmp_path / f"{codec}.zarr"
+    extract(aperio_even_case.slide, aperio_even_case.annotations, store, codec=codec, **kwargs)
+    group = zarr.open_group(store, mode="r")
+    assert group.attrs["wsizarr"]["codec"] == codec
+    _assert_pixel_exact(store, aperio_even_case.slide, 48)
+    assert len(list((store / "patches").rglob("c/*/0/0/0"))) == 3  # 40 patches, 16 a shard

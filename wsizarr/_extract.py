@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import openslide
 
 from ._annotations import Annotation, read_annotations
-from ._errors import ParameterError, StoreError, StoreExistsError
+from ._errors import ParameterError, SlideError, StoreError, StoreExistsError
 from ._sampling import PatchPlan, label_codes, plan_jitter
-from ._slide import SlideInfo, open_slide, read_rgb, slide_info
+from ._slide import SlideInfo, composite_on_white, open_slide, read_rgba, slide_info
 from ._store import (
     create_store, disk_usage, done_shards, finalize_store, open_for_resume, store_metadata, write_shard,
 )
@@ -97,27 +98,37 @@ def read_shard_pixels(
     group_keys = plan.annotation_id[sl] * 1024 + levels  # one neighbourhood per annotation and level
     slide = open_slide(slide_path)
     try:
-        for start, stop in _runs(group_keys):
-            level = int(levels[start])
-            downsample = info.level_downsamples[level]
-            whole = float(downsample).is_integer()
-            if whole:
-                step = int(downsample)
-                px, py = xs[start:stop] // step, ys[start:stop] // step
-                x0, y0 = int(px.min()), int(py.min())
-                width = int(px.max()) - x0 + patch_size
-                height = int(py.max()) - y0 + patch_size
-            if whole and stop - start > 1 and width * height <= _MAX_REGION_PX:
-                region = read_rgb(slide, (x0 * step, y0 * step), level, (width, height))
-                for i in range(start, stop):
-                    dx, dy = int(px[i - start]) - x0, int(py[i - start]) - y0
-                    out[i] = region[dy : dy + patch_size, dx : dx + patch_size]
-            else:
-                for i in range(start, stop):
-                    out[i] = read_rgb(slide, (int(xs[i]), int(ys[i])), level, (patch_size, patch_size))
+        _read_runs(slide, info, xs, ys, levels, group_keys, patch_size, out)
+    except SlideError as exc:
+        raise SlideError(f"{slide_path}: {exc}") from None
     finally:
         slide.close()
     return out
+
+
+def _read_runs(
+    slide: openslide.OpenSlide, info: SlideInfo, xs: np.ndarray, ys: np.ndarray,
+    levels: np.ndarray, group_keys: np.ndarray, patch_size: int, out: np.ndarray,
+) -> None:
+    for start, stop in _runs(group_keys):
+        level = int(levels[start])
+        downsample = info.level_downsamples[level]
+        whole = float(downsample).is_integer()
+        if whole:
+            step = int(downsample)
+            px, py = xs[start:stop] // step, ys[start:stop] // step
+            x0, y0 = int(px.min()), int(py.min())
+            width = int(px.max()) - x0 + patch_size
+            height = int(py.max()) - y0 + patch_size
+        if whole and stop - start > 1 and width * height <= _MAX_REGION_PX:
+            region = read_rgba(slide, (x0 * step, y0 * step), level, (width, height))
+            for i in range(start, stop):
+                dx, dy = int(px[i - start]) - x0, int(py[i - start]) - y0
+                composite_on_white(region[dy : dy + patch_size, dx : dx + patch_size], out[i])
+        else:
+            for i in range(start, stop):
+                rgba = read_rgba(slide, (int(xs[i]), int(ys[i])), level, (patch_size, patch_size))
+                composite_on_white(rgba, out[i])
 
 
 def _plan_digest(plan: PatchPlan) -> str:

@@ -12,7 +12,10 @@ import openslide
 
 from ._errors import ParameterError, SlideError
 
-__all__ = ["SlideInfo", "level0_from_level_px", "open_slide", "read_rgb", "slide_info"]
+__all__ = [
+    "SlideInfo", "composite_on_white", "level0_from_level_px", "open_slide", "read_rgb",
+    "read_rgba", "slide_info",
+]
 
 
 @dataclass(frozen=True)
@@ -109,29 +112,45 @@ def level0_from_level_px(level_px: np.ndarray, downsample: float) -> np.ndarray:
     return level0
 
 
-def read_rgb(
+def read_rgba(
     slide: openslide.OpenSlide, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
 ) -> np.ndarray:
-    """Read a ``(height, width, 3)`` uint8 region, transparent pixels composited onto white.
+    """OpenSlide's ``(height, width, 4)`` uint8 straight-alpha RGBA region, errors mapped.
 
     ``level0_xy`` is the top-left corner in level-0 pixels and ``size`` is ``(width, height)``
-    in pixels of ``level``. Pixels outside the slide or its scanned area come back white.
+    in pixels of ``level``.
     """
     try:
-        rgba = np.asarray(slide.read_region(level0_xy, level, size))
+        return np.asarray(slide.read_region(level0_xy, level, size))
     except openslide.OpenSlideError as exc:
         raise SlideError(
             f"reading {size[0]}x{size[1]} px at level {level}, level-0 {level0_xy} failed "
             f"({exc}); the slide file may be corrupt"
         ) from None
-    return composite_on_white(rgba)
 
 
-def composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """RGB of a straight-alpha RGBA array composited onto white, rounding to nearest."""
+def read_rgb(
+    slide: openslide.OpenSlide, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
+) -> np.ndarray:
+    """Read a ``(height, width, 3)`` uint8 region, transparent pixels composited onto white.
+
+    Pixels outside the slide or its scanned area come back white, never black.
+    """
+    return composite_on_white(read_rgba(slide, level0_xy, level, size))
+
+
+def composite_on_white(rgba: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB of a straight-alpha RGBA array composited onto white, rounding to nearest.
+
+    Writes into ``out`` (same height and width, 3 channels, uint8) when given, which saves a
+    copy; returns the RGB array.
+    """
+    if out is None:
+        out = np.empty((*rgba.shape[:-1], 3), np.uint8)
     alpha = rgba[..., 3]
     if alpha.min() == 255:  # the common case: fully inside the scanned area
-        return np.ascontiguousarray(rgba[..., :3])
+        out[...] = rgba[..., :3]
+        return out
     a = alpha[..., None].astype(np.uint32)
-    rgb = (rgba[..., :3].astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
-    return rgb.astype(np.uint8)
+    out[...] = (rgba[..., :3].astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
+    return out

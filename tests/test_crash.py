@@ -1,0 +1,68 @@
+"""Crash safety: SIGKILL a running extraction, resume it, get the identical store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from wsizarr import IncompleteStoreError, open_dataset, store_info
+
+from .test_cli import WSIZARR, run
+
+ARRAYS = ("patches", "x", "y", "level", "annotation_id", "label", "slide")
+
+
+def _extract_args(case, out, *extra):
+    return [
+        "extract", case.slide, "--annotations", case.annotations, "--out", out, "--level", "0",
+        "--patch-size", "128", "--per-annotation", "100", "--shard-size", "8", "--seed", "11", *extra,
+    ]
+
+
+def test_sigkill_then_resume_gives_the_identical_store(tmp_path, aperio_even_case):
+    reference = tmp_path / "reference.zarr"
+    assert run(*_extract_args(aperio_even_case, reference)).returncode == 0
+    crashed = tmp_path / "crashed.zarr"
+    process = subprocess.Popen(
+        [WSIZARR, *map(str, _extract_args(aperio_even_case, crashed, "--workers", "1"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    markers = crashed / "_shards_done" / "c"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if markers.is_dir() and sum(1 for _ in markers.iterdir()) >= 3:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the extraction finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    info = store_info(crashed)
+    assert info["complete"] is False and 3 <= info["shards_done"] < info["n_shards"] == 100
+    assert "INCOMPLETE" in run("info", crashed).stdout
+    with pytest.raises(IncompleteStoreError):
+        open_dataset(crashed)
+    done_before = info["shards_done"]
+    done = [int(marker.name) for marker in markers.iterdir()]
+    assert len(done) == done_before
+
+    def shard_file(i):
+        return crashed / "patches" / "c" / str(i) / "0" / "0" / "0"
+
+    mtimes = {i: shard_file(i).stat().st_mtime_ns for i in done}
+
+    resumed = run(*_extract_args(aperio_even_case, crashed, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({100 - done_before} of 100 shards written)" in resumed.stdout
+    a, b = zarr.open_group(reference, mode="r"), zarr.open_group(crashed, mode="r")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+    assert a.attrs["wsizarr"] == b.attrs["wsizarr"]
+    assert {i: shard_file(i).stat().st_mtime_ns for i in done} == mtimes  # not redone
+    assert len(open_dataset(crashed).patch) == 800
