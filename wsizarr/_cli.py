@@ -36,7 +36,11 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-annotation", type=int, default=30, help="patches per annotation (default 30)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the plan (default 0)")
     parser.add_argument("--shard-size", type=int, default=256, help="patches per shard file (default 256)")
-    parser.add_argument("--codec", default="zstd", help="patch codec: zstd (default), blosc-lz4, none")
+    parser.add_argument(
+        "--codec", default="zstd",
+        help="patch codec: zstd (default, lossless), blosc-lz4 (lossless, fastest), none, "
+        "jpegxl (lossless, smallest; needs imagecodecs), jpeg (lossy q90; needs imagecodecs)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
 
 

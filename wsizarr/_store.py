@@ -28,7 +28,7 @@ import numcodecs
 import numcodecs.abc
 import numpy as np
 import zarr
-from zarr.abc.codec import BytesBytesCodec
+from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -62,12 +62,38 @@ COORDINATE_ARRAYS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class _Codec:
-    """A patch codec: the zarr codec declared in the metadata, and the encoder that writes it."""
+    """A patch codec: what the metadata declares, and the encoder that writes each patch."""
 
-    zarr_codec: Callable[[], BytesBytesCodec | None]
+    compressor: Callable[[], BytesBytesCodec | None]
     encoder: Callable[[], numcodecs.abc.Codec | None]
+    serializer: Callable[[], ArrayBytesCodec] | None = None  # None: zarr's core "bytes"
+    lossless: bool = True
+    requires: tuple[str, ...] = ()  # packages a reader needs besides zarr
 
 
+def _jpeg_serializer() -> ArrayBytesCodec:
+    from ._codecs import ImagecodecsJpeg
+
+    return ImagecodecsJpeg(level=_JPEG_QUALITY)
+
+
+def _jpegxl_serializer() -> ArrayBytesCodec:
+    from ._codecs import ImagecodecsJpegXL
+
+    return ImagecodecsJpegXL(lossless=True, effort=1)
+
+
+def _image_encoder(name: str, **config: Any) -> Callable[[], numcodecs.abc.Codec]:
+    def make() -> numcodecs.abc.Codec:
+        from ._codecs import imagecodecs_codec
+
+        return imagecodecs_codec(name, **config)
+
+    return make
+
+
+_JPEG_QUALITY = 90
+_IMAGE_REQUIRES = ("wsizarr[codecs]", "imagecodecs")
 CODECS: dict[str, _Codec] = {
     "zstd": _Codec(lambda: ZstdCodec(level=3), lambda: numcodecs.Zstd(level=3)),
     "blosc-lz4": _Codec(
@@ -75,6 +101,14 @@ CODECS: dict[str, _Codec] = {
         lambda: numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
     ),
     "none": _Codec(lambda: None, lambda: None),
+    "jpegxl": _Codec(
+        lambda: None, _image_encoder("Jpegxl", lossless=True, effort=1),
+        serializer=_jpegxl_serializer, requires=_IMAGE_REQUIRES,
+    ),
+    "jpeg": _Codec(
+        lambda: None, _image_encoder("Jpeg", level=_JPEG_QUALITY),
+        serializer=_jpeg_serializer, lossless=False, requires=_IMAGE_REQUIRES,
+    ),
 }
 _MAX_UINT64 = np.uint64(2**64 - 1)
 
@@ -110,6 +144,8 @@ def create_store(
         raise ParameterError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     if shard_size < 1:
         raise ParameterError(f"shard size must be at least 1 patch, got {shard_size}")
+    spec = CODECS[codec]
+    spec.encoder()  # fails now, with the fix, when an optional codec is not installed
     path = Path(path)
     if path.exists():
         if not overwrite:
@@ -126,14 +162,16 @@ def create_store(
     group.attrs[_ATTRS] = {
         **metadata, "schema_version": SCHEMA_VERSION, "complete": False,
         "n_patches": n, "shard_size": shard_size, "codec": codec, "label_names": label_names,
+        "codec_lossless": spec.lossless, "requires": list(spec.requires),
     }
-    compressor = CODECS[codec].zarr_codec()
+    compressor = spec.compressor()
     group.create_array(
         "patches",
         shape=(n, patch_size, patch_size, 3),
         dtype="uint8",
         chunks=(1, patch_size, patch_size, 3),
         shards=(shard_size, patch_size, patch_size, 3),
+        serializer="auto" if spec.serializer is None else spec.serializer(),
         compressors=() if compressor is None else compressor,
         fill_value=255,
         dimension_names=PATCH_DIMS,
