@@ -84,7 +84,8 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
     assert codecs[0]["name"] == "sharding_indexed"
     assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes", "zstd"]
     for name, dtype in [("x", "int64"), ("y", "int64"), ("level", "int32"),
-                        ("annotation_id", "int64"), ("label", "int32"), ("slide", "int32")]:
+                        ("annotation_id", "int64"), ("label", "int32"), ("slide", "int32"),
+                        ("padded", "bool")]:
         assert group[name].shape == (240,) and group[name].dtype == np.dtype(dtype)
         assert group[name].metadata.dimension_names == ("patch",)
     shard_files = sorted((store / "patches").rglob("c/*/0/0/0"))
@@ -93,7 +94,9 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
     assert meta["schema_version"] == wsizarr.SCHEMA_VERSION and meta["complete"] is True
     assert meta["wsizarr_version"] == wsizarr.__version__
     assert meta["parameters"] == {
-        "sampler": "jitter", "level": 1, "patch_size": 96, "per_annotation": 30, "seed": 7,
+        "sampler": "jitter", "level": 1, "mpp": None, "magnification": None, "patch_size": 96,
+        "read_size_px": 96, "effective_mpp": 1.0, "per_annotation": 30, "stride": None,
+        "min_overlap": 0.5, "background": 0, "masks": False, "drop_partial": False, "seed": 7,
         "shard_size": 64, "codec": "zstd",
     }
     (slide,) = meta["slides"]
@@ -120,7 +123,7 @@ def test_xarray_open_zarr_gives_patch_coordinates(demo_store):
     dataset = xr.open_zarr(store)
     assert dataset["patches"].dims == ("patch", "row", "column", "channel")
     assert dataset["patches"].dtype == np.uint8
-    for name in ("x", "y", "level", "annotation_id", "label", "slide"):
+    for name in ("x", "y", "level", "annotation_id", "label", "slide", "padded"):
         assert name in dataset.coords and dataset[name].dims == ("patch",)
     assert set(dataset.data_vars) == {"patches"}
 

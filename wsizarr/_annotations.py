@@ -24,7 +24,7 @@ class Annotation:
 
     ``id`` is its 0-based position in the file, stable for a given file; ``label`` is its group
     (``None`` when unlabelled); ``vertices`` is a read-only ``(K, 2)`` float64 array of level-0
-    ``(x, y)`` pixel coordinates in drawing order.
+    ``(x, y)`` pixel coordinates in drawing order; ``holes`` are rings cut out of the polygon.
     """
 
     id: int
@@ -32,6 +32,7 @@ class Annotation:
     label: str | None
     type: str
     vertices: np.ndarray = field(repr=False)
+    holes: tuple[np.ndarray, ...] = field(default=(), repr=False)
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:

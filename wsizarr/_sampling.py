@@ -1,17 +1,26 @@
-"""Annotations + slide geometry -> a patch plan: plain numpy arrays, deterministic from a seed."""
+"""Annotations + slide geometry -> a patch plan: plain numpy arrays, deterministic from a seed.
+
+Every sampler is a pure function of the annotations, the slide's geometry (and, for
+``background``, a tissue mask computed beforehand) and the seed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._annotations import Annotation
 from ._errors import ParameterError
-from ._slide import SlideInfo, level0_from_level_px
+from ._geometry import centroid, has_area, points_in_polygon, rasterize, window_sums
+from ._slide import Resolution, SlideInfo, TissueMask, level0_from_level_px
 
-__all__ = ["PatchPlan", "label_codes", "plan_jitter"]
+__all__ = [
+    "BACKGROUND_LABEL", "SAMPLERS", "PatchPlan", "label_codes", "plan_jitter", "plan_patches",
+]
+
+BACKGROUND_LABEL = "background"
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,8 +28,11 @@ class PatchPlan:
     """Where every patch comes from: aligned 1-D arrays of one length N.
 
     ``x``/``y`` are level-0 top-left pixels on ``level``'s pixel grid, ``annotation_id`` is the
-    annotation the patch was cut around, ``label`` an index into the label names (-1 unlabelled)
-    and ``slide`` an index into the slide table.
+    annotation the patch was cut around (-1 for background patches), ``label`` an index into
+    the label names (-1 unlabelled), ``slide`` an index into the slide table and ``padded``
+    True where the patch crosses the slide's edge (those pixels are white).
+    ``skipped_annotations`` lists ids of annotations entirely outside the slide and
+    ``dropped_partial`` counts edge patches left out on request.
     """
 
     slide: np.ndarray  # int32
@@ -29,6 +41,9 @@ class PatchPlan:
     y: np.ndarray  # int64
     annotation_id: np.ndarray  # int64
     label: np.ndarray  # int32
+    padded: np.ndarray  # bool
+    skipped_annotations: tuple[int, ...] = ()
+    dropped_partial: int = 0
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -36,25 +51,241 @@ class PatchPlan:
     def arrays(self) -> dict[str, np.ndarray]:
         """The plan's arrays by store name."""
         return {
-            "x": self.x, "y": self.y, "level": self.level,
-            "annotation_id": self.annotation_id, "label": self.label, "slide": self.slide,
+            "x": self.x, "y": self.y, "level": self.level, "annotation_id": self.annotation_id,
+            "label": self.label, "slide": self.slide, "padded": self.padded,
         }
 
 
-def label_codes(annotations: Sequence[Annotation]) -> dict[str, int]:
+def label_codes(annotations: Sequence[Annotation], extra: Sequence[str] = ()) -> dict[str, int]:
     """Label name -> code, codes assigned in sorted name order so they are stable."""
-    names = sorted({a.label for a in annotations if a.label is not None})
+    names = sorted({a.label for a in annotations if a.label is not None} | set(extra))
     return {name: code for code, name in enumerate(names)}
 
 
-def _overlap_range(lo: float, hi: float, patch_px: int, level_px: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _Context:
+    downsample: float
+    footprint: int  # patch side in pixels of the level read
+    level_size: tuple[int, int]
+    per_annotation: int
+    stride: int
+    min_overlap: float
+
+
+Sampler = Callable[[Annotation, _Context, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def _level_vertices(annotation: Annotation, ctx: _Context) -> np.ndarray:
+    return annotation.vertices / ctx.downsample
+
+
+def _overlap_range(lo: float, hi: float, footprint: int, level_px: int) -> tuple[int, int]:
     """Inclusive range of patch starts whose span overlaps ``[lo, hi]``, inside the level if possible."""
-    first = int(np.floor(lo)) - patch_px + 1
+    first = int(np.floor(lo)) - footprint + 1
     last = max(int(np.ceil(hi)) - 1, first)
-    inside_first, inside_last = max(first, 0), min(last, level_px - patch_px)
+    inside_first, inside_last = max(first, 0), min(last, level_px - footprint)
     if inside_first <= inside_last:
         return inside_first, inside_last
     return first, last
+
+
+def _jitter(annotation: Annotation, ctx: _Context, rng: np.random.Generator):
+    vertices = _level_vertices(annotation, ctx)
+    (x_min, y_min), (x_max, y_max) = vertices.min(axis=0), vertices.max(axis=0)
+    x_lo, x_hi = _overlap_range(x_min, x_max, ctx.footprint, ctx.level_size[0])
+    y_lo, y_hi = _overlap_range(y_min, y_max, ctx.footprint, ctx.level_size[1])
+    xs = rng.integers(x_lo, x_hi, ctx.per_annotation, endpoint=True)
+    ys = rng.integers(y_lo, y_hi, ctx.per_annotation, endpoint=True)
+    return xs, ys
+
+
+def _centred(cx: np.ndarray, cy: np.ndarray, ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
+    half = ctx.footprint / 2
+    return np.floor(cx - half).astype(np.int64), np.floor(cy - half).astype(np.int64)
+
+
+def _centroid(annotation: Annotation, ctx: _Context, rng: np.random.Generator):
+    cx, cy = centroid(_level_vertices(annotation, ctx))
+    return _centred(np.array([cx]), np.array([cy]), ctx)
+
+
+def _random_in_polygon(annotation: Annotation, ctx: _Context, rng: np.random.Generator):
+    vertices = _level_vertices(annotation, ctx)
+    if not has_area(vertices):  # dots and point sets: centre on their points
+        picks = rng.integers(0, len(vertices), ctx.per_annotation)
+        return _centred(vertices[picks, 0], vertices[picks, 1], ctx)
+    holes = [hole / ctx.downsample for hole in annotation.holes]
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    found: list[np.ndarray] = []
+    n_found = 0
+    for _ in range(200):
+        points = rng.uniform(low, high, size=(4 * ctx.per_annotation, 2))
+        inside = points[points_in_polygon(points, vertices, holes)]
+        found.append(inside)
+        n_found += len(inside)
+        if n_found >= ctx.per_annotation:
+            break
+    points = np.concatenate(found)[: ctx.per_annotation]
+    return _centred(points[:, 0], points[:, 1], ctx)
+
+
+def _grid(annotation: Annotation, ctx: _Context, rng: np.random.Generator):
+    vertices = _level_vertices(annotation, ctx)
+    if not has_area(vertices):
+        return _centroid(annotation, ctx, rng)
+    x0, y0 = np.floor(vertices.min(axis=0)).astype(np.int64)
+    x1, y1 = np.ceil(vertices.max(axis=0)).astype(np.int64)
+    lefts = np.arange(x0, max(x1, x0 + 1), ctx.stride)
+    tops = np.arange(y0, max(y1, y0 + 1), ctx.stride)
+    lefts, tops = (a.ravel() for a in np.meshgrid(lefts, tops))
+    # overlap measured on a coarse raster: 16 cells a patch side are plenty for a threshold
+    cell = max(1, ctx.footprint // 16)
+    size = (int((x1 - x0) // cell) + 2, int((y1 - y0) // cell) + 2)
+    holes = [hole / ctx.downsample for hole in annotation.holes]
+    mask = rasterize([(vertices, holes, 1)], size, (float(x0), float(y0)), 1 / cell)
+    window = ctx.footprint // cell
+    inside = window_sums(mask, (tops - y0) // cell, (lefts - x0) // cell, window) / window**2
+    keep = inside >= ctx.min_overlap
+    return lefts[keep], tops[keep]
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "jitter": _jitter,
+    "centroid": _centroid,
+    "grid": _grid,
+    "random-in-polygon": _random_in_polygon,
+}
+
+
+def _background(
+    annotations: Sequence[Annotation], tissue: TissueMask, ctx: _Context, count: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` patches centred on tissue, overlapping no annotation, mostly tissue."""
+    scale = 1 / tissue.downsample
+    shapes = [(a.vertices, a.holes, 1) for a in annotations if has_area(a.vertices)]
+    annotated = rasterize(shapes, tissue.mask.shape[::-1], (0.0, 0.0), scale)
+    for a in annotations:  # dots and point sets mark their own cells
+        cols = np.clip((a.vertices[:, 0] * scale).astype(int), 0, tissue.mask.shape[1] - 1)
+        rows = np.clip((a.vertices[:, 1] * scale).astype(int), 0, tissue.mask.shape[0] - 1)
+        annotated[rows, cols] = 1
+    candidates = np.flatnonzero(tissue.mask & (annotated == 0))
+    if candidates.size == 0 or count == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    window = max(1, int(round(ctx.footprint * ctx.downsample * scale)))
+    picks = rng.permutation(candidates)
+    rows, cols = np.divmod(picks, tissue.mask.shape[1])
+    tops, lefts = rows - window // 2, cols - window // 2
+    tissue_sums = window_sums(tissue.mask, tops, lefts, window)
+    annotated_sums = window_sums(annotated, tops, lefts, window)
+    keep = np.flatnonzero((tissue_sums >= 0.5 * window**2) & (annotated_sums == 0))[:count]
+    centre_x = (cols[keep] + 0.5) * tissue.downsample / ctx.downsample
+    centre_y = (rows[keep] + 0.5) * tissue.downsample / ctx.downsample
+    return _centred(centre_x, centre_y, ctx)
+
+
+def plan_patches(
+    annotations: Sequence[Annotation],
+    slide: SlideInfo,
+    *,
+    sampler: str = "jitter",
+    resolution: Resolution | None = None,
+    patch_size: int = 256,
+    per_annotation: int = 30,
+    seed: int = 0,
+    stride: int | None = None,
+    min_overlap: float = 0.5,
+    background: int = 0,
+    tissue: TissueMask | None = None,
+    drop_partial: bool = False,
+    slide_index: int = 0,
+    labels: dict[str, int] | None = None,
+) -> PatchPlan:
+    """Plan the patches of one slide.
+
+    ``sampler``: ``jitter`` (``per_annotation`` random offsets overlapping each annotation's
+    bounding box), ``centroid`` (one patch centred on each), ``grid`` (tiles at ``stride``
+    pixels whose area inside the polygon is at least ``min_overlap``), ``random-in-polygon``
+    (``per_annotation`` centres uniform inside the polygon, holes respected), or
+    ``background`` (only background patches). ``background`` > 0 adds that many patches from
+    ``tissue`` outside every annotation, labelled ``background``. Sizes are pixels of the
+    level read (``resolution``, default level 0 at ``patch_size``). Annotations entirely
+    outside the slide are skipped; patches crossing its edge are flagged ``padded`` or, with
+    ``drop_partial``, left out. Each annotation draws from its own stream of ``seed``.
+    """
+    resolution = resolution or Resolution(0, patch_size, None)
+    slide.check_level(resolution.level)
+    if sampler != BACKGROUND_LABEL and sampler not in SAMPLERS:
+        raise ParameterError(
+            f"unknown sampler {sampler!r}; choose one of {', '.join([*SAMPLERS, BACKGROUND_LABEL])}"
+        )
+    if per_annotation < 1:
+        raise ParameterError(f"patches per annotation must be at least 1, got {per_annotation}")
+    if not 0 < min_overlap <= 1:
+        raise ParameterError(f"--min-overlap is a fraction in (0, 1], got {min_overlap}")
+    if stride is not None and stride < 1:
+        raise ParameterError(f"--stride must be a positive number of pixels, got {stride}")
+    if sampler == BACKGROUND_LABEL:
+        background = background or per_annotation * len(annotations)
+    if background < 0:
+        raise ParameterError(f"background patch count must be >= 0, got {background}")
+    if background and tissue is None:
+        raise ParameterError("background patches need a tissue mask of the slide")
+    extra = (BACKGROUND_LABEL,) if background else ()
+    labels = label_codes(annotations, extra) if labels is None else labels
+    downsample = slide.level_downsamples[resolution.level]
+    level_w, level_h = slide.level_dimensions[resolution.level]
+    footprint = resolution.read_size_px
+    ctx = _Context(
+        downsample, footprint, (level_w, level_h), per_annotation, stride or footprint, min_overlap
+    )
+    width0, height0 = slide.dimensions
+    xs, ys, ids, codes, skipped = [], [], [], [], []
+    for annotation in annotations:
+        x_min, y_min, x_max, y_max = annotation.bbox
+        if x_max < 0 or y_max < 0 or x_min >= width0 or y_min >= height0:
+            skipped.append(annotation.id)
+            continue
+        if sampler == BACKGROUND_LABEL:
+            continue
+        rng = np.random.default_rng([seed, slide_index, annotation.id])
+        ax, ay = SAMPLERS[sampler](annotation, ctx, rng)
+        xs.append(ax)
+        ys.append(ay)
+        ids.append(np.full(len(ax), annotation.id, np.int64))
+        label = -1 if annotation.label is None else labels[annotation.label]
+        codes.append(np.full(len(ax), label, np.int32))
+    if background:
+        rng = np.random.default_rng([seed, slide_index, -1 % 2**32])
+        bx, by = _background(annotations, tissue, ctx, background, rng)
+        xs.append(bx)
+        ys.append(by)
+        ids.append(np.full(len(bx), -1, np.int64))
+        codes.append(np.full(len(bx), labels[BACKGROUND_LABEL], np.int32))
+    level_x = np.concatenate(xs) if xs else np.zeros(0, np.int64)
+    level_y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+    annotation_id = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    label = np.concatenate(codes) if codes else np.zeros(0, np.int32)
+    padded = (level_x < 0) | (level_y < 0) | (level_x + footprint > level_w) | (level_y + footprint > level_h)
+    dropped = 0
+    if drop_partial:
+        dropped = int(padded.sum())
+        keep = ~padded
+        level_x, level_y, annotation_id, label, padded = (
+            level_x[keep], level_y[keep], annotation_id[keep], label[keep], padded[keep]
+        )
+    n = len(level_x)
+    return PatchPlan(
+        slide=np.full(n, slide_index, np.int32),
+        level=np.full(n, resolution.level, np.int32),
+        x=level0_from_level_px(level_x, downsample),
+        y=level0_from_level_px(level_y, downsample),
+        annotation_id=annotation_id,
+        label=label,
+        padded=padded,
+        skipped_annotations=tuple(skipped),
+        dropped_partial=dropped,
+    )
 
 
 def plan_jitter(
@@ -68,40 +299,10 @@ def plan_jitter(
     slide_index: int = 0,
     labels: dict[str, int] | None = None,
 ) -> PatchPlan:
-    """Plan ``per_annotation`` randomly jittered patches around every annotation.
-
-    Each patch of ``patch_size`` pixels at ``level`` overlaps its annotation's bounding box;
-    patches stay inside the slide where the annotation allows it. Every annotation draws from its
-    own stream of ``seed``, so the plan is reproducible and an annotation's patches do not
-    change when others are added. Raises ``ParameterError`` on invalid parameters.
-    """
-    slide.check_level(level)
+    """The recipe's plan: ``per_annotation`` jittered patches at ``level`` around each annotation."""
     if patch_size < 1:
         raise ParameterError(f"patch size must be a positive number of pixels, got {patch_size}")
-    if per_annotation < 1:
-        raise ParameterError(f"patches per annotation must be at least 1, got {per_annotation}")
-    labels = label_codes(annotations) if labels is None else labels
-    downsample = slide.level_downsamples[level]
-    level_w, level_h = slide.level_dimensions[level]
-    xs, ys = [], []
-    for annotation in annotations:
-        x_min, y_min, x_max, y_max = (v / downsample for v in annotation.bbox)
-        x_lo, x_hi = _overlap_range(x_min, x_max, patch_size, level_w)
-        y_lo, y_hi = _overlap_range(y_min, y_max, patch_size, level_h)
-        rng = np.random.default_rng([seed, slide_index, annotation.id])
-        xs.append(rng.integers(x_lo, x_hi, per_annotation, endpoint=True))
-        ys.append(rng.integers(y_lo, y_hi, per_annotation, endpoint=True))
-    n = per_annotation * len(annotations)
-    level_x = np.concatenate(xs) if xs else np.zeros(0, np.int64)
-    level_y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
-    return PatchPlan(
-        slide=np.full(n, slide_index, np.int32),
-        level=np.full(n, level, np.int32),
-        x=level0_from_level_px(level_x, downsample),
-        y=level0_from_level_px(level_y, downsample),
-        annotation_id=np.repeat(np.array([a.id for a in annotations], np.int64), per_annotation),
-        label=np.repeat(
-            np.array([-1 if a.label is None else labels[a.label] for a in annotations], np.int32),
-            per_annotation,
-        ),
+    return plan_patches(
+        annotations, slide, sampler="jitter", resolution=Resolution(level, patch_size, None),
+        per_annotation=per_annotation, seed=seed, slide_index=slide_index, labels=labels,
     )

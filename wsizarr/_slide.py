@@ -13,8 +13,9 @@ import openslide
 from ._errors import ParameterError, SlideError
 
 __all__ = [
-    "SlideInfo", "composite_on_white", "level0_from_level_px", "open_slide", "read_rgb",
-    "read_rgba", "slide_info",
+    "Resolution", "SlideInfo", "TissueMask", "composite_on_white", "level0_from_level_px",
+    "open_slide", "read_rgb", "read_rgba", "resize_patch", "resolve_resolution", "slide_info",
+    "tissue_mask",
 ]
 
 
@@ -55,6 +56,120 @@ class SlideInfo:
         attrs["level_downsamples"] = list(self.level_downsamples)
         attrs["mpp"] = None if self.mpp is None else list(self.mpp)
         return attrs
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How patches are read: ``read_size_px`` pixels of ``level`` per side, resized to the patch.
+
+    ``mpp`` is the effective microns per pixel of the stored patches (None when the slide has
+    no mpp metadata).
+    """
+
+    level: int
+    read_size_px: int
+    mpp: float | None
+
+
+def resolve_resolution(
+    info: SlideInfo,
+    patch_size: int,
+    *,
+    level: int | None = None,
+    mpp: float | None = None,
+    magnification: float | None = None,
+    tolerance: float = 0.05,
+) -> Resolution:
+    """The level (and read size) that gives patches at ``mpp`` microns per pixel or at
+    ``magnification`` (e.g. 20 for 20x), or simply ``level``.
+
+    A level within ``tolerance`` (relative) of the target is read as is; otherwise the next
+    finer level is read over a larger footprint and resized with an anti-aliasing filter.
+    Raises ``ParameterError`` for conflicting options, a target finer than level 0, or a
+    slide without the metadata the target needs.
+    """
+    if patch_size < 1:
+        raise ParameterError(f"patch size must be a positive number of pixels, got {patch_size}")
+    if sum(option is not None for option in (level, mpp, magnification)) > 1:
+        raise ParameterError("give only one of --level, --mpp and --magnification")
+    base_mpp = None if info.mpp is None else (info.mpp[0] + info.mpp[1]) / 2
+    if mpp is None and magnification is None:
+        level = 0 if level is None else level
+        info.check_level(level)
+        return Resolution(level, patch_size, None if base_mpp is None else base_mpp * info.level_downsamples[level])
+    if mpp is not None:
+        if not mpp > 0:
+            raise ParameterError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
+        if base_mpp is None:
+            raise ParameterError(
+                f"{info.path}: the slide records no microns per pixel, so --mpp cannot be "
+                "resolved; choose a level with --level instead"
+            )
+        target = mpp / base_mpp
+    else:
+        if not magnification > 0:
+            raise ParameterError(f"--magnification must be positive, got {magnification}")
+        if info.objective_power is None:
+            raise ParameterError(
+                f"{info.path}: the slide records no objective power, so --magnification cannot "
+                "be resolved; choose a level with --level instead"
+            )
+        target = info.objective_power / magnification
+    if target < 1 - tolerance:
+        finest = "" if base_mpp is None else f" ({base_mpp:.3g} mpp, {info.objective_power or '?'}x)"
+        raise ParameterError(
+            f"{info.path}: the requested resolution is finer than level 0{finest}; "
+            "ask for a coarser one (wsizarr does not upsample)"
+        )
+    downsamples = np.asarray(info.level_downsamples)
+    close = np.flatnonzero(np.abs(downsamples / target - 1) <= tolerance)
+    if close.size:
+        chosen = int(close[np.argmin(np.abs(downsamples[close] / target - 1))])
+        read_size = patch_size
+    else:
+        chosen = int(np.flatnonzero(downsamples <= target).max())
+        read_size = int(round(patch_size * target / downsamples[chosen]))
+    effective = None
+    if base_mpp is not None:
+        effective = base_mpp * downsamples[chosen] * read_size / patch_size
+    return Resolution(chosen, read_size, effective)
+
+
+def resize_patch(rgb: np.ndarray, patch_size: int) -> np.ndarray:
+    """Resize a square RGB region to ``patch_size`` with an anti-aliasing (Lanczos) filter."""
+    from PIL import Image
+
+    if rgb.shape[0] == patch_size:
+        return rgb
+    image = Image.fromarray(rgb).resize((patch_size, patch_size), Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
+@dataclass(frozen=True, eq=False)
+class TissueMask:
+    """A boolean tissue mask of the whole slide; pixel ``(r, c)`` covers level-0
+    ``[c * downsample, (c + 1) * downsample)`` horizontally and likewise vertically."""
+
+    mask: np.ndarray
+    downsample: float
+
+
+def tissue_mask(slide: openslide.OpenSlide, max_px: int = 2048) -> TissueMask:
+    """Tissue from a thumbnail: saturation above its Otsu threshold (glass is grey, stain is not)."""
+    thumbnail = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"), dtype=np.float32)
+    high, low = thumbnail.max(axis=2), thumbnail.min(axis=2)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0)
+    histogram, edges = np.histogram(saturation, bins=256, range=(0, 1))
+    weights = histogram.astype(np.float64)
+    cumulative, cumulative_mean = np.cumsum(weights), np.cumsum(weights * edges[:-1])
+    total, total_mean = cumulative[-1], cumulative_mean[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mean * cumulative - total * cumulative_mean) ** 2 / (
+            cumulative * (total - cumulative)
+        )
+    threshold = edges[int(np.nanargmax(between))] if np.isfinite(between).any() else 0.05
+    mask = saturation > max(threshold, 0.05)
+    return TissueMask(mask, slide.dimensions[0] / mask.shape[1])
 
 
 def open_slide(path: str | Path) -> openslide.OpenSlide:

@@ -38,6 +38,7 @@ from ._errors import IncompleteStoreError, ParameterError, StoreError, StoreExis
 __all__ = [
     "CODECS",
     "COORDINATE_ARRAYS",
+    "MASK_DIMS",
     "PATCH_DIMS",
     "SCHEMA_VERSION",
     "create_store",
@@ -56,8 +57,10 @@ SCHEMA_VERSION = 1
 PATCH_DIMS = ("patch", "row", "column", "channel")
 COORDINATE_ARRAYS: dict[str, str] = {
     "x": "int64", "y": "int64", "level": "int32",
-    "annotation_id": "int64", "label": "int32", "slide": "int32",
+    "annotation_id": "int64", "label": "int32", "slide": "int32", "padded": "bool",
 }
+MASK_DIMS = ("patch", "row", "column")
+_MASK_CODEC = "zstd"
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,14 @@ def create_store(
     codec: str,
     metadata: Mapping[str, Any],
     label_names: list[str],
+    masks: bool = False,
     overwrite: bool = False,
 ) -> zarr.Group:
     """Create an empty, incomplete store for N patches and write its 1-D arrays.
 
-    ``arrays`` holds every name of ``COORDINATE_ARRAYS`` with length N. Raises
-    ``StoreExistsError`` when ``path`` exists and ``overwrite`` is false.
+    ``arrays`` holds every name of ``COORDINATE_ARRAYS`` with length N; ``masks`` adds the
+    ``(N, H, W)`` uint8 ``masks`` array. Raises ``StoreExistsError`` when ``path`` exists and
+    ``overwrite`` is false.
     """
     if codec not in CODECS:
         raise ParameterError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -178,12 +183,28 @@ def create_store(
         config={"write_empty_chunks": True},
         attributes={"coordinates": " ".join(COORDINATE_ARRAYS)},
     )
+    if masks:
+        group.create_array(
+            "masks",
+            shape=(n, patch_size, patch_size),
+            dtype="uint8",
+            chunks=(1, patch_size, patch_size),
+            shards=(shard_size, patch_size, patch_size),
+            compressors=CODECS[_MASK_CODEC].compressor(),
+            fill_value=0,
+            dimension_names=MASK_DIMS,
+            attributes={
+                "coordinates": " ".join(COORDINATE_ARRAYS),
+                "meaning": "label code + 1 of the annotation covering each pixel; 0 none, 255 unlabelled",
+            },
+        )
     for name, dtype in COORDINATE_ARRAYS.items():
         values = np.asarray(arrays[name]).astype(dtype, copy=False)
         attributes = {"label_names": label_names} if name == "label" else {}
         array = group.create_array(
             name, shape=(n,), dtype=dtype, chunks=(max(1, min(n, _COORD_CHUNK)),),
-            fill_value=-1, dimension_names=("patch",), attributes=attributes,
+            fill_value=False if dtype == "bool" else -1, dimension_names=("patch",),
+            attributes=attributes,
         )
         array[:] = values
     group.create_array(
@@ -264,13 +285,19 @@ def encode_shard(pixels: np.ndarray, shard_size: int, codec: str) -> bytes:
     return b"".join(parts)
 
 
-def write_shard(group: zarr.Group, shard_index: int, pixels: np.ndarray) -> None:
-    """Write one whole shard of patches, then mark it done (the order makes crashes safe)."""
+def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write one whole shard of ``patches`` (and ``masks``), then mark it done.
+
+    Marking after writing makes a crash lose at most the shards in flight.
+    """
     metadata = _metadata(group)
-    patches = group["patches"]
-    data = encode_shard(pixels, metadata["shard_size"], metadata["codec"])
-    key = f"{patches.path}/{patches.metadata.encode_chunk_key((shard_index, 0, 0, 0))}"
-    sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+    for name, values in arrays.items():
+        array = group[name]
+        codec = metadata["codec"] if name == "patches" else _MASK_CODEC
+        data = encode_shard(values, metadata["shard_size"], codec)
+        chunk_coords = (shard_index,) + (0,) * (array.ndim - 1)
+        key = f"{array.path}/{array.metadata.encode_chunk_key(chunk_coords)}"
+        sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
     group[_DONE][shard_index] = 1
 
 
