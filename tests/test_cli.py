@@ -91,3 +91,22 @@ def test_main_can_be_called_directly(tmp_path, capsys):
     assert "store not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["extract"])  # argparse usage error: exit code 2
+
+
+def test_sampler_resolution_and_mask_options(tmp_path, aperio_even_case):
+    out = tmp_path / "grid.zarr"
+    result = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
+                 "--out", out, "--sampler", "grid", "--mpp", "0.5", "--patch-size", "64",
+                 "--min-overlap", "0.3", "--masks", "--background", "5", "--drop-partial")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(run("info", out, "--json").stdout)
+    assert data["per_label"]["background"] == 5
+    params = data["parameters"]
+    assert params["sampler"] == "grid" and params["read_size_px"] == 128 and params["level"] == 0
+    assert params["masks"] is True and params["drop_partial"] is True
+    bad = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
+              "--out", tmp_path / "bad.zarr", "--sampler", "spiral")
+    assert_one_line_error(bad, "unknown sampler 'spiral'")
+    both = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
+               "--out", tmp_path / "bad.zarr", "--mpp", "0.5", "--level", "1")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr

@@ -31,9 +31,27 @@ class _ProgressBar:
 
 
 def _add_extract_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--level", type=int, default=0, help="pyramid level to read (default 0)")
+    resolution = parser.add_mutually_exclusive_group()
+    resolution.add_argument("--level", type=int, default=None, help="pyramid level to read (default 0)")
+    resolution.add_argument("--mpp", type=float, default=None, help="patch resolution in microns per pixel")
+    resolution.add_argument("--magnification", type=float, default=None, help="patch magnification, e.g. 20")
     parser.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (default 256)")
+    parser.add_argument(
+        "--sampler", default="jitter",
+        help="jitter (default), centroid, grid, random-in-polygon or background",
+    )
     parser.add_argument("--per-annotation", type=int, default=30, help="patches per annotation (default 30)")
+    parser.add_argument("--stride", type=int, default=None, help="grid stride in pixels (default: patch size)")
+    parser.add_argument(
+        "--min-overlap", type=float, default=0.5,
+        help="grid: least fraction of a patch inside the polygon (default 0.5)",
+    )
+    parser.add_argument(
+        "--background", type=int, default=0,
+        help="add N patches from tissue outside every annotation, labelled 'background'",
+    )
+    parser.add_argument("--masks", action="store_true", help="store per-patch annotation masks")
+    parser.add_argument("--drop-partial", action="store_true", help="leave out patches crossing the slide edge")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the plan (default 0)")
     parser.add_argument("--shard-size", type=int, default=256, help="patches per shard file (default 256)")
     parser.add_argument(
@@ -68,9 +86,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _extract_kwargs(args: argparse.Namespace) -> dict:
     return {
-        "level": args.level, "patch_size": args.patch_size, "per_annotation": args.per_annotation,
-        "seed": args.seed, "shard_size": args.shard_size, "codec": args.codec,
-        "workers": args.workers, "progress": _ProgressBar(),
+        "level": args.level, "mpp": args.mpp, "magnification": args.magnification,
+        "patch_size": args.patch_size, "sampler": args.sampler,
+        "per_annotation": args.per_annotation, "stride": args.stride,
+        "min_overlap": args.min_overlap, "background": args.background, "masks": args.masks,
+        "drop_partial": args.drop_partial, "seed": args.seed, "shard_size": args.shard_size,
+        "codec": args.codec, "workers": args.workers, "progress": _ProgressBar(),
     }
 
 

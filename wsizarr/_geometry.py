@@ -72,7 +72,7 @@ def rasterize(
         draw.polygon([((x - ox) * scale, (y - oy) * scale) for x, y in exterior], fill=value)
         for hole in holes:
             draw.polygon([((x - ox) * scale, (y - oy) * scale) for x, y in hole], fill=0)
-    return np.asarray(image)
+    return np.array(image)
 
 
 def window_sums(mask: np.ndarray, tops: np.ndarray, lefts: np.ndarray, size: int) -> np.ndarray:

@@ -154,10 +154,19 @@ class TissueMask:
     downsample: float
 
 
-def tissue_mask(slide: openslide.OpenSlide, max_px: int = 2048) -> TissueMask:
-    """Tissue from a thumbnail: saturation above its Otsu threshold (glass is grey, stain is not)."""
-    thumbnail = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"), dtype=np.float32)
-    high, low = thumbnail.max(axis=2), thumbnail.min(axis=2)
+def tissue_mask(slide: openslide.OpenSlide, max_px: int = 4096) -> TissueMask:
+    """Tissue from a low-resolution view: saturation above its Otsu threshold (glass is grey).
+
+    The coarsest level is used whole when its longer side is at most ``max_px``; otherwise a
+    thumbnail of that size.
+    """
+    coarsest = slide.level_count - 1
+    width, height = slide.level_dimensions[coarsest]
+    if max(width, height) <= max_px:
+        view = read_rgb(slide, (0, 0), coarsest, (width, height)).astype(np.float32)
+    else:
+        view = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"), dtype=np.float32)
+    high, low = view.max(axis=2), view.min(axis=2)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0)
     histogram, edges = np.histogram(saturation, bins=256, range=(0, 1))
     weights = histogram.astype(np.float64)
