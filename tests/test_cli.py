@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import pytest
+import zarr
 
 from wsizarr._cli import main
 
@@ -102,8 +103,10 @@ def test_sampler_resolution_and_mask_options(tmp_path, aperio_even_case):
     data = json.loads(run("info", out, "--json").stdout)
     assert data["per_label"]["background"] == 5
     params = data["parameters"]
-    assert params["sampler"] == "grid" and params["read_size_px"] == 128 and params["level"] == 0
+    assert params["sampler"] == "grid" and params["mpp"] == 0.5 and params["level"] is None
     assert params["masks"] is True and params["drop_partial"] is True
+    (slide,) = zarr.open_group(out, mode="r").attrs["wsizarr"]["slides"]
+    assert slide["level"] == 0 and slide["read_size_px"] == 128 and slide["effective_mpp"] == 0.5
     bad = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
               "--out", tmp_path / "bad.zarr", "--sampler", "spiral")
     assert_one_line_error(bad, "unknown sampler 'spiral'")

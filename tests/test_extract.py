@@ -95,12 +95,14 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
     assert meta["wsizarr_version"] == wsizarr.__version__
     assert meta["parameters"] == {
         "sampler": "jitter", "level": 1, "mpp": None, "magnification": None, "patch_size": 96,
-        "read_size_px": 96, "effective_mpp": 1.0, "per_annotation": 30, "stride": None,
+        "per_annotation": 30, "stride": None,
         "min_overlap": 0.5, "background": 0, "masks": False, "drop_partial": False, "seed": 7,
         "shard_size": 64, "codec": "zstd",
     }
     (slide,) = meta["slides"]
     assert slide["vendor"] == "aperio" and slide["level_downsamples"] == [1.0, 4.0, 16.0]
+    assert slide["level"] == 1 and slide["read_size_px"] == 96 and slide["effective_mpp"] == 1.0
+    assert len(slide["content_hash"]) >= 40
     assert slide["dimensions"] == [4096, 3072] and slide["mpp"] == [0.25, 0.25]
     assert slide["annotation_names"][:2] == ["Glomerulus 0", "Glomerulus 1"]
     assert meta["label_names"] == group["label"].attrs["label_names"]

@@ -112,8 +112,8 @@ def test_mpp_extraction_resizes_with_antialiasing(tmp_path, generic_case):
     extract(generic_case.slide, generic_case.annotations, store, mpp=0.75, patch_size=64,
             per_annotation=4, sampler="jitter")  # 0.75 mpp: level 1 (0.5 mpp) read 96 px, resized
     group = zarr.open_group(store, mode="r")
-    params = group.attrs["wsizarr"]["parameters"]
-    assert params["read_size_px"] == 96 and params["effective_mpp"] == pytest.approx(0.75)
+    (slide,) = group.attrs["wsizarr"]["slides"]
+    assert slide["read_size_px"] == 96 and slide["effective_mpp"] == pytest.approx(0.75)
     assert set(group["level"][:].tolist()) == {1}
     from PIL import Image
 

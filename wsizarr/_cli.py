@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._errors import WsizarrError
+
+if TYPE_CHECKING:
+    from ._extract import ExtractionSummary
 
 __all__ = ["main"]
 
@@ -68,13 +72,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     extract = commands.add_parser("extract", help="extract patches around annotations into a store")
-    extract.add_argument("slide", help="whole-slide image (any format OpenSlide reads)")
-    extract.add_argument("--annotations", required=True, help="annotation file (ASAP XML)")
+    extract.add_argument("slides", nargs="+", help="whole-slide images (any format OpenSlide reads)")
+    extract.add_argument(
+        "--annotations", required=True,
+        help="annotation file, or a folder of files named like the slides (slide.svs -> slide.xml)",
+    )
     extract.add_argument("--out", required=True, help="output Zarr store (a directory)")
     _add_extract_options(extract)
-    mode = extract.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    mode.add_argument("--resume", action="store_true", help="finish an interrupted store")
+    extract.add_argument(
+        "--label-order", default=None,
+        help="comma-separated label names fixing the label codes (stable across stores)",
+    )
+    extract.add_argument("--strict", action="store_true", help="fail on the first unreadable slide")
+    extract.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    extract.add_argument("--resume", action="store_true", help="finish an interrupted extraction")
+    extract.add_argument("--append", action="store_true", help="add the slides to an existing store")
     info = commands.add_parser("info", help="describe a store")
     info.add_argument("store")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -113,6 +125,15 @@ def _print_info(store: str, as_json: bool) -> None:
     print(f"schema      {info['schema_version']} (wsizarr {info['wsizarr_version']})")
 
 
+def _report_cohort(summary: ExtractionSummary) -> None:
+    for failure in summary.failed_slides:
+        print(f"wsizarr: skipped {failure.reason}", file=sys.stderr)
+    for slide in summary.slides_without_annotations:
+        print(f"wsizarr: no annotations for {slide}", file=sys.stderr)
+    for annotations in summary.annotations_without_slides:
+        print(f"wsizarr: no slide for {annotations}", file=sys.stderr)
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ._demo import write_demo_annotations, write_demo_slide
     from ._extract import extract
@@ -133,10 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "extract":
             from ._extract import extract
 
-            print(extract(
-                args.slide, args.annotations, args.out,
-                overwrite=args.overwrite, resume=args.resume, **_extract_kwargs(args),
-            ))
+            slides = args.slides[0] if len(args.slides) == 1 else args.slides
+            summary = extract(
+                slides, args.annotations, args.out, overwrite=args.overwrite,
+                resume=args.resume, append=args.append, strict=args.strict,
+                label_order=None if args.label_order is None else args.label_order.split(","),
+                **_extract_kwargs(args),
+            )
+            _report_cohort(summary)
+            print(summary)
         elif args.command == "info":
             _print_info(args.store, args.json)
         else:

@@ -15,20 +15,25 @@ import numpy as np
 import openslide
 
 from ._annotations import Annotation, read_annotations
-from ._errors import ParameterError, SlideError, StoreError, StoreExistsError
+from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
-from ._sampling import BACKGROUND_LABEL, PatchPlan, label_codes, plan_patches
+from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
     Resolution, SlideInfo, composite_on_white, open_slide, read_rgba, resize_patch,
     resolve_resolution, slide_info, tissue_mask,
 )
 from ._store import (
-    create_store, disk_usage, done_shards, finalize_store, open_for_resume, store_metadata,
-    write_shard,
+    begin_run, create_store, disk_usage, done_shards, finalize_store, open_for_writing,
+    store_metadata, write_shard,
 )
 from ._version import __version__
 
-__all__ = ["ExtractionSummary", "ShardJob", "ShardTask", "extract", "read_shard", "shard_tasks"]
+__all__ = [
+    "ANNOTATION_SUFFIXES", "ExtractionSummary", "ShardJob", "ShardTask", "SlideFailure",
+    "SlideJob", "extract", "match_annotations", "read_shard", "shard_tasks",
+]
+
+ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 
 # A neighbourhood read covers at most this many pixels (64 MiB of RGBA); larger unions fall
 # back to one read per patch, so memory stays bounded whatever the annotation size.
@@ -39,9 +44,17 @@ ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class SlideFailure:
+    """A slide left out of a cohort: its path and the one-line reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ExtractionSummary:
     """What an extraction did: patches in the store, shards written by this run, time, bytes,
-    and what the plan left out or flagged (annotations outside the slide, edge patches)."""
+    and what was left out or flagged (slides, annotations outside the slide, edge patches)."""
 
     store: str
     n_patches: int
@@ -49,9 +62,13 @@ class ExtractionSummary:
     shards_written: int
     seconds: float
     bytes_on_disk: int
+    n_slides: int = 1
     skipped_annotations: int = 0
     padded: int = 0
     dropped_partial: int = 0
+    failed_slides: tuple[SlideFailure, ...] = ()
+    slides_without_annotations: tuple[str, ...] = ()
+    annotations_without_slides: tuple[str, ...] = ()
 
     @property
     def patches_per_second(self) -> float:
@@ -60,13 +77,17 @@ class ExtractionSummary:
     def __str__(self) -> str:
         notes = ", ".join(
             f"{count} {what}" for count, what in [
+                (len(self.failed_slides), "unreadable slides skipped"),
+                (len(self.slides_without_annotations), "slides without annotations"),
+                (len(self.annotations_without_slides), "annotation files without a slide"),
                 (self.skipped_annotations, "annotations outside the slide skipped"),
                 (self.padded, "edge patches padded with white"),
                 (self.dropped_partial, "edge patches dropped"),
             ] if count
         )
+        slides = f" from {self.n_slides} slides" if self.n_slides > 1 else ""
         return (
-            f"{self.n_patches} patches in {self.store} ({self.shards_written} of {self.n_shards} "
+            f"{self.n_patches} patches{slides} in {self.store} ({self.shards_written} of {self.n_shards} "
             f"shards written) in {self.seconds:.1f} s, {self.patches_per_second:.0f} patches/s, "
             f"{self.bytes_on_disk / 1e6:.1f} MB on disk" + (f"; {notes}" if notes else "")
         )
@@ -82,15 +103,28 @@ class ShardTask:
 
 
 @dataclass(frozen=True, eq=False)
-class ShardJob:
-    """Everything a task needs to produce its shard, picklable for any executor."""
+class SlideJob:
+    """One slide of a run: where it is, its geometry, how it is read, its annotations."""
 
-    slide_path: str
+    path: str
     info: SlideInfo
     resolution: Resolution
+    annotations: tuple[Annotation, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ShardJob:
+    """Everything a task needs to produce its shard, picklable for any executor.
+
+    ``plan`` holds the run's patches, which start at store index ``first_patch``; ``slides``
+    maps the plan's slide indices (store-wide) to their ``SlideJob``.
+    """
+
+    slides: Mapping[int, SlideJob]
     patch_size: int
     plan: PatchPlan
-    mask_annotations: tuple[Annotation, ...] | None  # None: no masks
+    first_patch: int
+    masks: bool
     labels: Mapping[str, int]
 
 
@@ -113,40 +147,45 @@ def _runs(keys: np.ndarray) -> Iterator[tuple[int, int]]:
 
 
 def read_shard(job: ShardJob, task: ShardTask) -> dict[str, np.ndarray]:
-    """The arrays of one task's shard: ``patches`` ``(n, P, P, 3)`` uint8, and ``masks``.
+    """The arrays of the run's patches in ``task``: ``patches`` ``(n, P, P, 3)`` uint8 (and
+    ``masks`` ``(n, P, P)``), for store indices ``max(task.start, job.first_patch)`` to
+    ``task.stop``.
 
     Patches of one annotation at a level whose downsample is a whole number come from one read
     of their union (each source tile decoded once), cropped with numpy: identical to per-patch
     reads because every ``x, y`` sits on the level's pixel grid. Other levels (OpenSlide
     interpolates reads that fall between their pixels) are read patch by patch.
     """
-    sl = slice(task.start, task.stop)
-    xs, ys = job.plan.x[sl], job.plan.y[sl]
-    footprint = job.resolution.read_size_px
-    regions = np.empty((task.stop - task.start, footprint, footprint, 3), np.uint8)
-    slide = open_slide(job.slide_path)
-    try:
-        _read_regions(slide, job, xs, ys, job.plan.annotation_id[sl], regions)
-    except SlideError as exc:
-        raise SlideError(f"{job.slide_path}: {exc}") from None
-    finally:
-        slide.close()
-    if footprint == job.patch_size:
-        arrays = {"patches": regions}
-    else:
-        arrays = {"patches": np.stack([resize_patch(r, job.patch_size) for r in regions])}
-    if job.mask_annotations is not None:
-        arrays["masks"] = _masks(job, xs, ys)
-    return arrays
+    sl = slice(max(task.start, job.first_patch) - job.first_patch, task.stop - job.first_patch)
+    plan = job.plan
+    parts: dict[str, list[np.ndarray]] = {"patches": [], "masks": []}
+    for start, stop in _runs(plan.slide[sl]):
+        run = slice(sl.start + start, sl.start + stop)
+        slide_job = job.slides[int(plan.slide[run.start])]
+        footprint = slide_job.resolution.read_size_px
+        regions = np.empty((stop - start, footprint, footprint, 3), np.uint8)
+        slide = open_slide(slide_job.path)
+        try:
+            _read_regions(slide, slide_job, plan.x[run], plan.y[run], plan.annotation_id[run], regions)
+        except SlideError as exc:
+            raise SlideError(f"{slide_job.path}: {exc}") from None
+        finally:
+            slide.close()
+        if footprint != job.patch_size:
+            regions = np.stack([resize_patch(r, job.patch_size) for r in regions])
+        parts["patches"].append(regions)
+        if job.masks:
+            parts["masks"].append(_masks(job, slide_job, plan.x[run], plan.y[run]))
+    return {name: np.concatenate(arrays) for name, arrays in parts.items() if arrays}
 
 
 def _read_regions(
-    slide: openslide.OpenSlide, job: ShardJob, xs: np.ndarray, ys: np.ndarray,
+    slide: openslide.OpenSlide, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray,
     annotation_ids: np.ndarray, out: np.ndarray,
 ) -> None:
-    level = job.resolution.level
-    downsample = job.info.level_downsamples[level]
-    footprint = job.resolution.read_size_px
+    level = slide_job.resolution.level
+    downsample = slide_job.info.level_downsamples[level]
+    footprint = slide_job.resolution.read_size_px
     whole = float(downsample).is_integer()
     step = int(downsample)
     for start, stop in _runs(annotation_ids):
@@ -166,10 +205,11 @@ def _read_regions(
             composite_on_white(rgba, out[i])
 
 
-def _masks(job: ShardJob, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def _masks(job: ShardJob, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Per patch, the annotations that intersect it rasterised as label code + 1."""
-    annotations = job.mask_annotations or ()
-    extent0 = job.resolution.read_size_px * job.info.level_downsamples[job.resolution.level]
+    annotations = slide_job.annotations
+    resolution = slide_job.resolution
+    extent0 = resolution.read_size_px * slide_job.info.level_downsamples[resolution.level]
     scale = job.patch_size / extent0
     boxes = np.array([a.bbox for a in annotations]).reshape(-1, 4)
     values = [
@@ -186,23 +226,110 @@ def _masks(job: ShardJob, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return out
 
 
-def _plan_digest(plan: PatchPlan) -> str:
+def plan_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of a store's 1-D arrays (the plan), to check a store against its plan."""
     digest = hashlib.sha256()
-    for name, values in plan.arrays().items():
+    for name in sorted(arrays):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(values).tobytes())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
     return digest.hexdigest()
 
 
-def _load_annotations(annotations: str | Path | Sequence[Annotation]) -> tuple[list[Annotation], str | None]:
+AnnotationSource = str | Path | Sequence[Annotation]
+
+
+def match_annotations(
+    slides: str | Path | Sequence[str | Path], annotations: AnnotationSource | Sequence[str | Path]
+) -> tuple[list[tuple[Path, AnnotationSource]], list[str], list[str]]:
+    """Pair slides with their annotations.
+
+    ``annotations`` is a file or ``Annotation`` records (one slide), a folder whose files
+    (``.xml``, ``.geojson``, ``.json``) match slides by file stem, or a list of files aligned with
+    ``slides``. Returns the pairs, the slides without annotations and the annotation files
+    without a slide.
+    """
+    single = isinstance(slides, (str, Path))
+    slide_paths = [Path(slides)] if single else [Path(s) for s in slides]
+    if not slide_paths:
+        raise ParameterError("no slides given")
+    if isinstance(annotations, (str, Path)) and Path(annotations).is_dir():
+        folder = Path(annotations)
+        by_stem = {
+            f.stem: f for f in sorted(folder.iterdir())
+            if f.is_file() and f.suffix.lower() in ANNOTATION_SUFFIXES
+        }
+        pairs = [(s, by_stem[s.stem]) for s in slide_paths if s.stem in by_stem]
+        stems = {s.stem for s in slide_paths}
+        return (
+            pairs,
+            [str(s) for s in slide_paths if s.stem not in by_stem],
+            [str(f) for stem, f in by_stem.items() if stem not in stems],
+        )
+    if isinstance(annotations, (str, Path)) or (
+        annotations and all(isinstance(a, Annotation) for a in annotations)
+    ):
+        if len(slide_paths) > 1:
+            raise ParameterError(
+                "several slides need a folder of annotation files named like the slides "
+                "(slide.svs -> slide.xml), or one annotation file per slide"
+            )
+        return [(slide_paths[0], annotations)], [], []
+    files = [Path(a) for a in annotations]
+    if len(files) != len(slide_paths):
+        raise ParameterError(
+            f"{len(slide_paths)} slides but {len(files)} annotation files; give one per slide "
+            "or a folder"
+        )
+    return list(zip(slide_paths, files)), [], []
+
+
+def _slide_hash(handle: openslide.OpenSlide, path: Path) -> str:
+    """OpenSlide's content hash of the slide; file bytes where OpenSlide has none."""
+    quickhash = handle.properties.get("openslide.quickhash-1")
+    if quickhash:
+        return quickhash
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        digest.update(f.read())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    job: SlideJob
+    tissue: object
+    source: str | None
+    content_hash: str
+
+
+def _prepare(
+    slide: Path, annotations: AnnotationSource, *, level: int | None, mpp: float | None,
+    magnification: float | None, patch_size: int, wants_background: bool,
+) -> _Prepared:
+    handle = open_slide(slide)
+    try:
+        info = slide_info(handle, slide)
+        resolution = resolve_resolution(
+            info, patch_size, level=level, mpp=mpp, magnification=magnification
+        )
+        tissue = tissue_mask(handle) if wants_background else None
+        content_hash = _slide_hash(handle, slide)
+    finally:
+        handle.close()
     if isinstance(annotations, (str, Path)):
-        return read_annotations(annotations), str(Path(annotations).resolve())
-    return list(annotations), None
+        records, source = read_annotations(annotations), str(Path(annotations).resolve())
+    else:
+        records, source = list(annotations), None
+    if not records:
+        raise ParameterError(f"{source or 'annotations'}: no annotations to extract around")
+    return _Prepared(SlideJob(str(slide), info, resolution, tuple(records)), tissue, source, content_hash)
 
 
 def extract(
-    slide: str | Path,
-    annotations: str | Path | Sequence[Annotation],
+    slide: str | Path | Sequence[str | Path],
+    annotations: AnnotationSource | Sequence[str | Path],
     out: str | Path,
     *,
     level: int | None = None,
@@ -216,121 +343,223 @@ def extract(
     background: int = 0,
     masks: bool = False,
     drop_partial: bool = False,
+    label_order: Sequence[str] | None = None,
     seed: int = 0,
     shard_size: int = 256,
     codec: str = "zstd",
     workers: int | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    append: bool = False,
+    strict: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ExtractionSummary:
-    """Extract patches around the annotations of one slide into a Zarr v3 store.
+    """Extract patches around the annotations of one slide, or a cohort, into a Zarr v3 store.
 
-    ``annotations`` is an annotation file or ``Annotation`` records (level-0 pixels).
-    Resolution: ``level`` (default 0), or ``mpp`` microns per pixel, or ``magnification``;
-    ``patch_size`` is in pixels of that resolution. ``sampler`` is one of ``jitter``,
-    ``centroid``, ``grid`` (``stride`` px, ``min_overlap`` fraction), ``random-in-polygon``,
-    ``background``; ``background`` adds that many tissue patches outside every annotation.
-    ``masks`` stores per-patch label masks; ``drop_partial`` leaves out patches crossing the
-    slide edge (otherwise padded with white and flagged). ``resume`` finishes an interrupted
-    store made by the same command, writing only missing shards. ``progress(done, total)`` is
-    called as shards finish. Raises a ``WsizarrError`` naming the file and the fix.
+    ``slide`` is a path or a list of paths; ``annotations`` an annotation file or
+    ``Annotation`` records (level-0 pixels) for one slide, or a folder matched by file stem, or
+    one file per slide. Resolution: ``level`` (default 0), or ``mpp`` microns per pixel, or
+    ``magnification``; ``patch_size`` is in pixels of that resolution. ``sampler`` is one of
+    ``jitter``, ``centroid``, ``grid`` (``stride`` px, ``min_overlap`` fraction),
+    ``random-in-polygon``, ``background``; ``background`` adds that many tissue patches outside
+    every annotation. ``masks`` stores per-patch label masks; ``drop_partial`` leaves out
+    patches crossing the slide edge (otherwise padded with white and flagged). ``label_order``
+    fixes the label codes (stable across stores). ``resume`` finishes an interrupted run of the
+    same command, writing only missing shards; ``append`` adds the slides to an existing store.
+    In a cohort an unreadable slide is reported and skipped unless ``strict``.
+    ``progress(done, total)`` is called as shards finish. Raises a ``WsizarrError`` naming the
+    file and the fix.
     """
     started = time.perf_counter()
     out = Path(out)
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ParameterError(f"workers must be at least 1, got {workers}")
-    if overwrite and resume:
-        raise ParameterError("--overwrite and --resume exclude each other; choose one")
-    resuming = resume and out.exists()
-    if out.exists() and not (overwrite or resume):
+    if overwrite and (resume or append):
+        raise ParameterError("--overwrite excludes --resume and --append; choose one")
+    if out.exists() and not (overwrite or resume or append):
         raise StoreExistsError(
-            f"{out}: already exists; pass --overwrite to replace it or --resume to finish it"
+            f"{out}: already exists; pass --overwrite to replace it, --resume to finish it "
+            "or --append to add slides to it"
         )
-    handle = open_slide(slide)
-    try:
-        info = slide_info(handle, slide)
-        resolution = resolve_resolution(
-            info, patch_size, level=level, mpp=mpp, magnification=magnification
-        )
-        wants_background = background > 0 or sampler == BACKGROUND_LABEL
-        tissue = tissue_mask(handle) if wants_background else None
-    finally:
-        handle.close()
-    records, source = _load_annotations(annotations)
-    if not records:
-        raise ParameterError(f"{source or 'annotations'}: no annotations to extract around")
-    labels = label_codes(records, (BACKGROUND_LABEL,) if wants_background else ())
-    plan = plan_patches(
-        records, info, sampler=sampler, resolution=resolution, patch_size=patch_size,
-        per_annotation=per_annotation, seed=seed, stride=stride, min_overlap=min_overlap,
-        background=background, tissue=tissue, drop_partial=drop_partial, labels=labels,
-    )
-    if len(plan) == 0:
+    if append and not out.exists():
+        raise StoreError(f"{out}: store not found, nothing to append to; drop --append to create it")
+    pairs, unmatched_slides, unmatched_annotations = match_annotations(slide, annotations)
+    if not pairs:
         raise ParameterError(
-            f"{source or 'annotations'}: the plan has no patches (annotations outside the slide, "
-            "or every patch dropped); check the annotations belong to this slide"
+            f"{annotations}: no annotation file matches any slide by name "
+            f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
         )
+    wants_background = background > 0 or sampler == BACKGROUND_LABEL
+    prepared: list[_Prepared] = []
+    failures: list[SlideFailure] = []
+    for slide_path, source in pairs:
+        try:
+            prepared.append(_prepare(
+                slide_path, source, level=level, mpp=mpp, magnification=magnification,
+                patch_size=patch_size, wants_background=wants_background,
+            ))
+        except WsizarrError as exc:
+            if strict or len(pairs) == 1:
+                raise
+            failures.append(SlideFailure(str(slide_path), str(exc)))
+    if not prepared:
+        raise ParameterError("no slide could be read: " + "; ".join(f.reason for f in failures))
     parameters: dict[str, Any] = {
-        "sampler": sampler, "level": resolution.level, "mpp": mpp, "magnification": magnification,
-        "patch_size": patch_size, "read_size_px": resolution.read_size_px,
-        "effective_mpp": resolution.mpp, "per_annotation": per_annotation, "stride": stride,
+        "sampler": sampler, "level": level, "mpp": mpp, "magnification": magnification,
+        "patch_size": patch_size, "per_annotation": per_annotation, "stride": stride,
         "min_overlap": min_overlap, "background": background, "masks": masks,
         "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
     }
-    metadata = {
-        "wsizarr_version": __version__,
-        "parameters": parameters,
-        "plan_digest": _plan_digest(plan),
-        "slides": [{
-            **info.to_attrs(), "annotations": source,
-            "annotation_names": [a.name for a in records],
-        }],
-    }
-    label_names = sorted(labels, key=labels.__getitem__)
-    if resuming:
-        group = open_for_resume(out)
-        existing = store_metadata(group)
-        if existing.get("plan_digest") != metadata["plan_digest"] or existing.get("parameters") != parameters:
-            raise StoreError(
-                f"{out}: was made with other parameters or annotations "
-                f"({existing.get('parameters')}); rerun with the same ones, or use --overwrite"
-            )
-    else:
-        group = create_store(
-            out, plan.arrays(), patch_size=patch_size, shard_size=shard_size, codec=codec,
-            metadata=metadata, label_names=label_names, masks=masks, overwrite=overwrite,
+    group = open_for_writing(out) if out.exists() and not overwrite else None
+    existing = store_metadata(group) if group is not None else None
+    if existing is not None and existing.get("parameters") != parameters:
+        raise StoreError(
+            f"{out}: was made with other parameters ({existing.get('parameters')}); use the "
+            "same ones to resume or append, or --overwrite"
         )
-    job = ShardJob(
-        str(slide), info, resolution, patch_size, plan,
-        tuple(records) if masks else None, labels,
+    resuming_run = existing is not None and not existing.get("complete") and "run" in existing
+    if existing is not None and not existing.get("complete") and not resume:
+        raise StoreError(f"{out}: an earlier extraction did not finish; rerun it with --resume")
+    if existing is not None and existing.get("complete") and not append:
+        return _summary(out, existing, 0, started, prepared, failures, unmatched_slides, unmatched_annotations)
+    if resuming_run:
+        first_slide, first_patch = existing["run"]["first_slide"], existing["run"]["first_patch"]
+        earlier = existing["slides"][:first_slide]
+        label_names = list(existing["label_names"])
+    else:
+        earlier = existing["slides"] if existing else []
+        first_slide, first_patch = len(earlier), existing["n_patches"] if existing else 0
+        label_names = _label_names(existing, prepared, wants_background, label_order)
+    known = {s.get("content_hash") for s in earlier}
+    for p in prepared:
+        if p.content_hash in known:
+            raise StoreError(
+                f"{p.job.path}: this slide (same content) is already in {out}; remove it from the "
+                "list of slides to append"
+            )
+    labels = {name: code for code, name in enumerate(label_names)}
+    plans = [
+        plan_patches(
+            list(p.job.annotations), p.job.info, sampler=sampler, resolution=p.job.resolution,
+            patch_size=patch_size, per_annotation=per_annotation, seed=seed, stride=stride,
+            min_overlap=min_overlap, background=background, tissue=p.tissue,
+            drop_partial=drop_partial, slide_index=first_slide + i, labels=labels,
+        )
+        for i, p in enumerate(prepared)
+    ]
+    plan = concat_plans(plans)
+    if len(plan) == 0:
+        raise ParameterError(
+            "the plan has no patches (annotations outside the slides, or every patch dropped); "
+            "check the annotations belong to these slides"
+        )
+    slides_table = earlier + [
+        {
+            **p.job.info.to_attrs(), "annotations": p.source, "content_hash": p.content_hash,
+            "level": p.job.resolution.level, "read_size_px": p.job.resolution.read_size_px,
+            "effective_mpp": p.job.resolution.mpp,
+            "annotation_names": [a.name for a in p.job.annotations],
+        }
+        for p in prepared
+    ]
+    if resuming_run and slides_table != existing["slides"]:
+        raise StoreError(
+            f"{out}: the interrupted run had other slides or annotations; rerun it with the "
+            "same ones, or use --overwrite"
+        )
+    if group is None:
+        group = create_store(
+            out, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
+            metadata={"wsizarr_version": __version__, "parameters": parameters},
+            overwrite=overwrite,
+        )
+    new_arrays = plan.arrays()
+    all_arrays = {
+        name: np.concatenate([np.asarray(group[name][:first_patch]), values])
+        for name, values in new_arrays.items()
+    }
+    begin_run(
+        group, new_arrays, first_patch=first_patch, slides=slides_table,
+        label_names=label_names, plan_digest=plan_digest(all_arrays),
     )
-    tasks = shard_tasks(len(plan), shard_size, done_shards(group))
-    done_patches = len(plan) - sum(t.stop - t.start for t in tasks)
+    job = ShardJob(
+        {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
+        first_patch, masks, labels,
+    )
+    n_total = first_patch + len(plan)
+    tasks = shard_tasks(n_total, shard_size, done_shards(group))
+    done_patches = n_total - sum(t.stop - t.start for t in tasks)
 
     def run(task: ShardTask) -> int:
-        write_shard(group, task.index, read_shard(job, task))
+        arrays = read_shard(job, task)
+        if task.start < first_patch:  # the shard that held the store's last patches: keep them
+            arrays = {
+                name: np.concatenate([np.asarray(group[name][task.start:first_patch]), values])
+                for name, values in arrays.items()
+            }
+        write_shard(group, task.index, arrays)
         return task.stop - task.start
 
     if progress:
-        progress(done_patches, len(plan))
+        progress(done_patches, n_total)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run, task) for task in tasks]
         try:
             for future in futures:
                 done_patches += future.result()
                 if progress:
-                    progress(done_patches, len(plan))
+                    progress(done_patches, n_total)
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
-    if not store_metadata(group).get("complete"):
-        finalize_store(group)
+    finalize_store(group)
+    return _summary(
+        out, store_metadata(group), len(tasks), started, prepared, failures, unmatched_slides,
+        unmatched_annotations, plan,
+    )
+
+
+def _label_names(
+    existing: Mapping[str, Any] | None, prepared: Sequence[_Prepared], wants_background: bool,
+    label_order: Sequence[str] | None,
+) -> list[str]:
+    """Label names in code order: the store's first, then new ones sorted (or ``label_order``)."""
+    found = {a.label for p in prepared for a in p.job.annotations if a.label is not None}
+    if wants_background:
+        found.add(BACKGROUND_LABEL)
+    names = list(existing["label_names"]) if existing else []
+    if label_order is not None:
+        missing = sorted(found - set(label_order))
+        if missing:
+            raise ParameterError(
+                f"labels {', '.join(missing)} are not in the label order "
+                f"({', '.join(label_order)}); add them or map them to listed labels"
+            )
+        if names and names != list(label_order)[: len(names)]:
+            raise ParameterError(
+                f"the store's labels ({', '.join(names)}) do not start the given label order; "
+                "keep the store's order and add new labels at the end"
+            )
+        return list(label_order)
+    return names + sorted(found - set(names))
+
+
+def _summary(
+    out: Path, metadata: Mapping[str, Any], shards_written: int, started: float,
+    prepared: Sequence[_Prepared], failures: Sequence[SlideFailure],
+    unmatched_slides: Sequence[str], unmatched_annotations: Sequence[str],
+    plan: PatchPlan | None = None,
+) -> ExtractionSummary:
+    n = metadata["n_patches"]
     return ExtractionSummary(
-        store=str(out), n_patches=len(plan), n_shards=-(-len(plan) // shard_size),
-        shards_written=len(tasks), seconds=time.perf_counter() - started,
-        bytes_on_disk=disk_usage(out)[0], skipped_annotations=len(plan.skipped_annotations),
-        padded=int(plan.padded.sum()), dropped_partial=plan.dropped_partial,
+        store=str(out), n_patches=n, n_shards=-(-n // metadata["shard_size"]),
+        shards_written=shards_written, seconds=time.perf_counter() - started,
+        bytes_on_disk=disk_usage(out)[0], n_slides=len(metadata["slides"]),
+        skipped_annotations=0 if plan is None else len(plan.skipped_annotations),
+        padded=0 if plan is None else int(plan.padded.sum()),
+        dropped_partial=0 if plan is None else plan.dropped_partial,
+        failed_slides=tuple(failures), slides_without_annotations=tuple(unmatched_slides),
+        annotations_without_slides=tuple(unmatched_annotations),
     )

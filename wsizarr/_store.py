@@ -41,13 +41,14 @@ __all__ = [
     "MASK_DIMS",
     "PATCH_DIMS",
     "SCHEMA_VERSION",
+    "begin_run",
     "create_store",
     "disk_usage",
     "done_shards",
     "encode_shard",
     "finalize_store",
     "open_store",
-    "open_for_resume",
+    "open_for_writing",
     "store_info",
     "store_metadata",
     "write_shard",
@@ -129,21 +130,18 @@ def _metadata(group: zarr.Group) -> dict[str, Any]:
 
 def create_store(
     path: str | Path,
-    arrays: Mapping[str, np.ndarray],
     *,
     patch_size: int,
     shard_size: int,
     codec: str,
     metadata: Mapping[str, Any],
-    label_names: list[str],
     masks: bool = False,
     overwrite: bool = False,
 ) -> zarr.Group:
-    """Create an empty, incomplete store for N patches and write its 1-D arrays.
+    """Create an empty, incomplete store (no patches yet); ``begin_run`` then sizes it.
 
-    ``arrays`` holds every name of ``COORDINATE_ARRAYS`` with length N; ``masks`` adds the
-    ``(N, H, W)`` uint8 ``masks`` array. Raises ``StoreExistsError`` when ``path`` exists and
-    ``overwrite`` is false.
+    ``masks`` adds the ``(N, H, W)`` uint8 ``masks`` array. Raises ``StoreExistsError`` when
+    ``path`` exists and ``overwrite`` is false.
     """
     if codec not in CODECS:
         raise ParameterError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -158,21 +156,20 @@ def create_store(
                 f"{path}: already exists; pass --overwrite to replace it or --resume to finish it"
             )
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    n = len(arrays["x"])
-    n_shards = -(-n // shard_size)
     try:
         group = zarr.create_group(zarr.storage.LocalStore(path), zarr_format=3)
     except OSError as exc:
         raise StoreError(f"{path}: cannot create the store ({exc.strerror}); check the path") from None
     group.attrs[_ATTRS] = {
-        **metadata, "schema_version": SCHEMA_VERSION, "complete": False,
-        "n_patches": n, "shard_size": shard_size, "codec": codec, "label_names": label_names,
-        "codec_lossless": spec.lossless, "requires": list(spec.requires),
+        **metadata, "schema_version": SCHEMA_VERSION, "complete": False, "n_patches": 0,
+        "shard_size": shard_size, "codec": codec, "codec_lossless": spec.lossless,
+        "requires": list(spec.requires), "label_names": [], "slides": [],
     }
     compressor = spec.compressor()
+    coordinates = {"coordinates": " ".join(COORDINATE_ARRAYS)}
     group.create_array(
         "patches",
-        shape=(n, patch_size, patch_size, 3),
+        shape=(0, patch_size, patch_size, 3),
         dtype="uint8",
         chunks=(1, patch_size, patch_size, 3),
         shards=(shard_size, patch_size, patch_size, 3),
@@ -180,13 +177,12 @@ def create_store(
         compressors=() if compressor is None else compressor,
         fill_value=255,
         dimension_names=PATCH_DIMS,
-        config={"write_empty_chunks": True},
-        attributes={"coordinates": " ".join(COORDINATE_ARRAYS)},
+        attributes=coordinates,
     )
     if masks:
         group.create_array(
             "masks",
-            shape=(n, patch_size, patch_size),
+            shape=(0, patch_size, patch_size),
             dtype="uint8",
             chunks=(1, patch_size, patch_size),
             shards=(shard_size, patch_size, patch_size),
@@ -194,24 +190,59 @@ def create_store(
             fill_value=0,
             dimension_names=MASK_DIMS,
             attributes={
-                "coordinates": " ".join(COORDINATE_ARRAYS),
+                **coordinates,
                 "meaning": "label code + 1 of the annotation covering each pixel; 0 none, 255 unlabelled",
             },
         )
     for name, dtype in COORDINATE_ARRAYS.items():
-        values = np.asarray(arrays[name]).astype(dtype, copy=False)
-        attributes = {"label_names": label_names} if name == "label" else {}
-        array = group.create_array(
-            name, shape=(n,), dtype=dtype, chunks=(max(1, min(n, _COORD_CHUNK)),),
+        group.create_array(
+            name, shape=(0,), dtype=dtype, chunks=(_COORD_CHUNK,),
             fill_value=False if dtype == "bool" else -1, dimension_names=("patch",),
-            attributes=attributes,
         )
-        array[:] = values
-    group.create_array(
-        _DONE, shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
-        dimension_names=("shard",), config={"write_empty_chunks": True},
-    )
     return group
+
+
+def begin_run(
+    group: zarr.Group,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    first_patch: int,
+    slides: list[dict[str, Any]],
+    label_names: list[str],
+    plan_digest: str,
+) -> None:
+    """Size the store for a run that adds the patches ``arrays`` at ``first_patch``.
+
+    Idempotent, so a resumed run calls it again: the store is marked incomplete first, then
+    the 1-D arrays are grown and written, then the shards wholly before ``first_patch`` are
+    marked done (the shard holding ``first_patch`` is rewritten with its earlier patches).
+    """
+    metadata = _metadata(group)
+    shard_size = metadata["shard_size"]
+    n = first_patch + len(arrays["x"])
+    group.attrs[_ATTRS] = {
+        **metadata, "complete": False, "n_patches": n, "slides": slides,
+        "label_names": label_names, "plan_digest": plan_digest,
+        "run": {"first_patch": first_patch, "first_slide": int(arrays["slide"].min(initial=len(slides)))},
+    }
+    for name, dtype in COORDINATE_ARRAYS.items():
+        array = group[name]
+        array.resize((n,))
+        array[first_patch:] = np.asarray(arrays[name]).astype(dtype, copy=False)
+        if name == "label":
+            array.attrs["label_names"] = label_names
+    for name in ("patches", "masks"):
+        if name in group:
+            group[name].resize((n, *group[name].shape[1:]))
+    n_shards = -(-n // shard_size)
+    if _DONE not in group or group[_DONE].shape != (n_shards,):
+        if _DONE in group:
+            del group[_DONE]
+        done = group.create_array(
+            _DONE, shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
+            dimension_names=("shard",), config={"write_empty_chunks": True},
+        )
+        done[: first_patch // shard_size] = 1
 
 
 def open_store(path: str | Path, *, require_complete: bool = True) -> zarr.Group:
@@ -241,10 +272,12 @@ def open_store(path: str | Path, *, require_complete: bool = True) -> zarr.Group
     return group
 
 
-def open_for_resume(path: str | Path) -> zarr.Group:
-    """Open an existing store for writing the shards it lacks."""
+def open_for_writing(path: str | Path) -> zarr.Group:
+    """Open an existing store to resume or append to it."""
     open_store(path, require_complete=False)
-    return zarr.open_group(zarr.storage.LocalStore(Path(path)), mode="r+", zarr_format=3)
+    return zarr.open_group(
+        zarr.storage.LocalStore(Path(path)), mode="r+", zarr_format=3, use_consolidated=False
+    )
 
 
 def store_metadata(group: zarr.Group) -> dict[str, Any]:
@@ -308,7 +341,7 @@ def finalize_store(group: zarr.Group) -> None:
         raise IncompleteStoreError(
             f"{group.store}: {int((~done).sum())} shards are missing; resume the extraction"
         )
-    metadata = _metadata(group)
+    metadata = {k: v for k, v in _metadata(group).items() if k != "run"}
     group.attrs[_ATTRS] = {**metadata, "complete": True}
     if _DONE in group:
         del group[_DONE]
