@@ -64,6 +64,14 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
         "jpegxl (lossless, smallest; needs imagecodecs), jpeg (lossy q90; needs imagecodecs)",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
+    parser.add_argument(
+        "--executor", default="threads", choices=("threads", "processes"),
+        help="run shard tasks on threads (default) or processes",
+    )
+    parser.add_argument(
+        "--dask-scheduler", default=None, metavar="ADDRESS",
+        help="run shard tasks on a dask.distributed cluster (pip install 'wsizarr[dask]')",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,8 +111,22 @@ def _extract_kwargs(args: argparse.Namespace) -> dict:
         "per_annotation": args.per_annotation, "stride": args.stride,
         "min_overlap": args.min_overlap, "background": args.background, "masks": args.masks,
         "drop_partial": args.drop_partial, "seed": args.seed, "shard_size": args.shard_size,
-        "codec": args.codec, "workers": args.workers, "progress": _ProgressBar(),
+        "codec": args.codec, "workers": args.workers, "executor": args.executor,
+        "client": _dask_client(args.dask_scheduler), "progress": _ProgressBar(),
     }
+
+
+def _dask_client(address: str | None) -> object:
+    if address is None:
+        return None
+    try:
+        from distributed import Client
+    except ImportError:
+        raise WsizarrError("--dask-scheduler needs dask.distributed: pip install 'wsizarr[dask]'") from None
+    try:
+        return Client(address, timeout=20)
+    except (OSError, TimeoutError) as exc:
+        raise WsizarrError(f"cannot reach the dask scheduler at {address} ({exc}); check the address") from None
 
 
 def _print_info(store: str, as_json: bool) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from ._version import __version__
 
 __all__ = [
     "ANNOTATION_SUFFIXES", "ExtractionSummary", "ShardJob", "ShardTask", "SlideFailure",
-    "SlideJob", "extract", "match_annotations", "read_shard", "shard_tasks",
+    "SlideJob", "extract", "match_annotations", "plan_digest", "read_shard", "run_shard_task",
+    "shard_tasks",
 ]
 
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
@@ -126,6 +127,32 @@ class ShardJob:
     first_patch: int
     masks: bool
     labels: Mapping[str, int]
+
+    def for_task(self, task: ShardTask) -> ShardJob:
+        """The part of this job that ``task`` needs: small to send to another process."""
+        first = max(task.start, self.first_patch)
+        sl = slice(first - self.first_patch, task.stop - self.first_patch)
+        plan = PatchPlan(**{name: values[sl] for name, values in self.plan.arrays().items()})
+        needed = set(np.unique(plan.slide).tolist())
+        slides = {index: job for index, job in self.slides.items() if index in needed}
+        return ShardJob(slides, self.patch_size, plan, first, self.masks, self.labels)
+
+
+def run_shard_task(store: str, job: ShardJob, task: ShardTask) -> int:
+    """Produce and write one whole shard (any executor calls this); returns its patch count.
+
+    A shard that starts before ``job.first_patch`` (the store's last, partial shard when
+    appending) keeps its earlier patches: they are read back and written with the new ones.
+    """
+    group = open_for_writing(store)
+    arrays = read_shard(job, task)
+    if task.start < job.first_patch:
+        arrays = {
+            name: np.concatenate([np.asarray(group[name][task.start : job.first_patch]), values])
+            for name, values in arrays.items()
+        }
+    write_shard(group, task.index, arrays)
+    return task.stop - task.start
 
 
 def shard_tasks(n_patches: int, shard_size: int, done: np.ndarray | None = None) -> list[ShardTask]:
@@ -352,6 +379,8 @@ def extract(
     resume: bool = False,
     append: bool = False,
     strict: bool = False,
+    executor: str = "threads",
+    client: Any = None,
     progress: ProgressCallback | None = None,
 ) -> ExtractionSummary:
     """Extract patches around the annotations of one slide, or a cohort, into a Zarr v3 store.
@@ -366,7 +395,9 @@ def extract(
     patches crossing the slide edge (otherwise padded with white and flagged). ``label_order``
     fixes the label codes (stable across stores). ``resume`` finishes an interrupted run of the
     same command, writing only missing shards; ``append`` adds the slides to an existing store.
-    In a cohort an unreadable slide is reported and skipped unless ``strict``.
+    In a cohort an unreadable slide is reported and skipped unless ``strict``. Shard tasks run
+    on ``workers`` threads (``executor="threads"``, the default: OpenSlide and the codecs
+    release the GIL) or processes (``"processes"``), or on a ``dask.distributed`` ``client``.
     ``progress(done, total)`` is called as shards finish. Raises a ``WsizarrError`` naming the
     file and the fix.
     """
@@ -375,6 +406,8 @@ def extract(
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ParameterError(f"workers must be at least 1, got {workers}")
+    if executor not in _EXECUTORS:
+        raise ParameterError(f"unknown executor {executor!r}; choose one of {', '.join(_EXECUTORS)}")
     if overwrite and (resume or append):
         raise ParameterError("--overwrite excludes --resume and --append; choose one")
     if out.exists() and not (overwrite or resume or append):
@@ -490,35 +523,57 @@ def extract(
     n_total = first_patch + len(plan)
     tasks = shard_tasks(n_total, shard_size, done_shards(group))
     done_patches = n_total - sum(t.stop - t.start for t in tasks)
-
-    def run(task: ShardTask) -> int:
-        arrays = read_shard(job, task)
-        if task.start < first_patch:  # the shard that held the store's last patches: keep them
-            arrays = {
-                name: np.concatenate([np.asarray(group[name][task.start:first_patch]), values])
-                for name, values in arrays.items()
-            }
-        write_shard(group, task.index, arrays)
-        return task.stop - task.start
-
     if progress:
         progress(done_patches, n_total)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run, task) for task in tasks]
-        try:
-            for future in futures:
-                done_patches += future.result()
-                if progress:
-                    progress(done_patches, n_total)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    for count in _execute(str(out), job, tasks, workers=workers, executor=executor, client=client):
+        done_patches += count
+        if progress:
+            progress(done_patches, n_total)
     finalize_store(group)
     return _summary(
         out, store_metadata(group), len(tasks), started, prepared, failures, unmatched_slides,
         unmatched_annotations, plan,
     )
+
+
+_EXECUTORS = ("threads", "processes")
+
+
+def _execute(
+    store: str, job: ShardJob, tasks: Sequence[ShardTask], *, workers: int, executor: str,
+    client: Any,
+) -> Iterator[int]:
+    """Run the shard tasks; yield each one's patch count as it finishes."""
+    if not tasks:
+        return
+    if client is not None:
+        from distributed import as_completed as dask_completed
+
+        futures = client.map(
+            run_shard_task, [store] * len(tasks), [job.for_task(t) for t in tasks], tasks,
+            pure=False,
+        )
+        try:
+            for future in dask_completed(futures):
+                yield future.result()
+        except BaseException:
+            client.cancel(futures)
+            raise
+        return
+    if executor == "processes":
+        import multiprocessing
+
+        pool: Any = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(workers)
+    with pool:
+        futures = [pool.submit(run_shard_task, store, job.for_task(t), t) for t in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _label_names(
