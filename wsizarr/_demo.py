@@ -67,10 +67,12 @@ def _draw_level0(
     xs, ys = rng.uniform(0, width, n_nuclei), rng.uniform(0, height, n_nuclei)
     for nx, ny in zip(xs[inside[ys.astype(int), xs.astype(int)]], ys[inside[ys.astype(int), xs.astype(int)]]):
         draw.ellipse((nx - 2.5, ny - 2, nx + 2.5, ny + 2), fill=_NUCLEUS_RGB)
-    pixels = np.asarray(image, dtype=np.int16)
-    noise = rng.integers(-10, 11, size=(height, width, 1), dtype=np.int16)
-    image = Image.fromarray((pixels + noise).clip(0, 255).astype(np.uint8))
-    return image, polygons, labels
+    pixels = np.array(image)
+    for top in range(0, height, 512):  # grain, in row blocks to keep memory small
+        block = pixels[top : top + 512].astype(np.int16)
+        block += rng.integers(-10, 11, size=(*block.shape[:2], 1), dtype=np.int16)
+        pixels[top : top + 512] = block.clip(0, 255)
+    return Image.fromarray(pixels), polygons, labels
 
 
 def _jpeg_tiles(image: Image.Image, quality: int) -> Iterator[bytes]:
