@@ -81,3 +81,18 @@ def read_like_openslide(slide_path: Path, x: int, y: int, level: int, size: int)
     with openslide.OpenSlide(slide_path) as slide:
         rgba = np.asarray(slide.read_region((x, y), level, (size, size)))
     return composite_on_white(rgba)
+
+
+# --- S3: a real S3-compatible server on 127.0.0.1 (tests/s3server.py) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS (moto's server mode where it cannot start): endpoint, credentials, a fresh bucket.
+
+    Sets nothing global; tests pass ``s3_server.options`` to ``parse_location``.
+    """
+    from .s3server import s3_server as start
+
+    with start(tmp_path_factory.mktemp("s3")) as server:
+        yield server

@@ -1,0 +1,324 @@
+"""Where a store lives: a local directory, a single ``.zip`` file or an S3 prefix.
+
+``parse_location`` turns what a user typed into a :class:`Location`; the functions below open a
+zarr ``Store`` on it and answer what the store layer asks of any location (does it exist, delete
+it, list it, how big is it, pack it into a zip). Each kind of location is one small backend that
+fills in :class:`_Backend`; callers never branch on the kind.
+
+S3 goes through zarr's own ``ObjectStore`` over obstore (``pip install 'wsizarr[cloud]'``).
+Credentials, endpoint and region come from the storage options, else from the usual AWS
+environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_ENDPOINT_URL``, ``AWS_REGION``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+import zarr
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from ._errors import ParameterError, StoreError, StoreExistsError
+
+if TYPE_CHECKING:
+    from obstore.store import S3Store
+
+__all__ = [
+    "Location",
+    "Mode",
+    "STORAGE_OPTIONS",
+    "delete",
+    "exists",
+    "list_keys",
+    "open_zarr_store",
+    "pack_zip",
+    "parse_location",
+    "size_bytes",
+]
+
+Kind = Literal["local", "zip", "s3"]
+Mode = Literal["r", "w", "a"]  # read only; create; add to an existing store (resume)
+STORAGE_OPTIONS = ("access_key_id", "secret_access_key", "session_token", "endpoint_url", "region")
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: packing the same store gives the same zip
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed store location; ``str()`` gives it back as the user would write it."""
+
+    kind: Kind
+    path: str  # local and zip: a filesystem path; s3: the key prefix inside the bucket
+    bucket: str = ""
+    storage_options: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, hash=False
+    )
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.path}" if self.kind == "s3" else self.path
+
+
+def parse_location(
+    text: str | os.PathLike[str] | Location, storage_options: Mapping[str, str] | None = None
+) -> Location:
+    """Parse ``s3://bucket/prefix``, a ``.zip`` file or a local directory.
+
+    ``storage_options`` (keys in ``STORAGE_OPTIONS``) apply to S3 only and override the AWS
+    environment variables.
+    """
+    if isinstance(text, Location):
+        return text
+    options = dict(storage_options or {})
+    unknown = sorted(set(options) - set(STORAGE_OPTIONS))
+    if unknown:
+        raise ParameterError(
+            f"{os.fspath(text)}: unknown storage options {unknown}; use {list(STORAGE_OPTIONS)}"
+        )
+    text = os.fspath(text)
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme != "s3":
+        raise ParameterError(
+            f"{text}: '{scheme}://' is not supported; "
+            "use s3://bucket/name.zarr, a .zip file or a directory"
+        )
+    if options and not sep:
+        raise ParameterError(f"{text}: storage options apply to s3:// locations only; drop them")
+    if sep:
+        bucket, _, prefix = rest.partition("/")
+        prefix = prefix.strip("/")
+        if not bucket or not prefix:
+            raise ParameterError(
+                f"{text}: name a bucket and a prefix, e.g. s3://bucket/cohort.zarr"
+            )
+        return Location("s3", prefix, bucket, MappingProxyType(options))
+    return Location("zip" if text.lower().endswith(".zip") else "local", text)
+
+
+def open_zarr_store(location: Location, mode: Mode) -> Store:
+    """A zarr ``Store`` on ``location``: ``"r"`` read only, ``"w"`` create, ``"a"`` add to it.
+
+    ``StoreError`` when the location cannot be reached or, for ``"r"`` and ``"a"``, holds
+    nothing; ``StoreExistsError`` for a zip opened with ``"w"`` that exists.
+    """
+    backend = _BACKENDS[location.kind]
+    found = backend.exists(location)  # on S3 one LIST, which also diagnoses bucket and keys
+    if mode != "w" and not found:
+        raise StoreError(f"{location}: store not found; check the location")
+    return backend.open(location, mode)
+
+
+def exists(location: Location) -> bool:
+    """Whether anything is stored at ``location``."""
+    return _BACKENDS[location.kind].exists(location)
+
+
+def delete(location: Location) -> None:
+    """Delete everything stored at ``location`` (for overwriting); nothing there is fine."""
+    _BACKENDS[location.kind].delete(location)
+
+
+def list_keys(location: Location, prefix: str = "") -> list[str]:
+    """The sorted keys under ``prefix`` (relative to the store's root)."""
+    return sorted(key for key, _ in _BACKENDS[location.kind].listing(location, prefix))
+
+
+def size_bytes(location: Location) -> tuple[int, int]:
+    """Bytes stored and the number of files (or objects) that hold them."""
+    return _BACKENDS[location.kind].usage(location)
+
+
+def pack_zip(source: Location, zip_path: str | os.PathLike[str]) -> Location:
+    """Copy every key of the finished store at ``source`` into one ZIP_STORED zip.
+
+    The zip is written under a temporary name beside ``zip_path`` and renamed when complete, so a
+    crash never leaves a truncated zip. ``StoreExistsError`` if ``zip_path`` exists.
+    """
+    target = parse_location(zip_path)
+    if target.kind != "zip":
+        raise ParameterError(f"{zip_path}: a packed store must be a .zip file; name it *.zip")
+    path = Path(target.path)
+    if not path.parent.is_dir():
+        raise StoreError(f"{path}: its directory does not exist; create it first")
+    if path.exists():
+        raise StoreExistsError(f"{path}: exists; delete it or choose another name")
+    store = open_zarr_store(source, "r")
+    prototype = default_buffer_prototype()
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+            for key in list_keys(source):
+                buffer = sync(store.get(key, prototype))
+                if buffer is None:
+                    raise StoreError(f"{source}: {key} vanished while packing; stop writers first")
+                archive.writestr(zipfile.ZipInfo(key, _ZIP_EPOCH), buffer.to_bytes())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    finally:
+        store.close()
+    return target
+
+
+class _Backend(ABC):
+    """What every kind of location provides."""
+
+    @abstractmethod
+    def open(self, location: Location, mode: Mode) -> Store: ...
+
+    @abstractmethod
+    def exists(self, location: Location) -> bool: ...
+
+    @abstractmethod
+    def delete(self, location: Location) -> None: ...
+
+    @abstractmethod
+    def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
+        """``(key, size in bytes)`` of every key under ``prefix``."""
+
+    def usage(self, location: Location) -> tuple[int, int]:
+        sizes = [size for _, size in self.listing(location, "")]
+        return sum(sizes), len(sizes)
+
+
+class _Local(_Backend):
+    def open(self, location: Location, mode: Mode) -> Store:
+        return zarr.storage.LocalStore(location.path, read_only=mode == "r")
+
+    def exists(self, location: Location) -> bool:
+        return Path(location.path).exists()
+
+    def delete(self, location: Location) -> None:
+        path = Path(location.path)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
+        root = Path(location.path)
+        for file in (root / prefix).rglob("*"):
+            if file.is_file():
+                yield file.relative_to(root).as_posix(), file.stat().st_size
+
+
+class _Zip(_Local):
+    def open(self, location: Location, mode: Mode) -> Store:
+        if mode == "a":
+            raise StoreError(
+                f"{location}: a zip cannot be added to; write a directory, then `wsizarr pack` it"
+            )
+        if mode == "w" and self.exists(location):
+            raise StoreExistsError(f"{location}: exists; delete it or choose another name")
+        return zarr.storage.ZipStore(location.path, mode=mode, compression=zipfile.ZIP_STORED)
+
+    def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
+        with zipfile.ZipFile(location.path) as archive:
+            for info in archive.infolist():
+                if info.filename.startswith(prefix) and not info.is_dir():
+                    yield info.filename, info.compress_size
+
+    def usage(self, location: Location) -> tuple[int, int]:
+        return Path(location.path).stat().st_size, 1
+
+
+class _S3(_Backend):
+    def open(self, location: Location, mode: Mode) -> Store:
+        return zarr.storage.ObjectStore(_s3_store(location), read_only=mode == "r")
+
+    def exists(self, location: Location) -> bool:
+        return any(True for _ in self.listing(location, ""))
+
+    def delete(self, location: Location) -> None:
+        import obstore
+
+        keys = [key for key, _ in self.listing(location, "")]
+        if keys:
+            with _s3_errors(location):
+                obstore.delete(_s3_store(location), keys)
+
+    def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
+        import obstore
+
+        with _s3_errors(location):
+            for batch in obstore.list(_s3_store(location), prefix or None, chunk_size=1000):
+                for meta in batch:
+                    yield meta["path"], meta["size"]
+
+
+def _endpoint(location: Location) -> str | None:
+    """The endpoint from the storage options, else from the environment; None: AWS itself."""
+    return location.storage_options.get("endpoint_url") or next(
+        (os.environ[name] for name in _ENDPOINT_VARIABLES if os.environ.get(name)), None
+    )
+
+
+def _s3_store(location: Location) -> S3Store:
+    try:
+        from obstore.store import S3Store
+    except ImportError:
+        raise StoreError(
+            f"{location}: S3 needs the cloud extra; pip install 'wsizarr[cloud]'"
+        ) from None
+    config: dict[str, Any] = {
+        name: value for name, value in location.storage_options.items() if name != "endpoint_url"
+    }
+    endpoint = _endpoint(location)
+    if endpoint:
+        config["endpoint"] = endpoint
+    return S3Store(
+        location.bucket,
+        prefix=location.path,
+        client_options={"allow_http": bool(endpoint and endpoint.startswith("http://"))},
+        **config,
+    )
+
+
+_CREDENTIAL_CODES = (
+    "SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "ExpiredToken",
+    "InvalidToken", "403 Forbidden",
+)
+
+
+@contextmanager
+def _s3_errors(location: Location) -> Iterator[None]:
+    """Turn obstore's errors into one-line ``StoreError``s naming the URL and the fix."""
+    import obstore.exceptions
+
+    try:
+        yield
+    except (obstore.exceptions.BaseError, OSError) as error:
+        message = str(error)
+        if "NoSuchBucket" in message:
+            raise StoreError(
+                f"{location}: bucket '{location.bucket}' does not exist; create it or fix the URL"
+            ) from None
+        if isinstance(error, (obstore.exceptions.PermissionDeniedError,
+                              obstore.exceptions.UnauthenticatedError)) or any(
+            code in message for code in _CREDENTIAL_CODES
+        ):
+            raise StoreError(
+                f"{location}: the S3 server refused the credentials; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or the storage options) to a key allowed on this bucket"
+            ) from None
+        if "error sending request" in message:
+            raise StoreError(
+                f"{location}: cannot reach {_endpoint(location) or 'the AWS endpoint'}; check the "
+                "endpoint (AWS_ENDPOINT_URL or the endpoint_url option) and that the server runs"
+            ) from None
+        raise StoreError(f"{location}: {message.splitlines()[0]}") from None
+
+
+_BACKENDS: dict[Kind, _Backend] = {"local": _Local(), "zip": _Zip(), "s3": _S3()}
