@@ -1,0 +1,121 @@
+"""zarr's two S3 stores side by side on a loopback SeaweedFS: FsspecStore (s3fs) and ObjectStore (obstore).
+
+Writes ``--shards`` shards of real 256-px H&E patches (zstd, ``--shard-size`` patches, ~1-2 MB
+each) the way the engine does (one ``store.set`` per encoded shard, ``--workers`` threads), then
+reads them back whole (``array[:]``) and as ``--random`` single patches (a loader's pattern: two
+ranged GETs each). Prints patches/s and MB/s, medians of ``--repeats`` alternating runs.
+
+Run: pip install -e ".[test]" s3fs && python benchmarks/bench_s3.py [--shards 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_write import real_patches  # noqa: E402  (a sibling script)
+
+from tests.s3server import S3Server, seaweedfs  # noqa: E402
+from wsizarr._locations import open_zarr_store, parse_location  # noqa: E402
+from wsizarr._store import CODECS, encode_shard  # noqa: E402
+
+PATCH = 256
+
+
+def fsspec_store(server: S3Server, prefix: str) -> zarr.abc.store.Store:
+    return zarr.storage.FsspecStore.from_url(
+        server.url(prefix),
+        storage_options={
+            "key": server.access_key_id, "secret": server.secret_access_key,
+            "endpoint_url": server.endpoint,
+        },
+    )
+
+
+def obstore_store(server: S3Server, prefix: str) -> zarr.abc.store.Store:
+    return open_zarr_store(parse_location(server.url(prefix), server.options), "w")
+
+
+def run(
+    make: Callable[[S3Server, str], zarr.abc.store.Store], server: S3Server, shards: list[bytes],
+    shard_size: int, workers: int, n_random: int, rng: np.random.Generator,
+) -> tuple[float, float, float]:
+    """Seconds to write every shard, to read the whole array, and to read ``n_random`` patches."""
+    prefix = f"bench-{time.time_ns()}.zarr"
+    n = len(shards) * shard_size
+    array = zarr.create_array(
+        make(server, prefix), name="patches", shape=(n, PATCH, PATCH, 3), dtype="uint8",
+        chunks=(1, PATCH, PATCH, 3), shards=(shard_size, PATCH, PATCH, 3),
+        compressors=CODECS["zstd"].compressor(), zarr_format=3,
+    )
+    buffers = [default_buffer_prototype().buffer.from_bytes(data) for data in shards]
+
+    def write(index: int) -> None:
+        key = f"patches/{array.metadata.encode_chunk_key((index, 0, 0, 0))}"
+        sync(array.store.set(key, buffers[index]))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(write, range(len(shards))))
+    written = time.perf_counter() - start
+
+    reader = zarr.open_array(make(server, prefix), path="patches", mode="r")
+    start = time.perf_counter()
+    reader[:]
+    read_all = time.perf_counter() - start
+    start = time.perf_counter()
+    for index in rng.integers(0, n, n_random).tolist():
+        reader[index]
+    read_random = time.perf_counter() - start
+    return written, read_all, read_random
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=300)
+    parser.add_argument("--shard-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--random", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    pixels = real_patches(args.shards * args.shard_size)
+    shards = [
+        encode_shard(pixels[i:i + args.shard_size], args.shard_size, "zstd")
+        for i in range(0, len(pixels), args.shard_size)
+    ]
+    n, megabytes = len(pixels), sum(map(len, shards)) / 1e6
+    print(f"{len(shards)} shards of {args.shard_size} patches, {megabytes / len(shards):.2f} MB "
+          f"each on average; {args.workers} writer threads")
+    stores = {"FsspecStore (s3fs)": fsspec_store, "ObjectStore (obstore)": obstore_store}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in stores}
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder, seaweedfs(Path(folder)) as server:
+        print(f"SeaweedFS ready in {server.startup_seconds:.2f} s")
+        for _ in range(args.repeats):
+            for name, make in stores.items():
+                times[name].append(
+                    run(make, server, shards, args.shard_size, args.workers, args.random, rng)
+                )
+    print(f"{'store':24} {'write p/s':>10} {'MB/s':>6} {'read p/s':>10} {'MB/s':>6} "
+          f"{'random p/s':>11}")
+    for name, runs in times.items():
+        write, read, random = (statistics.median(column) for column in zip(*runs))
+        print(f"{name:24} {n / write:10.0f} {megabytes / write:6.0f} {n / read:10.0f} "
+              f"{megabytes / read:6.0f} {args.random / random:11.0f}")
+
+
+if __name__ == "__main__":
+    main()
