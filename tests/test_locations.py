@@ -6,6 +6,7 @@ does not exist, refused credentials, a closed port), never by patching a client.
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def test_store_contract(writable: Location) -> None:
     assert n_files == len(keys) and n_bytes > PATCHES.nbytes // 2
     assert_sample(open_zarr_store(writable, "r"))
     assert_sample(open_zarr_store(writable, "a"))
+    # loader workers get the location or the opened store pickled
+    assert_sample(open_zarr_store(pickle.loads(pickle.dumps(writable)), "r"))
+    assert_sample(pickle.loads(pickle.dumps(open_zarr_store(writable, "r"))))
     delete(writable)
     assert not exists(writable) and list_keys(writable) == []
     delete(writable)  # nothing there is fine

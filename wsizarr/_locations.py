@@ -22,7 +22,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 import zarr
@@ -62,9 +61,7 @@ class Location:
     kind: Kind
     path: str  # local and zip: a filesystem path; s3: the key prefix inside the bucket
     bucket: str = ""
-    storage_options: Mapping[str, str] = field(
-        default_factory=lambda: MappingProxyType({}), repr=False, hash=False
-    )
+    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.path}" if self.kind == "s3" else self.path
@@ -102,7 +99,7 @@ def parse_location(
             raise ParameterError(
                 f"{text}: name a bucket and a prefix, e.g. s3://bucket/cohort.zarr"
             )
-        return Location("s3", prefix, bucket, MappingProxyType(options))
+        return Location("s3", prefix, bucket, options)
     return Location("zip" if text.lower().endswith(".zip") else "local", text)
 
 
