@@ -134,7 +134,7 @@ def seaweedfs(directory: Path, bucket: str = BUCKET, timeout: float = 30.0) -> I
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """Stop the server's process group (it is the group's leader) by its process id."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):  # its data is disposable
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:

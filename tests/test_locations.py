@@ -94,6 +94,15 @@ def test_store_contract(writable: Location) -> None:
         open_zarr_store(writable, "r")
 
 
+def test_consolidated_open_reads_one_object(writable: Location) -> None:
+    write_sample(writable)
+    store = zarr.storage.LoggingStore(open_zarr_store(writable, "r"))
+    group = zarr.open_group(store, mode="r", zarr_format=3)
+    assert group["patches"].shape == PATCHES.shape and group["label"].dtype == np.int32
+    reads = ("get", "get_partial_values", "exists", "list", "list_prefix", "list_dir")
+    assert {name: store.counter[name] for name in reads if store.counter[name]} == {"get": 1}
+
+
 def test_read_only_store_refuses_writes(writable: Location) -> None:
     write_sample(writable)
     store = open_zarr_store(writable, "r")

@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,7 +33,7 @@ from zarr.core.sync import sync
 from ._errors import ParameterError, StoreError, StoreExistsError
 
 if TYPE_CHECKING:
-    from obstore.store import S3Store
+    from obstore.store import RetryConfig, S3Store
 
 __all__ = [
     "Location",
@@ -51,6 +52,8 @@ Kind = Literal["local", "zip", "s3"]
 Mode = Literal["r", "w", "a"]  # read only; create; add to an existing store (resume)
 STORAGE_OPTIONS = ("access_key_id", "secret_access_key", "session_token", "endpoint_url", "region")
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+# listing and deleting give up within a second when the endpoint is down (obstore: 10 retries)
+_FEW_RETRIES: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: packing the same store gives the same zip
 
 
@@ -244,13 +247,14 @@ class _S3(_Backend):
         keys = [key for key, _ in self.listing(location, "")]
         if keys:
             with _s3_errors(location):
-                obstore.delete(_s3_store(location), keys)
+                obstore.delete(_s3_store(location, _FEW_RETRIES), keys)
 
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
         import obstore
 
         with _s3_errors(location):
-            for batch in obstore.list(_s3_store(location), prefix or None, chunk_size=1000):
+            store = _s3_store(location, _FEW_RETRIES)
+            for batch in obstore.list(store, prefix or None, chunk_size=1000):
                 for meta in batch:
                     yield meta["path"], meta["size"]
 
@@ -262,7 +266,8 @@ def _endpoint(location: Location) -> str | None:
     )
 
 
-def _s3_store(location: Location) -> S3Store:
+def _s3_store(location: Location, retry_config: RetryConfig | None = None) -> S3Store:
+    """obstore's S3 client; zarr's data path keeps obstore's patient default retries."""
     try:
         from obstore.store import S3Store
     except ImportError:
@@ -279,6 +284,7 @@ def _s3_store(location: Location) -> S3Store:
         location.bucket,
         prefix=location.path,
         client_options={"allow_http": bool(endpoint and endpoint.startswith("http://"))},
+        retry_config=retry_config,
         **config,
     )
 
