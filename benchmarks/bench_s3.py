@@ -1,4 +1,4 @@
-"""zarr's two S3 stores side by side on a loopback SeaweedFS: FsspecStore (s3fs) and ObjectStore (obstore).
+"""zarr's two S3 stores on a loopback SeaweedFS: FsspecStore (s3fs) vs ObjectStore (obstore).
 
 Writes ``--shards`` shards of real 256-px H&E patches (zstd, ``--shard-size`` patches, ~1-2 MB
 each) the way the engine does (one ``store.set`` per encoded shard, ``--workers`` threads), then

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 import zarr
@@ -242,19 +243,15 @@ class _S3(_Backend):
         return any(True for _ in self.listing(location, ""))
 
     def delete(self, location: Location) -> None:
-        import obstore
-
         keys = [key for key, _ in self.listing(location, "")]
         if keys:
             with _s3_errors(location):
-                obstore.delete(_s3_store(location, _FEW_RETRIES), keys)
+                _obstore(location).delete(_s3_store(location, _FEW_RETRIES), keys)
 
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
-        import obstore
-
         with _s3_errors(location):
             store = _s3_store(location, _FEW_RETRIES)
-            for batch in obstore.list(store, prefix or None, chunk_size=1000):
+            for batch in _obstore(location).list(store, prefix or None, chunk_size=1000):
                 for meta in batch:
                     yield meta["path"], meta["size"]
 
@@ -266,21 +263,27 @@ def _endpoint(location: Location) -> str | None:
     )
 
 
-def _s3_store(location: Location, retry_config: RetryConfig | None = None) -> S3Store:
-    """obstore's S3 client; zarr's data path keeps obstore's patient default retries."""
+def _obstore(location: Location) -> ModuleType:
     try:
-        from obstore.store import S3Store
+        import obstore
+        import obstore.exceptions
+        import obstore.store
     except ImportError:
         raise StoreError(
             f"{location}: S3 needs the cloud extra; pip install 'wsizarr[cloud]'"
         ) from None
+    return obstore
+
+
+def _s3_store(location: Location, retry_config: RetryConfig | None = None) -> S3Store:
+    """obstore's S3 client; zarr's data path keeps obstore's patient default retries."""
     config: dict[str, Any] = {
         name: value for name, value in location.storage_options.items() if name != "endpoint_url"
     }
     endpoint = _endpoint(location)
     if endpoint:
         config["endpoint"] = endpoint
-    return S3Store(
+    return _obstore(location).store.S3Store(
         location.bucket,
         prefix=location.path,
         client_options={"allow_http": bool(endpoint and endpoint.startswith("http://"))},
@@ -298,20 +301,17 @@ _CREDENTIAL_CODES = (
 @contextmanager
 def _s3_errors(location: Location) -> Iterator[None]:
     """Turn obstore's errors into one-line ``StoreError``s naming the URL and the fix."""
-    import obstore.exceptions
-
+    exceptions = _obstore(location).exceptions
     try:
         yield
-    except (obstore.exceptions.BaseError, OSError) as error:
+    except (exceptions.BaseError, OSError) as error:
         message = str(error)
         if "NoSuchBucket" in message:
             raise StoreError(
                 f"{location}: bucket '{location.bucket}' does not exist; create it or fix the URL"
             ) from None
-        if isinstance(error, (obstore.exceptions.PermissionDeniedError,
-                              obstore.exceptions.UnauthenticatedError)) or any(
-            code in message for code in _CREDENTIAL_CODES
-        ):
+        refused = (exceptions.PermissionDeniedError, exceptions.UnauthenticatedError)
+        if isinstance(error, refused) or any(code in message for code in _CREDENTIAL_CODES):
             raise StoreError(
                 f"{location}: the S3 server refused the credentials; set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY (or the storage options) to a key allowed on this bucket"
