@@ -3,7 +3,8 @@
 Writes ``--shards`` shards of real 256-px H&E patches (zstd, ``--shard-size`` patches, ~1-2 MB
 each) the way the engine does (one ``store.set`` per encoded shard, ``--workers`` threads), then
 reads them back whole (``array[:]``) and as ``--random`` single patches (a loader's pattern: two
-ranged GETs each). Prints patches/s and MB/s, medians of ``--repeats`` alternating runs.
+ranged GETs each). Prints patches/s, MB/s and this process's CPU seconds per 1000 patches (the
+client's share; the server runs beside it), medians of ``--repeats`` alternating runs.
 
 Run: pip install -e ".[test]" s3fs && python benchmarks/bench_s3.py [--shards 300]
 """
@@ -51,8 +52,8 @@ def obstore_store(server: S3Server, prefix: str) -> zarr.abc.store.Store:
 def run(
     make: Callable[[S3Server, str], zarr.abc.store.Store], server: S3Server, shards: list[bytes],
     shard_size: int, workers: int, n_random: int, rng: np.random.Generator,
-) -> tuple[float, float, float]:
-    """Seconds to write every shard, to read the whole array, and to read ``n_random`` patches."""
+) -> tuple[tuple[float, float], ...]:
+    """(wall, CPU) seconds to write every shard, read the whole array, read ``n_random`` patches."""
     prefix = f"bench-{time.time_ns()}.zarr"
     n = len(shards) * shard_size
     array = zarr.create_array(
@@ -66,20 +67,23 @@ def run(
         key = f"patches/{array.metadata.encode_chunk_key((index, 0, 0, 0))}"
         sync(array.store.set(key, buffers[index]))
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(write, range(len(shards))))
-    written = time.perf_counter() - start
+    def write_all() -> None:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(write, range(len(shards))))
 
     reader = zarr.open_array(make(server, prefix), path="patches", mode="r")
-    start = time.perf_counter()
-    reader[:]
-    read_all = time.perf_counter() - start
-    start = time.perf_counter()
-    for index in rng.integers(0, n, n_random).tolist():
-        reader[index]
-    read_random = time.perf_counter() - start
-    return written, read_all, read_random
+
+    def read_random() -> None:
+        for index in rng.integers(0, n, n_random).tolist():
+            reader[index]
+
+    return timed(write_all), timed(lambda: reader[:]), timed(read_random)
+
+
+def timed(action: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    action()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -100,7 +104,7 @@ def main() -> None:
     print(f"{len(shards)} shards of {args.shard_size} patches, {megabytes / len(shards):.2f} MB "
           f"each on average; {args.workers} writer threads")
     stores = {"FsspecStore (s3fs)": fsspec_store, "ObjectStore (obstore)": obstore_store}
-    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in stores}
+    times: dict[str, list[tuple[tuple[float, float], ...]]] = {name: [] for name in stores}
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder, seaweedfs(Path(folder)) as server:
         print(f"SeaweedFS ready in {server.startup_seconds:.2f} s")
@@ -109,12 +113,15 @@ def main() -> None:
                 times[name].append(
                     run(make, server, shards, args.shard_size, args.workers, args.random, rng)
                 )
-    print(f"{'store':24} {'write p/s':>10} {'MB/s':>6} {'read p/s':>10} {'MB/s':>6} "
-          f"{'random p/s':>11}")
+    print(f"{'store':24} {'write p/s':>10} {'MB/s':>5} {'CPU':>5} {'read p/s':>9} {'MB/s':>5} "
+          f"{'CPU':>5} {'random p/s':>11} {'CPU':>5}   (CPU: client s per 1000 patches)")
     for name, runs in times.items():
-        write, read, random = (statistics.median(column) for column in zip(*runs))
-        print(f"{name:24} {n / write:10.0f} {megabytes / write:6.0f} {n / read:10.0f} "
-              f"{megabytes / read:6.0f} {args.random / random:11.0f}")
+        (write, write_cpu), (read, read_cpu), (random, random_cpu) = (
+            tuple(map(statistics.median, zip(*phase))) for phase in zip(*runs)
+        )
+        print(f"{name:24} {n / write:10.0f} {megabytes / write:5.0f} {1000 * write_cpu / n:5.2f} "
+              f"{n / read:9.0f} {megabytes / read:5.0f} {1000 * read_cpu / n:5.2f} "
+              f"{args.random / random:11.0f} {1000 * random_cpu / args.random:5.2f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing, contextmanager
@@ -118,6 +119,8 @@ def seaweedfs(directory: Path, bucket: str = BUCKET, timeout: float = 30.0) -> I
         f"-s3.port={s3_port}", f"-s3.config={identities}", "-webdav=false", "-admin.ui=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-s3.autoCreateBucket=false",  # a missing bucket must stay missing
+        f"-filer.localSocket={directory / 'filer.sock'}",
+        f"-s3.localSocket={directory / 's3.sock'}",
         f"-bucket={bucket}", *(f"-{name}={port}" for name, port in ports.items()),
     ]
     with open(directory / "weed.log", "wb") as log:
@@ -130,6 +133,9 @@ def seaweedfs(directory: Path, bucket: str = BUCKET, timeout: float = 30.0) -> I
         yield S3Server(endpoint, bucket, startup_seconds=seconds)
     finally:
         _stop(process)
+        for port in ports.values():  # gRPC sockets weed leaves in the temporary directory
+            for socket_file in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                socket_file.unlink(missing_ok=True)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
