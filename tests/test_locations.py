@@ -79,7 +79,8 @@ def test_store_contract(writable: Location) -> None:
     assert exists(writable)
     keys = list_keys(writable)
     assert {"zarr.json", "patches/zarr.json", "label/zarr.json", *SHARD_KEYS} <= set(keys)
-    assert list_keys(writable, "patches/c/") == SHARD_KEYS
+    assert list_keys(writable, "patches/c/") == list_keys(writable, "patches/c") == SHARD_KEYS
+    assert list_keys(writable, "patch") == []  # prefixes are folders
     n_bytes, n_files = size_bytes(writable)
     assert n_files == len(keys) and n_bytes > PATCHES.nbytes // 2
     assert_sample(open_zarr_store(writable, "r"))
@@ -122,6 +123,7 @@ def test_pack_zip(writable: Location, tmp_path: Path) -> None:
     assert {info.compress_type for info in infos} == {zipfile.ZIP_STORED}
     assert size_bytes(target) == (path.stat().st_size, 1)
     assert list_keys(target) == list_keys(writable)
+    assert list_keys(target, "patches/c") == SHARD_KEYS and list_keys(target, "patch") == []
     assert_sample(zarr.storage.ZipStore(path, mode="r"))
     assert_sample(open_zarr_store(target, "r"))
     with pytest.raises(StoreExistsError, match="cohort.zip: exists"):

@@ -131,8 +131,9 @@ def delete(location: Location) -> None:
 
 
 def list_keys(location: Location, prefix: str = "") -> list[str]:
-    """The sorted keys under ``prefix`` (relative to the store's root)."""
-    return sorted(key for key, _ in _BACKENDS[location.kind].listing(location, prefix))
+    """The sorted keys (relative to the store's root) under the folder-like ``prefix``."""
+    listing = _BACKENDS[location.kind].listing(location, prefix.strip("/"))
+    return sorted(key for key, _ in listing)
 
 
 def size_bytes(location: Location) -> tuple[int, int]:
@@ -187,7 +188,7 @@ class _Backend(ABC):
 
     @abstractmethod
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
-        """``(key, size in bytes)`` of every key under ``prefix``."""
+        """``(key, size in bytes)`` of every key under ``prefix`` ("" or "a/b", no slashes)."""
 
     def usage(self, location: Location) -> tuple[int, int]:
         sizes = [size for _, size in self.listing(location, "")]
@@ -228,7 +229,8 @@ class _Zip(_Local):
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
         with zipfile.ZipFile(location.path) as archive:
             for info in archive.infolist():
-                if info.filename.startswith(prefix) and not info.is_dir():
+                inside = not prefix or info.filename.startswith(f"{prefix}/")
+                if inside and not info.is_dir():
                     yield info.filename, info.compress_size
 
     def usage(self, location: Location) -> tuple[int, int]:
