@@ -56,7 +56,7 @@ class S3Server:
         return f"s3://{self.bucket}/{name}"
 
 
-def _free_port(low: int = 1024, high: int = 65535) -> int:
+def free_port(low: int = 1024, high: int = 65535) -> int:
     while True:
         with closing(socket.socket()) as sock:
             sock.bind(("127.0.0.1", 0))
@@ -68,7 +68,7 @@ def _free_port(low: int = 1024, high: int = 65535) -> int:
 def _admin_ports() -> tuple[int, int]:
     """A free admin port whose +10000 neighbour is free too."""
     while True:
-        port = _free_port(high=65535 - _GRPC_OFFSET)
+        port = free_port(high=65535 - _GRPC_OFFSET)
         try:
             with closing(socket.socket()) as sock:
                 sock.bind(("127.0.0.1", port + _GRPC_OFFSET))
@@ -107,9 +107,9 @@ def seaweedfs(directory: Path, bucket: str = BUCKET, timeout: float = 30.0) -> I
         "credentials": [{"accessKey": ACCESS_KEY_ID, "secretKey": SECRET_ACCESS_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    s3_port = _free_port()
+    s3_port = free_port()
     admin, admin_grpc = _admin_ports()
-    ports = {name: _free_port() for name in _WEED_PORTS} | {
+    ports = {name: free_port() for name in _WEED_PORTS} | {
         "admin.port": admin, "admin.port.grpc": admin_grpc,
     }
     data = directory / "data"
@@ -158,7 +158,7 @@ def moto(bucket: str = BUCKET) -> Iterator[S3Server]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     start = time.perf_counter()
     server.start()
