@@ -74,6 +74,24 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+        help="S3 option (endpoint_url, access_key_id, secret_access_key, session_token, region); "
+        "default: the AWS_* environment variables",
+    )
+
+
+def _storage_options(args: argparse.Namespace) -> dict[str, str] | None:
+    options = {}
+    for item in args.storage_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise WsizarrError(f"--storage-option {item!r}: write KEY=VALUE, e.g. endpoint_url=http://host:9000")
+        options[key] = value
+    return options or None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsizarr", description="Annotation-driven patch extraction from whole-slide images into Zarr v3."
@@ -85,7 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         "--annotations", required=True,
         help="annotation file, or a folder of files named like the slides (slide.svs -> slide.xml)",
     )
-    extract.add_argument("--out", required=True, help="output Zarr store (a directory)")
+    extract.add_argument(
+        "--out", required=True,
+        help="output store: a directory, a .zip file, or s3://bucket/prefix.zarr",
+    )
     _add_extract_options(extract)
     extract.add_argument(
         "--label-order", default=None,
@@ -95,9 +116,15 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--overwrite", action="store_true", help="replace an existing store")
     extract.add_argument("--resume", action="store_true", help="finish an interrupted extraction")
     extract.add_argument("--append", action="store_true", help="add the slides to an existing store")
+    _add_storage_option(extract)
     info = commands.add_parser("info", help="describe a store")
-    info.add_argument("store")
+    info.add_argument("store", help="a directory, a .zip file, or s3://bucket/prefix.zarr")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_storage_option(info)
+    pack = commands.add_parser("pack", help="copy a finished store into one uncompressed .zip file")
+    pack.add_argument("store", help="a directory or s3://bucket/prefix.zarr")
+    pack.add_argument("zip", help="the .zip file to write")
+    _add_storage_option(pack)
     demo = commands.add_parser("demo", help="generate a synthetic slide with annotations and extract it")
     demo.add_argument("dir", nargs="?", default="wsizarr-demo", help="output folder (default ./wsizarr-demo)")
     _add_extract_options(demo)
@@ -129,10 +156,11 @@ def _dask_client(address: str | None) -> object:
         raise WsizarrError(f"cannot reach the dask scheduler at {address} ({exc}); check the address") from None
 
 
-def _print_info(store: str, as_json: bool) -> None:
+def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | None) -> None:
+    from ._locations import parse_location
     from ._store import store_info
 
-    info = store_info(store)
+    info = store_info(parse_location(store, storage_options))
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -181,12 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 slides, args.annotations, args.out, overwrite=args.overwrite,
                 resume=args.resume, append=args.append, strict=args.strict,
                 label_order=None if args.label_order is None else args.label_order.split(","),
-                **_extract_kwargs(args),
+                storage_options=_storage_options(args), **_extract_kwargs(args),
             )
             _report_cohort(summary)
             print(summary)
         elif args.command == "info":
-            _print_info(args.store, args.json)
+            _print_info(args.store, args.json, _storage_options(args))
+        elif args.command == "pack":
+            from ._locations import pack_zip, parse_location
+            from ._store import open_store
+
+            source = parse_location(args.store, _storage_options(args))
+            open_store(source)  # only a finished store is packed
+            print(f"packed {source} into {pack_zip(source, args.zip)}")
         else:
             _demo(args)
     except WsizarrError as exc:

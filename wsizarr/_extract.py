@@ -17,13 +17,14 @@ import openslide
 from ._annotations import Annotation, read_annotations
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
+from ._locations import Location, delete, exists, pack_zip, parse_location, size_bytes
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
     Resolution, SlideInfo, composite_on_white, open_slide, read_rgba, resize_patch,
     resolve_resolution, slide_info, tissue_mask,
 )
 from ._store import (
-    begin_run, create_store, disk_usage, done_shards, finalize_store, open_for_writing,
+    begin_run, create_store, done_shards, finalize_store, open_for_writing, open_store,
     store_metadata, write_shard,
 )
 from ._version import __version__
@@ -138,7 +139,7 @@ class ShardJob:
         return ShardJob(slides, self.patch_size, plan, first, self.masks, self.labels)
 
 
-def run_shard_task(store: str, job: ShardJob, task: ShardTask) -> int:
+def run_shard_task(store: Location, job: ShardJob, task: ShardTask) -> int:
     """Produce and write one whole shard (any executor calls this); returns its patch count.
 
     A shard that starts before ``job.first_patch`` (the store's last, partial shard when
@@ -357,7 +358,7 @@ def _prepare(
 def extract(
     slide: str | Path | Sequence[str | Path],
     annotations: AnnotationSource | Sequence[str | Path],
-    out: str | Path,
+    out: str | Path | Location,
     *,
     level: int | None = None,
     mpp: float | None = None,
@@ -381,6 +382,7 @@ def extract(
     strict: bool = False,
     executor: str = "threads",
     client: Any = None,
+    storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> ExtractionSummary:
     """Extract patches around the annotations of one slide, or a cohort, into a Zarr v3 store.
@@ -398,11 +400,19 @@ def extract(
     In a cohort an unreadable slide is reported and skipped unless ``strict``. Shard tasks run
     on ``workers`` threads (``executor="threads"``, the default: OpenSlide and the codecs
     release the GIL) or processes (``"processes"``), or on a ``dask.distributed`` ``client``.
-    ``progress(done, total)`` is called as shards finish. Raises a ``WsizarrError`` naming the
-    file and the fix.
+    ``out`` is a directory, a ``.zip`` file (written whole at the end from a
+    ``<name>.zip.partial.zarr`` directory beside it, which is what ``resume`` finishes) or an
+    ``s3://bucket/prefix`` URL (credentials and endpoint from ``storage_options`` or the AWS
+    environment variables). ``progress(done, total)`` is called as shards finish. Raises a
+    ``WsizarrError`` naming the file and the fix.
     """
     started = time.perf_counter()
-    out = Path(out)
+    target = parse_location(out, storage_options)
+    out = target if target.kind != "zip" else parse_location(f"{target.path}.partial.zarr")
+    if target.kind == "zip" and append:
+        raise ParameterError(
+            f"{target}: a zip cannot be appended to; append to a directory store, then `wsizarr pack` it"
+        )
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ParameterError(f"workers must be at least 1, got {workers}")
@@ -410,12 +420,12 @@ def extract(
         raise ParameterError(f"unknown executor {executor!r}; choose one of {', '.join(_EXECUTORS)}")
     if overwrite and (resume or append):
         raise ParameterError("--overwrite excludes --resume and --append; choose one")
-    if out.exists() and not (overwrite or resume or append):
+    if (exists(target) or exists(out)) and not (overwrite or resume or append):
         raise StoreExistsError(
-            f"{out}: already exists; pass --overwrite to replace it, --resume to finish it "
+            f"{target}: already exists; pass --overwrite to replace it, --resume to finish it "
             "or --append to add slides to it"
         )
-    if append and not out.exists():
+    if append and not exists(out):
         raise StoreError(f"{out}: store not found, nothing to append to; drop --append to create it")
     pairs, unmatched_slides, unmatched_annotations = match_annotations(slide, annotations)
     if not pairs:
@@ -444,7 +454,10 @@ def extract(
         "min_overlap": min_overlap, "background": background, "masks": masks,
         "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
     }
-    group = open_for_writing(out) if out.exists() and not overwrite else None
+    if target.kind == "zip" and exists(target) and not overwrite:
+        return _summary(target, store_metadata(open_store(target)), 0, started, prepared,
+                        failures, unmatched_slides, unmatched_annotations)
+    group = open_for_writing(out) if exists(out) and not overwrite else None
     existing = store_metadata(group) if group is not None else None
     if existing is not None and existing.get("parameters") != parameters:
         raise StoreError(
@@ -525,13 +538,19 @@ def extract(
     done_patches = n_total - sum(t.stop - t.start for t in tasks)
     if progress:
         progress(done_patches, n_total)
-    for count in _execute(str(out), job, tasks, workers=workers, executor=executor, client=client):
+    for count in _execute(out, job, tasks, workers=workers, executor=executor, client=client):
         done_patches += count
         if progress:
             progress(done_patches, n_total)
     finalize_store(group)
+    metadata = store_metadata(group)
+    if target.kind == "zip":
+        if exists(target):
+            delete(target)
+        pack_zip(out, target.path)
+        delete(out)
     return _summary(
-        out, store_metadata(group), len(tasks), started, prepared, failures, unmatched_slides,
+        target, metadata, len(tasks), started, prepared, failures, unmatched_slides,
         unmatched_annotations, plan,
     )
 
@@ -540,7 +559,7 @@ _EXECUTORS = ("threads", "processes")
 
 
 def _execute(
-    store: str, job: ShardJob, tasks: Sequence[ShardTask], *, workers: int, executor: str,
+    store: Location, job: ShardJob, tasks: Sequence[ShardTask], *, workers: int, executor: str,
     client: Any,
 ) -> Iterator[int]:
     """Run the shard tasks; yield each one's patch count as it finishes."""
@@ -602,7 +621,7 @@ def _label_names(
 
 
 def _summary(
-    out: Path, metadata: Mapping[str, Any], shards_written: int, started: float,
+    out: Location, metadata: Mapping[str, Any], shards_written: int, started: float,
     prepared: Sequence[_Prepared], failures: Sequence[SlideFailure],
     unmatched_slides: Sequence[str], unmatched_annotations: Sequence[str],
     plan: PatchPlan | None = None,
@@ -611,7 +630,7 @@ def _summary(
     return ExtractionSummary(
         store=str(out), n_patches=n, n_shards=-(-n // metadata["shard_size"]),
         shards_written=shards_written, seconds=time.perf_counter() - started,
-        bytes_on_disk=disk_usage(out)[0], n_slides=len(metadata["slides"]),
+        bytes_on_disk=size_bytes(out)[0], n_slides=len(metadata["slides"]),
         skipped_annotations=0 if plan is None else len(plan.skipped_annotations),
         padded=0 if plan is None else int(plan.padded.sum()),
         dropped_partial=0 if plan is None else plan.dropped_partial,

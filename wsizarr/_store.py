@@ -16,7 +16,6 @@ it is removed once the store is complete.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ._errors import IncompleteStoreError, ParameterError, StoreError, StoreExistsError
+from ._locations import Location, delete, exists, open_zarr_store, parse_location, size_bytes
 
 __all__ = [
     "CODECS",
@@ -43,7 +43,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "begin_run",
     "create_store",
-    "disk_usage",
     "done_shards",
     "encode_shard",
     "finalize_store",
@@ -128,8 +127,11 @@ def _metadata(group: zarr.Group) -> dict[str, Any]:
     return metadata
 
 
+StoreLocation = str | Path | Location
+
+
 def create_store(
-    path: str | Path,
+    location: StoreLocation,
     *,
     patch_size: int,
     shard_size: int,
@@ -140,8 +142,9 @@ def create_store(
 ) -> zarr.Group:
     """Create an empty, incomplete store (no patches yet); ``begin_run`` then sizes it.
 
-    ``masks`` adds the ``(N, H, W)`` uint8 ``masks`` array. Raises ``StoreExistsError`` when
-    ``path`` exists and ``overwrite`` is false.
+    ``location`` is a directory or an ``s3://`` URL (see ``parse_location``). ``masks`` adds the
+    ``(N, H, W)`` uint8 ``masks`` array. Raises ``StoreExistsError`` when the location holds
+    something and ``overwrite`` is false.
     """
     if codec not in CODECS:
         raise ParameterError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -149,17 +152,17 @@ def create_store(
         raise ParameterError(f"shard size must be at least 1 patch, got {shard_size}")
     spec = CODECS[codec]
     spec.encoder()  # fails now, with the fix, when an optional codec is not installed
-    path = Path(path)
-    if path.exists():
+    location = parse_location(location)
+    if exists(location):
         if not overwrite:
             raise StoreExistsError(
-                f"{path}: already exists; pass --overwrite to replace it or --resume to finish it"
+                f"{location}: already exists; pass --overwrite to replace it or --resume to finish it"
             )
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        delete(location)
     try:
-        group = zarr.create_group(zarr.storage.LocalStore(path), zarr_format=3)
+        group = zarr.create_group(open_zarr_store(location, "w"), zarr_format=3)
     except OSError as exc:
-        raise StoreError(f"{path}: cannot create the store ({exc.strerror}); check the path") from None
+        raise StoreError(f"{location}: cannot create the store ({exc}); check the path") from None
     group.attrs[_ATTRS] = {
         **metadata, "schema_version": SCHEMA_VERSION, "complete": False, "n_patches": 0,
         "shard_size": shard_size, "codec": codec, "codec_lossless": spec.lossless,
@@ -245,38 +248,38 @@ def begin_run(
         done[: first_patch // shard_size] = 1
 
 
-def open_store(path: str | Path, *, require_complete: bool = True) -> zarr.Group:
-    """Open a wsizarr store read-only.
+def open_store(location: StoreLocation, *, require_complete: bool = True) -> zarr.Group:
+    """Open a wsizarr store (directory, ``.zip`` or ``s3://`` URL) read-only.
 
     Raises ``StoreError`` when it is missing or not a wsizarr store, and
     ``IncompleteStoreError`` when ``require_complete`` and the extraction did not finish.
     """
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: store not found; check the path")
+    location = parse_location(location)
     try:
-        group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r", zarr_format=3)
+        group = zarr.open_group(open_zarr_store(location, "r"), mode="r", zarr_format=3)
     except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
-        raise StoreError(f"{path}: not a Zarr v3 group ({exc}); is this a wsizarr store?") from None
+        raise StoreError(f"{location}: not a Zarr v3 group ({exc}); is this a wsizarr store?") from None
     metadata = _metadata(group)
     if metadata.get("schema_version") != SCHEMA_VERSION:
         raise StoreError(
-            f"{path}: schema version {metadata.get('schema_version')} is not supported by this "
-            f"wsizarr (schema {SCHEMA_VERSION}); upgrade wsizarr"
+            f"{location}: schema version {metadata.get('schema_version')} is not supported by "
+            f"this wsizarr (schema {SCHEMA_VERSION}); upgrade wsizarr"
         )
     if require_complete and not metadata.get("complete"):
+        done = done_shards(group)
         raise IncompleteStoreError(
-            f"{path}: the extraction did not finish ({int(done_shards(group).sum())} of "
-            f"{len(done_shards(group))} shards written); run the same extract command with --resume"
+            f"{location}: the extraction did not finish ({int(done.sum())} of {len(done)} shards "
+            "written); run the same extract command with --resume"
         )
     return group
 
 
-def open_for_writing(path: str | Path) -> zarr.Group:
+def open_for_writing(location: StoreLocation) -> zarr.Group:
     """Open an existing store to resume or append to it."""
-    open_store(path, require_complete=False)
+    location = parse_location(location)
+    open_store(location, require_complete=False)
     return zarr.open_group(
-        zarr.storage.LocalStore(Path(path)), mode="r+", zarr_format=3, use_consolidated=False
+        open_zarr_store(location, "a"), mode="r+", zarr_format=3, use_consolidated=False
     )
 
 
@@ -351,21 +354,21 @@ def finalize_store(group: zarr.Group) -> None:
         zarr.consolidate_metadata(group.store)
 
 
-def store_info(path: str | Path) -> dict[str, Any]:
+def store_info(location: StoreLocation) -> dict[str, Any]:
     """A summary of a store, complete or not: counts per label and slide, shapes, bytes, parameters."""
-    path = Path(path)
-    group = open_store(path, require_complete=False)
+    location = parse_location(location)
+    group = open_store(location, require_complete=False)
     metadata = _metadata(group)
     patches = group["patches"]
     done = done_shards(group)
-    n_bytes, n_files = disk_usage(path)
+    n_bytes, n_files = size_bytes(location)
     label_names = metadata.get("label_names", [])
     labels = np.asarray(group["label"][:])
     slides = np.asarray(group["slide"][:])
     codes, counts = np.unique(labels, return_counts=True)
     slide_codes, slide_counts = np.unique(slides, return_counts=True)
     return {
-        "store": str(path),
+        "store": str(location),
         "complete": bool(metadata.get("complete")),
         "shards_done": int(done.sum()),
         "n_shards": len(done),
@@ -390,7 +393,3 @@ def store_info(path: str | Path) -> dict[str, Any]:
     }
 
 
-def disk_usage(path: str | Path) -> tuple[int, int]:
-    """Bytes and number of files of a store on local disk."""
-    sizes = [f.stat().st_size for f in Path(path).rglob("*") if f.is_file()]
-    return sum(sizes), len(sizes)

@@ -1,0 +1,137 @@
+"""Stores on a real S3-compatible server (SeaweedFS on 127.0.0.1) and in one .zip file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import distributed
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from wsizarr import IncompleteStoreError, StoreExistsError, extract, store_info
+from wsizarr._demo import write_demo_annotations, write_demo_slide
+from wsizarr._locations import list_keys, open_zarr_store, parse_location
+
+from .test_cli import WSIZARR, run
+
+ARRAYS = ("patches", "x", "y", "level", "annotation_id", "label", "slide", "padded")
+KWARGS = dict(level=0, patch_size=64, per_annotation=25, shard_size=16, seed=9)
+
+
+def _group(location):
+    return zarr.open_group(open_zarr_store(location, "r"), mode="r")
+
+
+def _assert_same(a, b):
+    for name in ARRAYS:
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+    assert a.attrs["wsizarr"]["plan_digest"] == b.attrs["wsizarr"]["plan_digest"]
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory, aperio_even_case):
+    store = tmp_path_factory.mktemp("local") / "ref.zarr"
+    extract(aperio_even_case.slide, aperio_even_case.annotations, store, **KWARGS)
+    return store
+
+
+def test_extract_to_s3_equals_local_and_counts_objects(s3_server, aperio_even_case, local_reference):
+    url = s3_server.url("direct.zarr")
+    summary = extract(aperio_even_case.slide, aperio_even_case.annotations, url,
+                      storage_options=s3_server.options, **KWARGS)
+    location = parse_location(url, s3_server.options)
+    assert summary.n_patches == 200 and summary.store == url
+    _assert_same(zarr.open_group(local_reference, mode="r"), _group(location))
+    keys = list_keys(location)
+    shards = [k for k in keys if k.startswith("patches/c/")]
+    assert len(shards) == 13  # 200 patches, 16 a shard
+    assert len(keys) <= len(shards) + 2 * 8 + 2  # + metadata and the 1-D arrays, nothing else
+    info = store_info(location)
+    assert info["complete"] and info["files"] == len(keys)
+    dataset = xr.open_zarr(open_zarr_store(location, "r"), consolidated=True)
+    assert dataset["patches"].shape == (200, 64, 64, 3) and "annotation_id" in dataset.coords
+    with pytest.raises(StoreExistsError):
+        extract(aperio_even_case.slide, aperio_even_case.annotations, url,
+                storage_options=s3_server.options, **KWARGS)
+
+
+def test_sigkill_on_s3_then_resume(s3_server, aperio_even_case, local_reference):
+    url = s3_server.url("killed.zarr")
+    location = parse_location(url, s3_server.options)
+    env = {
+        **os.environ, "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key, "AWS_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_REGION": "us-east-1",
+    }
+    args = ["extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
+            "--out", url, "--level", "0", "--patch-size", "64", "--per-annotation", "25",
+            "--shard-size", "16", "--seed", "9"]
+    process = subprocess.Popen([WSIZARR, *map(str, args), "--workers", "1"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list_keys(location, "_shards_done/c/")) >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the extraction finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    info = store_info(location)
+    assert not info["complete"] and 2 <= info["shards_done"] < 13
+    with pytest.raises(IncompleteStoreError):
+        from wsizarr._store import open_store
+
+        open_store(location)
+    resumed = subprocess.run([WSIZARR, *map(str, args), "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({13 - info['shards_done']} of 13 shards written)" in resumed.stdout
+    _assert_same(zarr.open_group(local_reference, mode="r"), _group(location))
+
+
+def test_dask_cluster_writes_a_cohort_to_s3(s3_server, tmp_path):
+    slides = []
+    for i in range(3):
+        slide = write_demo_slide(tmp_path / f"S{i}.svs", width=1600, height=1200, levels=2,
+                                 n_glomeruli=2 + i, glomerulus_px=160, seed=30 + i)
+        write_demo_annotations(slide, tmp_path / f"S{i}.xml")
+        slides.append(slide.path)
+    kwargs = dict(level=0, patch_size=48, per_annotation=8, shard_size=8, seed=2)
+    local = tmp_path / "local.zarr"
+    extract(slides, tmp_path, local, **kwargs)
+    url = s3_server.url("dask-cohort.zarr")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        summary = extract(slides, tmp_path, url, client=client, storage_options=s3_server.options, **kwargs)
+    assert summary.n_slides == 3 and summary.n_patches == (2 + 3 + 4) * 8
+    _assert_same(zarr.open_group(local, mode="r"), _group(parse_location(url, s3_server.options)))
+
+
+def test_zip_output_and_pack(tmp_path, aperio_even_case, local_reference):
+    direct = tmp_path / "direct.zip"
+    extract(aperio_even_case.slide, aperio_even_case.annotations, direct, **KWARGS)
+    assert direct.is_file() and not (tmp_path / "direct.zip.partial.zarr").exists()
+    with zarr.storage.ZipStore(direct, mode="r") as store:
+        _assert_same(zarr.open_group(local_reference, mode="r"), zarr.open_group(store, mode="r"))
+        assert xr.open_zarr(store)["patches"].shape == (200, 64, 64, 3)
+    packed = tmp_path / "packed.zip"
+    result = run("pack", local_reference, packed)
+    assert result.returncode == 0, result.stderr
+    assert "[complete]" in run("info", packed).stdout
+    assert run("pack", local_reference, packed).returncode == 1  # exists: never overwritten silently
+
+
+def test_cli_extract_and_info_on_s3_with_storage_options(s3_server, aperio_even_case):
+    url = s3_server.url("cli.zarr")
+    options = [f"--storage-option={k}={v}" for k, v in s3_server.options.items()]
+    result = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
+                 "--out", url, "--per-annotation", "2", "--patch-size", "32", *options)
+    assert result.returncode == 0, result.stderr
+    info = run("info", url, *options)
+    assert info.returncode == 0 and "16 x 32x32x3" in info.stdout
+    bad = run("info", s3_server.url("nothing-here.zarr"), *options)
+    assert bad.returncode == 1 and "store not found" in bad.stderr and "Traceback" not in bad.stderr
