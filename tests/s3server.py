@@ -57,6 +57,7 @@ class S3Server:
 
 
 def free_port(low: int = 1024, high: int = 65535) -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, within [low, high]."""
     while True:
         with closing(socket.socket()) as sock:
             sock.bind(("127.0.0.1", 0))
