@@ -544,10 +544,9 @@ def extract(
             progress(done_patches, n_total)
     finalize_store(group)
     metadata = store_metadata(group)
-    if target.kind == "zip":
-        if exists(target):
-            delete(target)
-        pack_zip(out, target.path)
+    if target.kind == "zip":  # pack beside the target, then rename over it: never no zip
+        packed = pack_zip(out, f"{target.path}.{os.getpid()}.new.zip")
+        os.replace(packed.path, target.path)
         delete(out)
     return _summary(
         target, metadata, len(tasks), started, prepared, failures, unmatched_slides,
