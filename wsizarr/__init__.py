@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from ._annotations import Annotation, read_annotations
+from ._annotations import (
+    Annotation,
+    AnnotationFile,
+    apply_label_map,
+    parse_label_map,
+    read_annotation_file,
+    read_annotations,
+)
 from ._demo import DemoSlide, write_demo_annotations, write_demo_slide
 from ._errors import (
     AnnotationError,
@@ -24,6 +31,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Annotation",
     "AnnotationError",
+    "AnnotationFile",
     "DemoSlide",
     "ExtractionSummary",
     "IncompleteStoreError",
@@ -35,9 +43,12 @@ __all__ = [
     "StoreExistsError",
     "WsizarrError",
     "__version__",
+    "apply_label_map",
     "extract",
     "open_dataset",
+    "parse_label_map",
     "plan_jitter",
+    "read_annotation_file",
     "read_annotations",
     "store_info",
     "write_demo_annotations",

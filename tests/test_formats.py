@@ -1,0 +1,265 @@
+"""ImageScope XML and QuPath GeoJSON, the real files, label maps, and generated files (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from shapely.geometry import Polygon
+from shapely.validation import make_valid
+
+from wsizarr import AnnotationError, WsizarrError, read_annotations
+from wsizarr._annotations import apply_label_map, parse_label_map, read_annotation_file
+
+from .conftest import ANNOTATIONS
+
+# (file, format, annotations, labels) as the shared data README describes them
+REAL = [
+    ("wsipacker_example.xml", "asap", 1, {None}),
+    ("wsiprocess_CMU-1_classification.xml", "asap", 5, {"malignant", "benign"}),
+    ("wsiprocess_CMU-1_detection.xml", "asap", 24, {"malignant", "benign", "cell"}),
+    ("wsiprocess_CMU-1_segmentation.xml", "asap", 4, {"malignant", "benign"}),
+    ("WSI_handling_TCGA-EJ-5519-01Z-00-DX1.xml", "imagescope", 5, {"CaP", "Description"}),
+    ("WSI_handling_TCGA-EJ-5519-01Z-00-DX1.json", "geojson", 5, {"Tumor", "Other", "Negative"}),
+    ("dlup_qupath05.geojson", "geojson", 3, {"I", "UT"}),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "count", "labels"), REAL, ids=[r[0] for r in REAL])
+def test_real_files_parse(name, kind, count, labels):
+    result = read_annotation_file(ANNOTATIONS / name)
+    assert result.format == kind and len(result.annotations) == count
+    assert {a.label for a in result.annotations} == labels
+    assert [a.id for a in result.annotations] == list(range(count))
+    for annotation in result.annotations:
+        assert np.isfinite(annotation.vertices).all()
+        if annotation.type == "Polygon":
+            assert Polygon(annotation.vertices, annotation.holes).is_valid
+
+
+def test_imagescope_details():
+    result = read_annotation_file(ANNOTATIONS / "WSI_handling_TCGA-EJ-5519-01Z-00-DX1.xml")
+    assert result.mpp == pytest.approx(0.252)
+    assert result.repaired == 2  # two of its three regions cross themselves
+    assert sum(len(a.vertices) for a in result.annotations) > 3000
+
+
+def test_imagescope_and_geojson_of_the_same_slide_give_the_same_polygons():
+    xml = read_annotations(ANNOTATIONS / "WSI_handling_TCGA-EJ-5519-01Z-00-DX1.xml")
+    geojson = read_annotations(ANNOTATIONS / "WSI_handling_TCGA-EJ-5519-01Z-00-DX1.json")
+    assert len(xml) == len(geojson) == 5
+    unmatched = list(geojson)
+    for a in xml:
+        pa = Polygon(a.vertices, a.holes)
+        b = min(unmatched, key=lambda b: np.abs(np.subtract(a.bbox, b.bbox)).sum())
+        unmatched.remove(b)
+        pb = Polygon(b.vertices, b.holes)
+        np.testing.assert_allclose(a.bbox, b.bbox, atol=0.02)  # the JSON rounds to 0.01 px
+        # within the JSON's 0.01-px rounding along the outline
+        assert pa.symmetric_difference(pb).area <= 0.01 * pa.length + 1e-6 * pa.area
+    assert not unmatched
+
+
+IMAGESCOPE = """<Annotations MicronsPerPixel="0.5">
+<Annotation Id="1" Name="{name}"><Attributes><Attribute Name="Glom" Id="0" Value=""/></Attributes>
+<Regions>
+<Region Id="1" NegativeROA="0"><Vertices>{outer}</Vertices></Region>
+<Region Id="2" NegativeROA="1"><Vertices>{hole}</Vertices></Region>
+<Region Id="3" NegativeROA="0"><Vertices><Vertex X="500" Y="500"/></Vertices></Region>
+</Regions></Annotation>
+<Annotation Id="2" Name="Empty layer"><Regions/></Annotation>
+</Annotations>"""
+
+
+def _vertices(points):
+    return "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in points)
+
+
+def test_imagescope_holes_labels_and_empty_layers(tmp_path):
+    path = tmp_path / "scope.xml"
+    outer = [(0, 0), (100, 0), (100, 100), (0, 100)]
+    hole = [(40, 40), (60, 40), (60, 60), (40, 60)]
+    path.write_text(IMAGESCOPE.format(name="Tumour", outer=_vertices(outer), hole=_vertices(hole)))
+    polygon, dot = read_annotations(path)
+    assert polygon.label == "Tumour" and len(polygon.holes) == 1 and dot.type == "Dot"
+    np.testing.assert_array_equal(polygon.holes[0], hole)
+    by_attribute = read_annotations(path, label_from="attribute")
+    assert {a.label for a in by_attribute} == {"Glom"}
+    path.write_text(IMAGESCOPE.format(name="", outer=_vertices(outer), hole=_vertices(hole)))
+    assert {a.label for a in read_annotations(path)} == {"Glom"}  # unnamed layer: its attribute
+
+
+def _feature(geometry, **properties):
+    return {"type": "Feature", "geometry": geometry, "properties": properties}
+
+
+SQUARE = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
+HOLE = [[4, 4], [6, 4], [6, 6], [4, 6], [4, 4]]
+
+
+@pytest.mark.parametrize("layout", ["collection", "feature", "array"])
+def test_geojson_layouts(tmp_path, layout):
+    feature = _feature({"type": "Polygon", "coordinates": [SQUARE, HOLE]},
+                       classification={"name": "Tumor", "color": [255, 0, 0]}, objectType="annotation")
+    document = {"collection": {"type": "FeatureCollection", "features": [feature]},
+                "feature": feature, "array": [feature]}[layout]
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps(document))
+    (annotation,) = read_annotations(path)
+    assert annotation.label == "Tumor" and annotation.vertices.shape == (4, 2)
+    assert len(annotation.holes) == 1
+
+
+def test_geojson_geometries_labels_and_detections(tmp_path):
+    features = [
+        _feature({"type": "MultiPolygon", "coordinates": [[SQUARE], [[[20, 20], [30, 20], [30, 30], [20, 20]]]]},
+                 name="two parts", classification={"names": ["Tumor", "Grade 3"], "colorRGB": -3670016}),
+        _feature({"type": "Point", "coordinates": [5, 5]}, name="cell", objectType="detection"),
+        _feature({"type": "MultiPoint", "coordinates": [[1, 1], [2, 2]]}),
+        _feature({"type": "Polygon", "coordinates": [SQUARE]}, name="just a name"),
+    ]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(features))
+    annotations = read_annotations(path)
+    assert [a.name for a in annotations] == ["two parts #1", "two parts #2", "cell", "Feature 2", "just a name"]
+    assert annotations[0].label == "Tumor: Grade 3" and annotations[2].type == "Dot"
+    assert annotations[3].type == "PointSet" and annotations[3].label is None
+    assert annotations[4].label == "just a name"  # no classification: the name
+    kept = read_annotations(path, exclude_detections=True)
+    assert "cell" not in [a.name for a in kept] and len(kept) == 4
+
+
+def test_self_intersecting_polygons_are_repaired_and_counted(tmp_path):
+    bowtie = [[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]
+    path = tmp_path / "bowtie.geojson"
+    path.write_text(json.dumps(_feature({"type": "Polygon", "coordinates": [bowtie]}, name="bow")))
+    result = read_annotation_file(path)
+    assert result.repaired == 1 and len(result.annotations) == 2  # two triangles
+    assert all(Polygon(a.vertices).is_valid for a in result.annotations)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"type": "FeatureCollection", "features": [', r"a.json:1:\d+: not valid JSON"),
+        ('{"type": "Topology"}', "not QuPath GeoJSON"),
+        ('[{"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}]', "'LineString' is not supported"),
+        ('[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]}}]', "needs at least 3 coordinates"),
+        ('[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, "x"], [1, 0]]]}}]', "malformed Polygon coordinates"),
+        ('[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, NaN], [1, 0]]]}}]', "not a finite number"),
+        ('[{"type": "Feature"}]', "feature 0 has no geometry"),
+    ],
+    ids=["truncated", "not-geojson", "linestring", "two-vertices", "non-numeric", "nan", "no-geometry"],
+)
+def test_broken_geojson(tmp_path, text, message):
+    path = tmp_path / "a.json"
+    path.write_text(text)
+    with pytest.raises(AnnotationError, match=message) as info:
+        read_annotations(path)
+    assert "\n" not in str(info.value) and "a.json" in str(info.value)
+
+
+def test_hostile_imagescope_xml_is_refused(tmp_path):
+    path = tmp_path / "scope.xml"
+    path.write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                    '<Annotations><Annotation Name="&e;"/></Annotations>')
+    started = time.perf_counter()
+    with pytest.raises(AnnotationError, match="declares entities"):
+        read_annotations(path)
+    assert time.perf_counter() - started < 1
+
+
+def test_label_maps(tmp_path):
+    annotations = read_annotations(ANNOTATIONS / "wsiprocess_CMU-1_detection.xml")
+    mapping = parse_label_map("malignant=Abnormal, benign=Normal")
+    assert mapping == {"malignant": "Abnormal", "benign": "Normal"}
+    renamed = apply_label_map(annotations, mapping)
+    assert {a.label for a in renamed} == {"Abnormal", "Normal", "cell"}
+    assert [a.id for a in renamed] == [a.id for a in annotations]
+    kept = apply_label_map(annotations, {"malignant": "tumour", "benign": "tumour"}, keep_only=True)
+    assert {a.label for a in kept} == {"tumour"} and len(kept) < len(annotations)
+    file = tmp_path / "map.json"
+    file.write_text(json.dumps({"cell": "nucleus"}))
+    assert parse_label_map(file) == {"cell": "nucleus"}
+    with pytest.raises(AnnotationError, match="is not old=new"):
+        parse_label_map("malignant")
+
+
+# --- property-based: generated files never raise anything but wsizarr's errors ----------------
+
+coordinate = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+ring = st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=12)
+label = st.one_of(st.none(), st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8))
+
+
+def _asap(rings, labels):
+    body = "".join(
+        f'<Annotation Name="a{i}" Type="Polygon" PartOfGroup="{lab or "None"}"><Coordinates>'
+        + "".join(f'<Coordinate Order="{k}" X="{x!r}" Y="{y!r}" />' for k, (x, y) in enumerate(r))
+        + "</Coordinates></Annotation>"
+        for i, (r, lab) in enumerate(zip(rings, labels))
+    )
+    return f"<ASAP_Annotations><Annotations>{body}</Annotations></ASAP_Annotations>"
+
+
+def _geojson(rings, labels):
+    return json.dumps({"type": "FeatureCollection", "features": [
+        _feature({"type": "Polygon", "coordinates": [[list(p) for p in r] + [list(r[0])]]},
+                 **({"classification": {"name": lab}} if lab else {}))
+        for r, lab in zip(rings, labels)
+    ]})
+
+
+def _imagescope(rings, labels):
+    return "<Annotations>" + "".join(
+        f'<Annotation Id="{i}" Name="{lab or ""}"><Regions><Region Id="1"><Vertices>'
+        + _vertices(r) + "</Vertices></Region></Regions></Annotation>"
+        for i, (r, lab) in enumerate(zip(rings, labels))
+    ) + "</Annotations>"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(ring, label), min_size=1, max_size=4), st.sampled_from([_asap, _geojson, _imagescope]))
+def test_valid_files_round_trip(tmp_path, shapes, writer):
+    rings = [r for r, _ in shapes]
+    labels = [lab for _, lab in shapes]
+    assume(all(make_valid(Polygon(r)).area > 0 for r in rings))  # degenerate rings are refused
+    path = tmp_path / "generated.txt"
+    path.write_text(writer(rings, labels))
+    result = read_annotation_file(path)
+    if result.repaired == 0:  # a valid polygon comes back exactly
+        assert len(result.annotations) == len(rings)
+        for annotation, r, lab in zip(result.annotations, rings, labels):
+            np.testing.assert_array_equal(annotation.vertices, np.array(r, dtype=float)[: len(annotation.vertices)])
+            assert annotation.label == lab
+    for annotation in result.annotations:
+        assert np.isfinite(annotation.vertices).all()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400) | st.text(max_size=400).map(str.encode))
+def test_arbitrary_bytes_raise_only_wsizarr_errors(tmp_path, data):
+    path = tmp_path / "junk.xml"
+    path.write_bytes(data)
+    try:
+        read_annotations(path)
+    except WsizarrError:
+        pass
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(ring, label), min_size=1, max_size=3), st.sampled_from([_asap, _geojson, _imagescope]),
+       st.integers(0, 10_000), st.integers(1, 50))
+def test_damaged_files_raise_only_wsizarr_errors(tmp_path, shapes, writer, cut, garbage):
+    text = writer([r for r, _ in shapes], [lab for _, lab in shapes])
+    damaged = text[: cut % max(len(text), 1)] + "\x00<&{[" * (garbage % 3) + text[cut % max(len(text), 1) + garbage:]
+    path = tmp_path / "damaged.txt"
+    path.write_text(damaged)
+    try:
+        read_annotations(path)
+    except WsizarrError:
+        pass
