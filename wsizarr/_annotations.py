@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import shapely
 from lxml import etree
 
 from ._errors import AnnotationError
@@ -56,14 +57,23 @@ class Annotation:
 @dataclass(frozen=True)
 class AnnotationFile:
     """What a file holds: its annotations, its format, the ImageScope ``MicronsPerPixel`` (if
-    any), the ASAP group hierarchy (group -> parent group, None at the top) and the number of
-    self-intersecting polygons that were repaired."""
+    any), the ASAP group hierarchy (group -> parent group, None at the top), the number of
+    polygons that were repaired, and ImageScope negative regions that lie in no positive region
+    (``exclusions``: areas to leave out)."""
 
     annotations: tuple[Annotation, ...]
     format: Literal["asap", "imagescope", "geojson"]
     mpp: float | None = None
     groups: Mapping[str, str | None] = field(default_factory=dict)
     repaired: int = 0
+    exclusions: tuple[Annotation, ...] = ()
+
+    def group_chain(self, label: str) -> tuple[str, ...]:
+        """``label`` and its ancestor groups, innermost first (``("a", "parent", "root")``)."""
+        chain = [label]
+        while (parent := self.groups.get(chain[-1])) is not None and parent not in chain:
+            chain.append(parent)
+        return tuple(chain)
 
 
 def read_annotations(
@@ -156,95 +166,79 @@ def _number(path: Path, element: etree._Element, attribute: str, where: str) -> 
     return value
 
 
-def _ring(path: Path, where: str, points: Sequence[tuple[float, float]], kind: str) -> np.ndarray:
-    """A validated, read-only ``(K, 2)`` ring; the closing duplicate of a polygon is dropped."""
+def _ring(where: str, points: Sequence[tuple[float, float]], kind: str) -> np.ndarray:
+    """A validated, read-only ``(K, 2)`` ring; the closing duplicate of a polygon is dropped.
+
+    ``where`` starts the error message: the file, and the line or annotation."""
     vertices = np.array(points, dtype=np.float64).reshape(-1, 2)
     if kind in ("Polygon", "Spline") and len(vertices) > 3 and np.array_equal(vertices[0], vertices[-1]):
         vertices = vertices[:-1]
     if not np.isfinite(vertices).all():
-        raise AnnotationError(f"{path}: {where}: a coordinate is not a finite number; fix it")
+        raise AnnotationError(f"{where}: a coordinate is not a finite number; fix it")
     if len(vertices) < _MIN_VERTICES[kind]:
         raise AnnotationError(
-            f"{path}: {where}: a {kind} needs at least {_MIN_VERTICES[kind]} coordinates, "
+            f"{where}: a {kind} needs at least {_MIN_VERTICES[kind]} coordinates, "
             f"found {len(vertices)}; fix or remove it"
         )
-    vertices.setflags(write=False)
-    return vertices
+    return _read_only(vertices)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
 
 
 class _Builder:
-    """Collects annotations with consecutive ids and repairs self-intersecting polygons."""
+    """Collects annotations (and exclusions) with consecutive ids, repairing invalid polygons."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.annotations: list[Annotation] = []
+        self.exclusions: list[Annotation] = []
         self.repaired = 0
 
     def add(
         self, name: str, label: str | None, kind: str, vertices: np.ndarray,
-        holes: Sequence[np.ndarray] = (),
+        holes: Sequence[np.ndarray] = (), *, exclusion: bool = False,
     ) -> None:
         parts = [(vertices, tuple(holes))]
-        if kind in ("Polygon", "Spline", "Rectangle") and _self_intersects(vertices, holes):
-            parts = _repair(self.path, name, vertices, holes)
-            self.repaired += 1
+        if kind in ("Polygon", "Spline", "Rectangle"):
+            polygon = shapely.Polygon(vertices, holes)
+            if not polygon.is_valid:
+                parts = _repair(f"{self.path}: annotation {name!r}", polygon)
+                self.repaired += 1
+        into = self.exclusions if exclusion else self.annotations
         for k, (exterior, part_holes) in enumerate(parts):
             part_name = name if len(parts) == 1 else f"{name} #{k + 1}"
-            self.annotations.append(
-                Annotation(len(self.annotations), part_name, label, kind, exterior, part_holes)
-            )
+            into.append(Annotation(len(into), part_name, label, kind, exterior, part_holes))
+
+    def result(self, format: str, mpp: float | None = None, groups: Mapping[str, str | None] | None = None) -> AnnotationFile:
+        return AnnotationFile(
+            tuple(self.annotations), format, mpp, groups or {}, self.repaired, tuple(self.exclusions)
+        )
 
 
-def _self_intersects(vertices: np.ndarray, holes: Sequence[np.ndarray]) -> bool:
-    """Whether any two non-adjacent edges of the rings cross (O(n^2), vectorised)."""
-    for ring in (vertices, *holes):
-        n = len(ring)
-        if n < 4:
-            continue
-        a, b = ring, np.roll(ring, -1, axis=0)
-        d = b - a
-        for i in range(n - 2):
-            j = np.arange(i + 2, n if i else n - 1)
-            if j.size == 0:
-                continue
-            p, r, q, sv = a[i], d[i], a[j], d[j]
-            denominator = r[0] * sv[:, 1] - r[1] * sv[:, 0]
-            qp = q - p
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t = (qp[:, 0] * sv[:, 1] - qp[:, 1] * sv[:, 0]) / denominator
-                u = (qp[:, 0] * r[1] - qp[:, 1] * r[0]) / denominator
-            if np.any((denominator != 0) & (t > 0) & (t < 1) & (u > 0) & (u < 1)):
-                return True
-    return False
-
-
-def _repair(
-    path: Path, name: str, vertices: np.ndarray, holes: Sequence[np.ndarray]
-) -> list[tuple[np.ndarray, tuple[np.ndarray, ...]]]:
-    """Valid polygons covering a self-intersecting one, as shapely's ``make_valid`` makes them."""
-    from shapely.geometry import Polygon
-    from shapely.validation import make_valid
+def _repair(where: str, polygon: shapely.Polygon) -> list[tuple[np.ndarray, tuple[np.ndarray, ...]]]:
+    """The polygons of shapely's ``make_valid`` (a bow-tie becomes two triangles)."""
 
     def polygons(geometry: Any) -> Iterable[Any]:  # make_valid may nest collections
         if geometry.geom_type == "Polygon":
-            if geometry.area > 0:
-                yield geometry
+            yield geometry
         else:
             for part in getattr(geometry, "geoms", ()):
                 yield from polygons(part)
 
-    parts = []
-    for polygon in polygons(make_valid(Polygon(vertices, holes))):
-        exterior = np.asarray(polygon.exterior.coords, dtype=np.float64)[:-1]
-        exterior.setflags(write=False)
-        interiors = []
-        for interior in polygon.interiors:
-            ring = np.asarray(interior.coords, dtype=np.float64)[:-1]
-            ring.setflags(write=False)
-            interiors.append(ring)
-        parts.append((exterior, tuple(interiors)))
+    def ring(coordinates: Any) -> np.ndarray:
+        return _read_only(np.asarray(coordinates.coords, dtype=np.float64)[:-1])
+
+    valid = shapely.make_valid(polygon)
+    sliver = 1e-9 * valid.area  # floating-point crumbs of the repair, not structures
+    parts = [
+        (ring(p.exterior), tuple(ring(i) for i in p.interiors if shapely.Polygon(i).area > sliver))
+        for p in polygons(valid) if p.area > sliver
+    ]
     if not parts:
-        raise AnnotationError(f"{path}: annotation {name!r} has no area once repaired; remove it")
+        raise AnnotationError(f"{where} has no area once repaired (its points are in a line); remove it")
     return parts
 
 
@@ -272,13 +266,13 @@ def _read_asap(path: Path, root: etree._Element) -> AnnotationFile:
                 f"{path}:{where}: duplicate coordinate Order values; number the coordinates 0, 1, 2, ..."
             )
         rows.sort()
-        vertices = _ring(Path(f"{path}:{element.sourceline}"), f"annotation {name!r}", [r[1:] for r in rows], kind)
+        vertices = _ring(f"{path}:{where}", [r[1:] for r in rows], kind)
         builder.add(name, None if group in (None, "", "None") else group, kind, vertices)
     groups = {
         g.get("Name"): (None if g.get("PartOfGroup") in (None, "", "None") else g.get("PartOfGroup"))
         for g in root.iterfind("AnnotationGroups/Group") if g.get("Name")
     }
-    return AnnotationFile(tuple(builder.annotations), "asap", None, groups, builder.repaired)
+    return builder.result("asap", groups=groups)
 
 
 def _imagescope_label(layer: etree._Element, label_from: str) -> str | None:
@@ -290,34 +284,38 @@ def _imagescope_label(layer: etree._Element, label_from: str) -> str | None:
 
 def _read_imagescope(path: Path, root: etree._Element, label_from: str) -> AnnotationFile:
     builder = _Builder(path)
-    mpp_text = root.get("MicronsPerPixel")
     try:
-        mpp = float(mpp_text) if mpp_text else None
+        mpp: float | None = float(root.get("MicronsPerPixel", ""))
     except ValueError:
+        mpp = None
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         mpp = None
     for layer in root.iterfind("Annotation"):
         label = _imagescope_label(layer, label_from)
         positive: list[tuple[str, np.ndarray]] = []
-        negative: list[np.ndarray] = []
+        negative: list[tuple[str, np.ndarray]] = []
         for region in layer.iterfind("Regions/Region"):
             name = f"layer {layer.get('Id', '?')} region {region.get('Id', '?')}"
             points = [
                 (_number(path, v, "X", name), _number(path, v, "Y", name))
                 for v in region.iterfind("Vertices/Vertex")
             ]
-            kind = "Polygon" if len(points) >= 3 else ("Dot" if len(points) == 1 else "PointSet")
-            vertices = _ring(Path(f"{path}:{region.sourceline}"), name, points, kind)
-            if region.get("NegativeROA") == "1":
-                negative.append(vertices)
-            else:
-                positive.append((name, vertices))
+            is_negative = region.get("NegativeROA") == "1"
+            kind = "Polygon" if is_negative or len(points) >= 3 else ("Dot" if len(points) == 1 else "PointSet")
+            vertices = _ring(f"{path}:{region.sourceline}: {name}", points, kind)
+            (negative if is_negative else positive).append((name, vertices))
+        used: set[str] = set()
         for name, vertices in positive:
             if len(vertices) < 3:
                 builder.add(name, label, "Dot" if len(vertices) == 1 else "PointSet", vertices)
                 continue
-            holes = [h for h in negative if points_in_polygon(h[:1], vertices).all()]
-            builder.add(name, label, "Polygon", vertices, holes)
-    return AnnotationFile(tuple(builder.annotations), "imagescope", mpp, {}, builder.repaired)
+            holes = [(n, h) for n, h in negative if points_in_polygon(h, vertices).all()]
+            used.update(n for n, _ in holes)
+            builder.add(name, label, "Polygon", vertices, [h for _, h in holes])
+        for name, vertices in negative:
+            if name not in used:  # a negative region in no positive one: an area to leave out
+                builder.add(name, label, "Polygon", vertices, exclusion=True)
+    return builder.result("imagescope", mpp)
 
 
 def _geojson_features(path: Path, document: Any) -> list[Any]:
@@ -350,12 +348,13 @@ def _geojson_label(properties: Mapping[str, Any]) -> str | None:
 def _read_geojson(path: Path, data: bytes, exclude_detections: bool) -> AnnotationFile:
     try:
         document = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        line = getattr(exc, "lineno", "?")
-        column = getattr(exc, "colno", "?")
+    except json.JSONDecodeError as exc:
         raise AnnotationError(
-            f"{path}:{line}:{column}: not valid JSON ({getattr(exc, 'msg', exc)}); re-export the annotations"
+            f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); re-export the annotations"
         ) from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, a huge integer, nested too deeply
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise AnnotationError(f"{path}: not valid JSON ({reason}); re-export the annotations") from None
     builder = _Builder(path)
     for index, feature in enumerate(_geojson_features(path, document)):
         where = f"feature {index}"
@@ -374,10 +373,10 @@ def _read_geojson(path: Path, data: bytes, exclude_detections: bool) -> Annotati
             elif kind == "MultiPolygon":
                 polygons = list(coordinates)
             elif kind == "Point":
-                builder.add(name, label, "Dot", _ring(path, where, [coordinates[:2]], "Dot"))
+                builder.add(name, label, "Dot", _ring(f"{path}: {where}", [coordinates[:2]], "Dot"))
                 continue
             elif kind == "MultiPoint":
-                builder.add(name, label, "PointSet", _ring(path, where, [c[:2] for c in coordinates], "PointSet"))
+                builder.add(name, label, "PointSet", _ring(f"{path}: {where}", [c[:2] for c in coordinates], "PointSet"))
                 continue
             else:
                 raise AnnotationError(
@@ -385,8 +384,8 @@ def _read_geojson(path: Path, data: bytes, exclude_detections: bool) -> Annotati
                     "MultiPolygon, Point or MultiPoint"
                 )
             for k, rings in enumerate(polygons):
-                exterior = _ring(path, where, [c[:2] for c in rings[0]], "Polygon")
-                holes = [_ring(path, where, [c[:2] for c in ring], "Polygon") for ring in rings[1:]]
+                exterior = _ring(f"{path}: {where}", [c[:2] for c in rings[0]], "Polygon")
+                holes = [_ring(f"{path}: {where}", [c[:2] for c in ring], "Polygon") for ring in rings[1:]]
                 part = name if len(polygons) == 1 else f"{name} #{k + 1}"
                 builder.add(part, label, "Polygon", exterior, holes)
         except (TypeError, IndexError, ValueError) as exc:
@@ -395,40 +394,69 @@ def _read_geojson(path: Path, data: bytes, exclude_detections: bool) -> Annotati
             raise AnnotationError(
                 f"{path}: {where}: malformed {kind} coordinates ({exc}); fix or remove the feature"
             ) from None
-    return AnnotationFile(tuple(builder.annotations), "geojson", None, {}, builder.repaired)
+    return builder.result("geojson")
 
 
 def parse_label_map(text_or_path: str | Path) -> dict[str, str]:
     """Parse ``"old=new,old2=new2"`` or a JSON file ``{"old": "new"}`` into a label map."""
     candidate = Path(text_or_path)
-    if candidate.suffix.lower() == ".json" or candidate.is_file():
+    try:
+        is_file = candidate.suffix.lower() == ".json" or candidate.is_file()
+    except OSError:  # e.g. a map too long to be a file name
+        is_file = False
+    if is_file:
         try:
-            mapping = json.loads(candidate.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AnnotationError(f"{candidate}: cannot read the label map ({exc}); give a JSON object") from None
-        if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
-            raise AnnotationError(f"{candidate}: a label map is a JSON object of label -> new label")
-        return {str(k): v for k, v in mapping.items()}
+            mapping = json.loads(candidate.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AnnotationError(f"{candidate}: cannot read the label map ({reason}); give a JSON object") from None
+        if not isinstance(mapping, dict) or not all(isinstance(v, str) and v.strip() for v in mapping.values()):
+            raise AnnotationError(
+                f'{candidate}: a label map is a JSON object of label -> new label, e.g. {{"glomerulus": "Normal"}}'
+            )
+        return {str(k): v.strip() for k, v in mapping.items()}
     mapping = {}
     for item in str(text_or_path).split(","):
-        old, sep, new = item.partition("=")
-        if not sep or not old.strip() or not new.strip():
+        old, sep, new = (part.strip() for part in item.partition("="))
+        if not sep or not old or not new or old in mapping:
+            problem = f"{old!r} is mapped twice" if old in mapping else f"{item!r} is not old=new"
             raise AnnotationError(
-                f"label map {text_or_path!r}: {item!r} is not old=new; write e.g. glomerulus=Normal,sclerotic=Abnormal"
+                f"label map {text_or_path!r}: {problem}; write e.g. glomerulus=Normal,sclerotic=Abnormal"
             )
-        mapping[old.strip()] = new.strip()
+        mapping[old] = new
     return mapping
 
 
 def apply_label_map(
-    annotations: Iterable[Annotation], mapping: Mapping[str, str], *, keep_only: bool = False
+    annotations: Iterable[Annotation], mapping: Mapping[str, str], *, keep_only: bool = False,
+    strict: bool = False, order: Sequence[str] | None = None,
 ) -> list[Annotation]:
-    """Rename (and merge) labels by ``mapping``; ``keep_only`` drops annotations whose label the
-    map does not name. Ids stay those of the file."""
+    """Rename (and merge) labels by ``mapping``; ids stay those of the file.
+
+    ``keep_only`` drops annotations whose label the map does not name. ``strict`` refuses a map
+    that names a label no annotation has (a typo); ``order`` (the fixed label list that gives
+    stable codes across slides) refuses any resulting label that is not in it.
+    """
+    annotations = list(annotations)
+    if strict:
+        present = {a.label for a in annotations}
+        unknown = sorted(set(mapping) - present)
+        if unknown:
+            raise AnnotationError(
+                f"label map: {', '.join(map(repr, unknown))} is no annotation's label (labels: "
+                f"{', '.join(sorted(str(p) for p in present))}); fix the spelling in the map"
+            )
     out = []
     for annotation in annotations:
         if annotation.label in mapping:
             out.append(replace(annotation, label=mapping[annotation.label]))
         elif not keep_only:
             out.append(annotation)
+    if order is not None:
+        missing = sorted({a.label for a in out if a.label is not None} - set(order))
+        if missing:
+            raise AnnotationError(
+                f"label order {','.join(order)}: labels {', '.join(map(repr, missing))} are not in it; "
+                "add them to the order or map them to a listed label"
+            )
     return out
