@@ -231,7 +231,8 @@ def _repair(where: str, polygon: shapely.Polygon) -> list[tuple[np.ndarray, tupl
     def ring(coordinates: Any) -> np.ndarray:
         return _read_only(np.asarray(coordinates.coords, dtype=np.float64)[:-1])
 
-    valid = shapely.make_valid(polygon)
+    with np.errstate(all="ignore"):  # GEOS may divide by zero on near-degenerate input
+        valid = shapely.make_valid(polygon)
     sliver = 1e-9 * valid.area  # floating-point crumbs of the repair, not structures
     parts = [
         (ring(p.exterior), tuple(ring(i) for i in p.interiors if shapely.Polygon(i).area > sliver))
