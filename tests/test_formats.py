@@ -132,6 +132,9 @@ def test_geojson_geometries_labels_and_detections(tmp_path):
     assert annotations[4].label == "just a name"  # no classification: the name
     kept = read_annotations(path, exclude_detections=True)
     assert "cell" not in [a.name for a in kept] and len(kept) == 4
+    old_layout = [{"type": "Feature", "id": "PathCellObject", "geometry": {"type": "Point", "coordinates": [1, 2]}}]
+    path.write_text(json.dumps(old_layout))
+    assert len(read_annotations(path)) == 1 and read_annotations(path, exclude_detections=True) == []
 
 
 def test_self_intersecting_polygons_are_repaired_and_counted(tmp_path):

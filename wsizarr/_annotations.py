@@ -212,7 +212,9 @@ class _Builder:
             part_name = name if len(parts) == 1 else f"{name} #{k + 1}"
             into.append(Annotation(len(into), part_name, label, kind, exterior, part_holes))
 
-    def result(self, format: str, mpp: float | None = None, groups: Mapping[str, str | None] | None = None) -> AnnotationFile:
+    def result(
+        self, format: str, mpp: float | None = None, groups: Mapping[str, str | None] | None = None
+    ) -> AnnotationFile:
         return AnnotationFile(
             tuple(self.annotations), format, mpp, groups or {}, self.repaired, tuple(self.exclusions)
         )
@@ -305,16 +307,16 @@ def _read_imagescope(path: Path, root: etree._Element, label_from: str) -> Annot
             kind = "Polygon" if is_negative or len(points) >= 3 else ("Dot" if len(points) == 1 else "PointSet")
             vertices = _ring(f"{path}:{region.sourceline}: {name}", points, kind)
             (negative if is_negative else positive).append((name, vertices))
-        used: set[str] = set()
+        used: set[int] = set()
         for name, vertices in positive:
             if len(vertices) < 3:
                 builder.add(name, label, "Dot" if len(vertices) == 1 else "PointSet", vertices)
                 continue
-            holes = [(n, h) for n, h in negative if points_in_polygon(h, vertices).all()]
-            used.update(n for n, _ in holes)
-            builder.add(name, label, "Polygon", vertices, [h for _, h in holes])
-        for name, vertices in negative:
-            if name not in used:  # a negative region in no positive one: an area to leave out
+            inside = [i for i, (_, hole) in enumerate(negative) if points_in_polygon(hole, vertices).all()]
+            used.update(inside)
+            builder.add(name, label, "Polygon", vertices, [negative[i][1] for i in inside])
+        for i, (name, vertices) in enumerate(negative):
+            if i not in used:  # a negative region in no positive one: an area to leave out
                 builder.add(name, label, "Polygon", vertices, exclusion=True)
     return builder.result("imagescope", mpp)
 
@@ -346,6 +348,18 @@ def _geojson_label(properties: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+def _is_detection(feature: Mapping[str, Any], properties: Mapping[str, Any]) -> bool:
+    """A QuPath detection, cell or tile: ``objectType`` (new layout) or the feature ``id`` (old)."""
+    return (
+        properties.get("objectType") in ("detection", "cell", "tile")
+        or feature.get("id") in ("PathDetectionObject", "PathCellObject", "PathTileObject")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 def _read_geojson(path: Path, data: bytes, exclude_detections: bool) -> AnnotationFile:
     try:
         document = json.loads(data)
@@ -354,7 +368,7 @@ def _read_geojson(path: Path, data: bytes, exclude_detections: bool) -> Annotati
             f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); re-export the annotations"
         ) from None
     except (ValueError, RecursionError) as exc:  # not UTF-8, a huge integer, nested too deeply
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else _first_line(exc)
         raise AnnotationError(f"{path}: not valid JSON ({reason}); re-export the annotations") from None
     builder = _Builder(path)
     for index, feature in enumerate(_geojson_features(path, document)):
@@ -362,22 +376,23 @@ def _read_geojson(path: Path, data: bytes, exclude_detections: bool) -> Annotati
         if not isinstance(feature, dict) or not isinstance(feature.get("geometry"), dict):
             raise AnnotationError(f"{path}: {where} has no geometry; fix or remove it")
         properties = feature.get("properties") if isinstance(feature.get("properties"), dict) else {}
-        if exclude_detections and properties.get("objectType") in ("detection", "cell", "tile"):
+        if exclude_detections and _is_detection(feature, properties):
             continue
         name = properties.get("name") if isinstance(properties.get("name"), str) else f"Feature {index}"
         label = _geojson_label(properties)
         geometry = feature["geometry"]
         kind, coordinates = geometry.get("type"), geometry.get("coordinates")
+        at = f"{path}: {where}"
         try:
             if kind == "Polygon":
                 polygons = [coordinates]
             elif kind == "MultiPolygon":
                 polygons = list(coordinates)
             elif kind == "Point":
-                builder.add(name, label, "Dot", _ring(f"{path}: {where}", [coordinates[:2]], "Dot"))
+                builder.add(name, label, "Dot", _ring(at, [coordinates[:2]], "Dot"))
                 continue
             elif kind == "MultiPoint":
-                builder.add(name, label, "PointSet", _ring(f"{path}: {where}", [c[:2] for c in coordinates], "PointSet"))
+                builder.add(name, label, "PointSet", _ring(at, [c[:2] for c in coordinates], "PointSet"))
                 continue
             else:
                 raise AnnotationError(
@@ -385,15 +400,15 @@ def _read_geojson(path: Path, data: bytes, exclude_detections: bool) -> Annotati
                     "MultiPolygon, Point or MultiPoint"
                 )
             for k, rings in enumerate(polygons):
-                exterior = _ring(f"{path}: {where}", [c[:2] for c in rings[0]], "Polygon")
-                holes = [_ring(f"{path}: {where}", [c[:2] for c in ring], "Polygon") for ring in rings[1:]]
+                exterior = _ring(at, [c[:2] for c in rings[0]], "Polygon")
+                holes = [_ring(at, [c[:2] for c in ring], "Polygon") for ring in rings[1:]]
                 part = name if len(polygons) == 1 else f"{name} #{k + 1}"
                 builder.add(part, label, "Polygon", exterior, holes)
+        except AnnotationError:
+            raise
         except (TypeError, IndexError, ValueError) as exc:
-            if isinstance(exc, AnnotationError):
-                raise
             raise AnnotationError(
-                f"{path}: {where}: malformed {kind} coordinates ({exc}); fix or remove the feature"
+                f"{at}: malformed {kind} coordinates ({_first_line(exc)}); fix or remove the feature"
             ) from None
     return builder.result("geojson")
 
@@ -409,8 +424,9 @@ def parse_label_map(text_or_path: str | Path) -> dict[str, str]:
         try:
             mapping = json.loads(candidate.read_bytes())
         except (OSError, ValueError, RecursionError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AnnotationError(f"{candidate}: cannot read the label map ({reason}); give a JSON object") from None
+            raise AnnotationError(
+                f"{candidate}: cannot read the label map ({_first_line(exc)}); give a JSON object"
+            ) from None
         if not isinstance(mapping, dict) or not all(isinstance(v, str) and v.strip() for v in mapping.values()):
             raise AnnotationError(
                 f'{candidate}: a label map is a JSON object of label -> new label, e.g. {{"glomerulus": "Normal"}}'
