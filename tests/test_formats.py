@@ -88,6 +88,8 @@ def test_imagescope_holes_labels_and_empty_layers(tmp_path):
     polygon, dot = read_annotations(path)
     assert polygon.label == "Tumour" and len(polygon.holes) == 1 and dot.type == "Dot"
     np.testing.assert_array_equal(polygon.holes[0], hole)
+    with pytest.raises(ValueError):
+        polygon.holes[0][0, 0] = 1  # read-only, like the vertices
     by_attribute = read_annotations(path, label_from="attribute")
     assert {a.label for a in by_attribute} == {"Glom"}
     path.write_text(IMAGESCOPE.format(name="", outer=_vertices(outer), hole=_vertices(hole)))
@@ -259,6 +261,14 @@ def test_deeply_nested_or_non_utf8_json_is_refused(tmp_path):
         read_annotations(path)
 
 
+def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr("wsizarr._annotations._MAX_BYTES", 10)
+    path = tmp_path / "big.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(AnnotationError, match="big.geojson: 45 bytes is too large"):
+        read_annotations(path)
+
+
 def test_label_map_checks(tmp_path):
     annotations = read_annotations(ANNOTATIONS / "wsiprocess_CMU-1_detection.xml")
     with pytest.raises(AnnotationError, match=r"'malignnat' is no annotation's label \(labels: benign, cell, malignant\)"):
@@ -281,10 +291,12 @@ def test_label_map_checks(tmp_path):
         parse_label_map(broken)
 
 
-def test_hostile_imagescope_billion_laughs(tmp_path):
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+def test_hostile_imagescope_billion_laughs(tmp_path, encoding):
     path = tmp_path / "laughs.xml"
     entities = "".join(f'<!ENTITY l{i} "{("&l" + str(i - 1) + ";") * 10}">' for i in range(1, 10))
-    path.write_text(f'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY l0 "lol">{entities}]><Annotations><Annotation Name="&l9;"/></Annotations>')
+    path.write_bytes(f'<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE a [<!ENTITY l0 "lol">{entities}]>'
+                     '<Annotations><Annotation Name="&l9;"/></Annotations>'.encode(encoding))
     started = time.perf_counter()
     with pytest.raises(AnnotationError, match="laughs.xml: the XML declares entities"):
         read_annotations(path)

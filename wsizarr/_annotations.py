@@ -28,6 +28,7 @@ __all__ = [
 ANNOTATION_TYPES = ("Polygon", "Rectangle", "Spline", "Dot", "PointSet")
 _MIN_VERTICES = {"Polygon": 3, "Spline": 3, "Rectangle": 4, "Dot": 1, "PointSet": 1}
 _MAX_BYTES = 512 * 1024 * 1024
+_XML_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")  # ASCII-compatible + wide
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,14 +121,17 @@ def _read_bytes(path: Path) -> bytes:
     if size == 0:
         raise AnnotationError(f"{path}: the annotation file is empty; export the annotations again")
     if size > _MAX_BYTES:
-        raise AnnotationError(f"{path}: {size} bytes is too large for an annotation file")
+        raise AnnotationError(
+            f"{path}: {size} bytes is too large for an annotation file (limit {_MAX_BYTES} bytes); "
+            "export fewer objects, e.g. without detections"
+        )
     return path.read_bytes()
 
 
 def _parse_xml(path: Path, data: bytes) -> etree._Element:
     # Entity declarations are refused outright: no expansion (billion laughs), no external
     # entities (XXE), and the parser never touches the network.
-    if b"<!ENTITY" in data:
+    if any("<!ENTITY".encode(encoding) in data for encoding in _XML_ENCODINGS):
         raise AnnotationError(
             f"{path}: the XML declares entities (<!ENTITY>), which wsizarr refuses for safety; "
             "remove the DOCTYPE from the file"
