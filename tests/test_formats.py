@@ -146,6 +146,15 @@ def test_self_intersecting_polygons_are_repaired_and_counted(tmp_path):
     result = read_annotation_file(path)
     assert result.repaired == 1 and len(result.annotations) == 2  # two triangles
     assert all(Polygon(a.vertices).is_valid for a in result.annotations)
+    rectangle = tmp_path / "rectangle.xml"  # coordinates in the wrong order: a crossed rectangle
+    rectangle.write_text(
+        '<ASAP_Annotations><Annotations><Annotation Name="r" Type="Rectangle" PartOfGroup="x"><Coordinates>'
+        + "".join(f'<Coordinate Order="{k}" X="{x}" Y="{y}"/>' for k, (x, y) in enumerate(bowtie[:4]))
+        + "</Coordinates></Annotation></Annotations></ASAP_Annotations>"
+    )
+    result = read_annotation_file(rectangle)
+    assert result.repaired == 1 and [a.type for a in result.annotations] == ["Polygon", "Polygon"]
+    assert [a.name for a in result.annotations] == ["r #1", "r #2"]
 
 
 @pytest.mark.parametrize(
@@ -353,6 +362,41 @@ def test_valid_files_round_trip(tmp_path, shapes, writer):
             assert annotation.label == lab
     for annotation in result.annotations:
         assert np.isfinite(annotation.vertices).all()
+
+
+def _points_file(kinds_points, fmt):
+    if fmt == "asap":
+        return "<ASAP_Annotations><Annotations>" + "".join(
+            f'<Annotation Name="p{i}" Type="{kind}" PartOfGroup="g"><Coordinates>'
+            + "".join(f'<Coordinate Order="{k}" X="{x!r}" Y="{y!r}" />' for k, (x, y) in enumerate(pts))
+            + "</Coordinates></Annotation>" for i, (kind, pts) in enumerate(kinds_points)
+        ) + "</Annotations></ASAP_Annotations>"
+    if fmt == "geojson":
+        return json.dumps([
+            _feature({"type": "Point", "coordinates": list(pts[0])} if kind == "Dot"
+                     else {"type": "MultiPoint", "coordinates": [list(p) for p in pts]}, name="g")
+            for kind, pts in kinds_points
+        ])
+    return '<Annotations><Annotation Id="1" Name="g"><Regions>' + "".join(
+        f'<Region Id="{i}"><Vertices>{_vertices(pts)}</Vertices></Region>' for i, (_, pts) in enumerate(kinds_points)
+    ) + "</Regions></Annotation></Annotations>"
+
+
+points = st.one_of(
+    st.tuples(st.just("Dot"), st.lists(st.tuples(coordinate, coordinate), min_size=1, max_size=1)),
+    st.tuples(st.just("PointSet"), st.lists(st.tuples(coordinate, coordinate), min_size=2, max_size=2)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(points, min_size=1, max_size=4), st.sampled_from(["asap", "geojson", "imagescope"]))
+def test_points_round_trip(tmp_path, kinds_points, fmt):
+    path = tmp_path / "points.txt"
+    path.write_text(_points_file(kinds_points, fmt))
+    annotations = read_annotations(path)
+    assert [(a.type, a.label) for a in annotations] == [(kind, "g") for kind, _ in kinds_points]
+    for annotation, (_, pts) in zip(annotations, kinds_points):
+        np.testing.assert_array_equal(annotation.vertices, np.array(pts, dtype=float))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

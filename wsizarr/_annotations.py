@@ -208,8 +208,8 @@ class _Builder:
         parts = [(vertices, tuple(holes))]
         if kind in ("Polygon", "Spline", "Rectangle"):
             polygon = shapely.Polygon(vertices, holes)
-            if not polygon.is_valid:
-                parts = _repair(f"{self.path}: annotation {name!r}", polygon)
+            if not polygon.is_valid:  # what make_valid gives back is a plain polygon
+                parts, kind = _repair(f"{self.path}: annotation {name!r}", polygon), "Polygon"
                 self.repaired += 1
         into = self.exclusions if exclusion else self.annotations
         for k, (exterior, part_holes) in enumerate(parts):
