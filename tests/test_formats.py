@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from shapely.geometry import Polygon
 from shapely.validation import make_valid
 
-from wsizarr import AnnotationError, WsizarrError, read_annotations
+from wsizarr import AnnotationError, ParameterError, WsizarrError, read_annotations
 from wsizarr._annotations import apply_label_map, parse_label_map, read_annotation_file
 
 from .conftest import ANNOTATIONS
@@ -94,6 +94,8 @@ def test_imagescope_holes_labels_and_empty_layers(tmp_path):
     assert {a.label for a in by_attribute} == {"Glom"}
     path.write_text(IMAGESCOPE.format(name="", outer=_vertices(outer), hole=_vertices(hole)))
     assert {a.label for a in read_annotations(path)} == {"Glom"}  # unnamed layer: its attribute
+    with pytest.raises(ParameterError, match="label_from must be 'name' or 'attribute'"):
+        read_annotations(path, label_from="colour")
 
 
 def _feature(geometry, **properties):

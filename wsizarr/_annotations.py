@@ -17,7 +17,7 @@ import numpy as np
 import shapely
 from lxml import etree
 
-from ._errors import AnnotationError
+from ._errors import AnnotationError, ParameterError
 from ._geometry import points_in_polygon
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
 ANNOTATION_TYPES = ("Polygon", "Rectangle", "Spline", "Dot", "PointSet")
 _MIN_VERTICES = {"Polygon": 3, "Spline": 3, "Rectangle": 4, "Dot": 1, "PointSet": 1}
 _MAX_BYTES = 512 * 1024 * 1024
+_Format = Literal["asap", "imagescope", "geojson"]
+_LabelFrom = Literal["name", "attribute"]
 _XML_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")  # ASCII-compatible + wide
 
 
@@ -63,7 +65,7 @@ class AnnotationFile:
     (``exclusions``: areas to leave out)."""
 
     annotations: tuple[Annotation, ...]
-    format: Literal["asap", "imagescope", "geojson"]
+    format: _Format
     mpp: float | None = None
     groups: Mapping[str, str | None] = field(default_factory=dict)
     repaired: int = 0
@@ -78,7 +80,7 @@ class AnnotationFile:
 
 
 def read_annotations(
-    path: str | Path, *, label_from: str = "name", exclude_detections: bool = False
+    path: str | Path, *, label_from: _LabelFrom = "name", exclude_detections: bool = False
 ) -> list[Annotation]:
     """Read the annotations of one file (ASAP XML, Aperio ImageScope XML or QuPath GeoJSON).
 
@@ -93,11 +95,11 @@ def read_annotations(
 
 
 def read_annotation_file(
-    path: str | Path, *, label_from: str = "name", exclude_detections: bool = False
+    path: str | Path, *, label_from: _LabelFrom = "name", exclude_detections: bool = False
 ) -> AnnotationFile:
-    """Like ``read_annotations``, with the file's format, mpp, groups and repair count."""
+    """Like ``read_annotations``, with the file's format, mpp, groups, repair count and exclusions."""
     if label_from not in ("name", "attribute"):
-        raise AnnotationError(f"label_from must be 'name' or 'attribute', got {label_from!r}")
+        raise ParameterError(f"label_from must be 'name' or 'attribute', got {label_from!r}; pass one of them")
     path = Path(path)
     data = _read_bytes(path)
     head = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
@@ -217,7 +219,7 @@ class _Builder:
             into.append(Annotation(len(into), part_name, label, kind, exterior, part_holes))
 
     def result(
-        self, format: str, mpp: float | None = None, groups: Mapping[str, str | None] | None = None
+        self, format: _Format, mpp: float | None = None, groups: Mapping[str, str | None] | None = None
     ) -> AnnotationFile:
         return AnnotationFile(
             tuple(self.annotations), format, mpp, groups or {}, self.repaired, tuple(self.exclusions)
@@ -282,14 +284,14 @@ def _read_asap(path: Path, root: etree._Element) -> AnnotationFile:
     return builder.result("asap", groups=groups)
 
 
-def _imagescope_label(layer: etree._Element, label_from: str) -> str | None:
+def _imagescope_label(layer: etree._Element, label_from: _LabelFrom) -> str | None:
     attribute = next((a.get("Name") for a in layer.iterfind("Attributes/Attribute") if a.get("Name")), None)
     if label_from == "attribute":
         return attribute
     return layer.get("Name") or attribute
 
 
-def _read_imagescope(path: Path, root: etree._Element, label_from: str) -> AnnotationFile:
+def _read_imagescope(path: Path, root: etree._Element, label_from: _LabelFrom) -> AnnotationFile:
     builder = _Builder(path)
     try:
         mpp: float | None = float(root.get("MicronsPerPixel", ""))
