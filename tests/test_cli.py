@@ -113,3 +113,27 @@ def test_sampler_resolution_and_mask_options(tmp_path, aperio_even_case):
     both = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
                "--out", tmp_path / "bad.zarr", "--mpp", "0.5", "--level", "1")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_label_map_and_formats_through_the_cli(tmp_path, aperio_even_case):
+    out = tmp_path / "mapped.zarr"
+    result = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
+                 "--out", out, "--per-annotation", "2", "--patch-size", "32",
+                 "--label-map", "glomerulus=Normal", "--keep-only", "--label-order", "Normal,Abnormal")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(run("info", out, "--json").stdout)
+    assert data["per_label"] == {"Normal": data["n_patches"]}
+    meta = zarr.open_group(out, mode="r").attrs["wsizarr"]
+    assert meta["label_names"] == ["Normal", "Abnormal"]
+    assert meta["parameters"]["label_map"] == {"glomerulus": "Normal"}
+    geojson = tmp_path / "slide.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"classification": {"name": "Tumor"}},
+        "geometry": {"type": "Polygon", "coordinates": [[[500, 500], [900, 500], [900, 900], [500, 900], [500, 500]]]},
+    }]}))
+    result = run("extract", aperio_even_case.slide, "--annotations", geojson, "--out", tmp_path / "g.zarr",
+                 "--sampler", "grid", "--patch-size", "100", "--min-overlap", "1")
+    assert result.returncode == 0 and result.stdout.startswith("16 patches")
+    bad = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
+              "--out", tmp_path / "bad.zarr", "--label-map", "glomerulus")
+    assert_one_line_error(bad, "is not old=new")

@@ -109,9 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_extract_options(extract)
     extract.add_argument(
+        "--label-map", default=None,
+        help="rename or merge labels: 'glomerulus=Normal,sclerotic=Abnormal' or a JSON file",
+    )
+    extract.add_argument("--keep-only", action="store_true", help="keep only the labels the map names")
+    extract.add_argument(
         "--label-order", default=None,
         help="comma-separated label names fixing the label codes (stable across stores)",
     )
+    extract.add_argument(
+        "--label-from", default="name", choices=("name", "attribute"),
+        help="ImageScope: label from the layer name (default) or its first attribute",
+    )
+    extract.add_argument("--exclude-detections", action="store_true", help="GeoJSON: leave out QuPath detections")
     extract.add_argument("--strict", action="store_true", help="fail on the first unreadable slide")
     extract.add_argument("--overwrite", action="store_true", help="replace an existing store")
     extract.add_argument("--resume", action="store_true", help="finish an interrupted extraction")
@@ -202,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "extract":
+            from ._annotations import parse_label_map
             from ._extract import extract
 
             slides = args.slides[0] if len(args.slides) == 1 else args.slides
@@ -209,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 slides, args.annotations, args.out, overwrite=args.overwrite,
                 resume=args.resume, append=args.append, strict=args.strict,
                 label_order=None if args.label_order is None else args.label_order.split(","),
-                storage_options=_storage_options(args), **_extract_kwargs(args),
+                label_map=None if args.label_map is None else parse_label_map(args.label_map),
+                keep_only=args.keep_only, label_from=args.label_from,
+                exclude_detections=args.exclude_detections, storage_options=_storage_options(args), **_extract_kwargs(args),
             )
             _report_cohort(summary)
             print(summary)

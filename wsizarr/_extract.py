@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import openslide
 
-from ._annotations import Annotation, read_annotations
+from ._annotations import Annotation, apply_label_map, read_annotations
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
 from ._locations import Location, delete, exists, pack_zip, parse_location, size_bytes
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
-    Resolution, SlideInfo, composite_on_white, open_slide, read_rgba, resize_patch,
+    Resolution, SlideInfo, open_slide, read_rgb, resize_patch,
     resolve_resolution, slide_info, tissue_mask,
 )
 from ._store import (
@@ -186,12 +186,16 @@ def read_shard(job: ShardJob, task: ShardTask) -> dict[str, np.ndarray]:
     """
     sl = slice(max(task.start, job.first_patch) - job.first_patch, task.stop - job.first_patch)
     plan = job.plan
-    parts: dict[str, list[np.ndarray]] = {"patches": [], "masks": []}
+    n, size = sl.stop - sl.start, job.patch_size
+    arrays = {"patches": np.empty((n, size, size, 3), np.uint8)}
+    if job.masks:
+        arrays["masks"] = np.empty((n, size, size), np.uint8)
     for start, stop in _runs(plan.slide[sl]):
         run = slice(sl.start + start, sl.start + stop)
         slide_job = job.slides[int(plan.slide[run.start])]
         footprint = slide_job.resolution.read_size_px
-        regions = np.empty((stop - start, footprint, footprint, 3), np.uint8)
+        patches = arrays["patches"][start:stop]
+        regions = patches if footprint == size else np.empty((stop - start, footprint, footprint, 3), np.uint8)
         slide = open_slide(slide_job.path)
         try:
             _read_regions(slide, slide_job, plan.x[run], plan.y[run], plan.annotation_id[run], regions)
@@ -199,12 +203,12 @@ def read_shard(job: ShardJob, task: ShardTask) -> dict[str, np.ndarray]:
             raise SlideError(f"{slide_job.path}: {exc}") from None
         finally:
             slide.close()
-        if footprint != job.patch_size:
-            regions = np.stack([resize_patch(r, job.patch_size) for r in regions])
-        parts["patches"].append(regions)
+        if regions is not patches:
+            for i, region in enumerate(regions):
+                patches[i] = resize_patch(region, size)
         if job.masks:
-            parts["masks"].append(_masks(job, slide_job, plan.x[run], plan.y[run]))
-    return {name: np.concatenate(arrays) for name, arrays in parts.items() if arrays}
+            arrays["masks"][start:stop] = _masks(job, slide_job, plan.x[run], plan.y[run])
+    return arrays
 
 
 def _read_regions(
@@ -223,14 +227,13 @@ def _read_regions(
             width = int(px.max()) - x0 + footprint
             height = int(py.max()) - y0 + footprint
             if width * height <= _MAX_REGION_PX:
-                region = read_rgba(slide, (x0 * step, y0 * step), level, (width, height))
+                region = read_rgb(slide, (x0 * step, y0 * step), level, (width, height))
                 for i in range(start, stop):
                     dx, dy = int(px[i - start]) - x0, int(py[i - start]) - y0
-                    composite_on_white(region[dy : dy + footprint, dx : dx + footprint], out[i])
+                    out[i] = region[dy : dy + footprint, dx : dx + footprint]
                 continue
         for i in range(start, stop):
-            rgba = read_rgba(slide, (int(xs[i]), int(ys[i])), level, (footprint, footprint))
-            composite_on_white(rgba, out[i])
+            out[i] = read_rgb(slide, (int(xs[i]), int(ys[i])), level, (footprint, footprint))
 
 
 def _masks(job: ShardJob, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -332,9 +335,31 @@ class _Prepared:
     content_hash: str
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """How annotation files are read and relabelled."""
+
+    label_from: str = "name"
+    exclude_detections: bool = False
+    label_map: Mapping[str, str] | None = None
+    keep_only: bool = False
+
+    def read(self, annotations: AnnotationSource) -> tuple[list[Annotation], str | None]:
+        if isinstance(annotations, (str, Path)):
+            records = read_annotations(
+                annotations, label_from=self.label_from, exclude_detections=self.exclude_detections
+            )
+            source: str | None = str(Path(annotations).resolve())
+        else:
+            records, source = list(annotations), None
+        if self.label_map is not None:
+            records = apply_label_map(records, self.label_map, keep_only=self.keep_only)
+        return records, source
+
+
 def _prepare(
-    slide: Path, annotations: AnnotationSource, *, level: int | None, mpp: float | None,
-    magnification: float | None, patch_size: int, wants_background: bool,
+    slide: Path, annotations: AnnotationSource, reading: _Reading, *, level: int | None,
+    mpp: float | None, magnification: float | None, patch_size: int, wants_background: bool,
 ) -> _Prepared:
     handle = open_slide(slide)
     try:
@@ -346,10 +371,7 @@ def _prepare(
         content_hash = _slide_hash(handle, slide)
     finally:
         handle.close()
-    if isinstance(annotations, (str, Path)):
-        records, source = read_annotations(annotations), str(Path(annotations).resolve())
-    else:
-        records, source = list(annotations), None
+    records, source = reading.read(annotations)
     if not records:
         raise ParameterError(f"{source or 'annotations'}: no annotations to extract around")
     return _Prepared(SlideJob(str(slide), info, resolution, tuple(records)), tissue, source, content_hash)
@@ -372,6 +394,10 @@ def extract(
     masks: bool = False,
     drop_partial: bool = False,
     label_order: Sequence[str] | None = None,
+    label_map: Mapping[str, str] | None = None,
+    keep_only: bool = False,
+    label_from: str = "name",
+    exclude_detections: bool = False,
     seed: int = 0,
     shard_size: int = 256,
     codec: str = "zstd",
@@ -394,8 +420,10 @@ def extract(
     ``jitter``, ``centroid``, ``grid`` (``stride`` px, ``min_overlap`` fraction),
     ``random-in-polygon``, ``background``; ``background`` adds that many tissue patches outside
     every annotation. ``masks`` stores per-patch label masks; ``drop_partial`` leaves out
-    patches crossing the slide edge (otherwise padded with white and flagged). ``label_order``
-    fixes the label codes (stable across stores). ``resume`` finishes an interrupted run of the
+    patches crossing the slide edge (otherwise padded with white and flagged). ``label_map``
+    renames or merges labels (``keep_only``: drop the labels it does not name), ``label_order``
+    fixes the label codes (stable across stores); ``label_from`` and ``exclude_detections`` are
+    passed to ``read_annotations``. ``resume`` finishes an interrupted run of the
     same command, writing only missing shards; ``append`` adds the slides to an existing store.
     In a cohort an unreadable slide is reported and skipped unless ``strict``. Shard tasks run
     on ``workers`` threads (``executor="threads"``, the default: OpenSlide and the codecs
@@ -434,12 +462,13 @@ def extract(
             f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
         )
     wants_background = background > 0 or sampler == BACKGROUND_LABEL
+    reading = _Reading(label_from, exclude_detections, label_map, keep_only)
     prepared: list[_Prepared] = []
     failures: list[SlideFailure] = []
     for slide_path, source in pairs:
         try:
             prepared.append(_prepare(
-                slide_path, source, level=level, mpp=mpp, magnification=magnification,
+                slide_path, source, reading, level=level, mpp=mpp, magnification=magnification,
                 patch_size=patch_size, wants_background=wants_background,
             ))
         except WsizarrError as exc:
@@ -453,6 +482,8 @@ def extract(
         "patch_size": patch_size, "per_annotation": per_annotation, "stride": stride,
         "min_overlap": min_overlap, "background": background, "masks": masks,
         "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
+        "label_map": None if label_map is None else dict(label_map), "keep_only": keep_only,
+        "label_from": label_from, "exclude_detections": exclude_detections,
     }
     if target.kind == "zip" and exists(target) and not overwrite:
         return _summary(target, store_metadata(open_store(target)), 0, started, prepared,

@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 import openslide
+from PIL import Image
 
 from ._errors import ParameterError, SlideError
 
 __all__ = [
     "Resolution", "SlideInfo", "TissueMask", "composite_on_white", "level0_from_level_px",
-    "open_slide", "read_rgb", "read_rgba", "resize_patch", "resolve_resolution", "slide_info",
+    "open_slide", "read_rgb", "resize_patch", "resolve_resolution", "slide_info",
     "tissue_mask",
 ]
 
@@ -137,8 +138,6 @@ def resolve_resolution(
 
 def resize_patch(rgb: np.ndarray, patch_size: int) -> np.ndarray:
     """Resize a square RGB region to ``patch_size`` with an anti-aliasing (Lanczos) filter."""
-    from PIL import Image
-
     if rgb.shape[0] == patch_size:
         return rgb
     image = Image.fromarray(rgb).resize((patch_size, patch_size), Image.Resampling.LANCZOS)
@@ -236,16 +235,11 @@ def level0_from_level_px(level_px: np.ndarray, downsample: float) -> np.ndarray:
     return level0
 
 
-def read_rgba(
+def _read_region(
     slide: openslide.OpenSlide, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
-) -> np.ndarray:
-    """OpenSlide's ``(height, width, 4)`` uint8 straight-alpha RGBA region, errors mapped.
-
-    ``level0_xy`` is the top-left corner in level-0 pixels and ``size`` is ``(width, height)``
-    in pixels of ``level``.
-    """
+) -> Image.Image:
     try:
-        return np.asarray(slide.read_region(level0_xy, level, size))
+        return slide.read_region(level0_xy, level, size)
     except openslide.OpenSlideError as exc:
         raise SlideError(
             f"reading {size[0]}x{size[1]} px at level {level}, level-0 {level0_xy} failed "
@@ -258,9 +252,14 @@ def read_rgb(
 ) -> np.ndarray:
     """Read a ``(height, width, 3)`` uint8 region, transparent pixels composited onto white.
 
-    Pixels outside the slide or its scanned area come back white, never black.
+    ``level0_xy`` is the top-left corner in level-0 pixels and ``size`` is ``(width, height)``
+    in pixels of ``level``. Pixels outside the slide or its scanned area come back white, never
+    black. ``SlideError`` when OpenSlide cannot read the region.
     """
-    return composite_on_white(read_rgba(slide, level0_xy, level, size))
+    image = _read_region(slide, level0_xy, level, size)
+    if image.getextrema()[3] == (255, 255):  # the common case: fully inside the scanned area
+        return np.asarray(image.convert("RGB"))
+    return composite_on_white(np.asarray(image))
 
 
 def composite_on_white(rgba: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -98,7 +98,8 @@ def _image_encoder(name: str, **config: Any) -> Callable[[], numcodecs.abc.Codec
 _JPEG_QUALITY = 90
 _IMAGE_REQUIRES = ("wsizarr[codecs]", "imagecodecs")
 CODECS: dict[str, _Codec] = {
-    "zstd": _Codec(lambda: ZstdCodec(level=3), lambda: numcodecs.Zstd(level=3)),
+    # level 1: on H&E about 1 % larger than level 3 but 2-3x faster to encode
+    "zstd": _Codec(lambda: ZstdCodec(level=1), lambda: numcodecs.Zstd(level=1)),
     "blosc-lz4": _Codec(
         lambda: BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle, typesize=1),
         lambda: numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),

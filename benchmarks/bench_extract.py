@@ -1,0 +1,407 @@
+"""Extraction benchmark: wsizarr against the loose-file recipe and HDF5, side by side in one run.
+
+The recipe's workload: 30 jittered 256-px patches around each of >=100 glomerulus-sized
+annotations, at levels 0, 1 and 2 of an Aperio-style slide of 40,960 x 30,720 px built from real
+H&E pixels (tiles of CMU-1-Small-Region.svs with random flips and turns), plus a grid over
+CMU-1-Small-Region.svs itself. Every method reads the same plan (wsizarr's jitter plan) and runs
+as its own process, so start-up counts and peak RSS is per method.
+
+Run from the repository root:  pip install -e ".[bench,codecs]" && python benchmarks/bench_extract.py
+(``--quick`` for a small slide and a short run; results go to benchmarks/RESULTS.md unless
+``--no-write-results``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+SHARED = HERE.parents[1] / "shared" / "data" / "slides"
+CMU = (SHARED if SHARED.is_dir() else Path("/work/shared/data/slides")) / "CMU-1-Small-Region.svs"
+TILE = 256
+PATCH = 256
+RECIPES = ("png", "jpeg", "hdf5", "read_region")
+
+
+# --- the benchmark slide ---------------------------------------------------------------------
+
+
+def _tissue_tiles(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    """Real H&E 256-px crops of CMU-1-Small-Region that are mostly tissue."""
+    import openslide
+
+    from wsizarr._slide import read_rgb
+
+    with openslide.OpenSlide(CMU) as slide:
+        image = read_rgb(slide, (0, 0), 0, slide.dimensions)
+    tiles: list[np.ndarray] = []
+    while len(tiles) < count:
+        y = int(rng.integers(0, image.shape[0] - TILE))
+        x = int(rng.integers(0, image.shape[1] - TILE))
+        crop = image[y : y + TILE, x : x + TILE]
+        if crop.mean() < 215:
+            tiles.append(crop)
+    return tiles
+
+
+def _jpeg(tile: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(tile).save(buffer, format="JPEG", quality=85, subsampling="4:2:0")
+    return buffer.getvalue()
+
+
+def make_slide(path: Path, width: int, height: int, n_annotations: int, seed: int = 0) -> Path:
+    """Write the Aperio-style benchmark slide (levels 1, 4, 16) and its ASAP annotations."""
+    import tifffile
+    from PIL import Image
+
+    from wsizarr import DemoSlide, write_demo_annotations
+
+    rng = np.random.default_rng(seed)
+    pool = _tissue_tiles(rng, 400)
+    cols, rows = width // TILE, height // TILE
+    level1 = np.empty((height // 4, width // 4, 3), np.uint8)
+
+    def level0_tiles():
+        for band in range(0, rows, 4):  # four tile rows at a time, reduced into level 1
+            strip = np.empty((4 * TILE, width, 3), np.uint8)
+            for r in range(4):
+                for c in range(cols):
+                    tile = np.rot90(pool[int(rng.integers(len(pool)))], int(rng.integers(4)))
+                    if rng.random() < 0.5:
+                        tile = tile[:, ::-1]
+                    strip[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] = tile
+                    yield _jpeg(np.ascontiguousarray(tile))
+            reduced = Image.fromarray(strip).reduce(4)
+            level1[band * TILE // 4 : band * TILE // 4 + TILE] = np.asarray(reduced)
+
+    def tiles_of(image: np.ndarray):
+        for top in range(0, image.shape[0], TILE):
+            for left in range(0, image.shape[1], TILE):
+                tile = np.full((TILE, TILE, 3), 243, np.uint8)
+                part = image[top : top + TILE, left : left + TILE]
+                tile[: part.shape[0], : part.shape[1]] = part
+                yield _jpeg(tile)
+
+    def write(tiff, data, shape, level):
+        size = f"{width}x{height}" + ("" if level == 0 else f" -> {shape[1]}x{shape[0]}")
+        tiff.write(
+            data, shape=shape, dtype=np.uint8, tile=(TILE, TILE), compression="jpeg",
+            photometric="ycbcr", subsampling=(2, 2), subfiletype=1 if level else 0, metadata=None,
+            description=f"Aperio Image Library v12.0.15\r\n{size} [0,0 {width}x{height}] "
+            f"({TILE}x{TILE}) JPEG/RGB Q=85|AppMag = 20|MPP = 0.499",
+        )
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tiff:
+        write(tiff, level0_tiles(), (height, width, 3), 0)
+        write(tiff, tiles_of(level1), level1.shape, 1)
+        level2 = np.asarray(Image.fromarray(level1).reduce(4))
+        write(tiff, tiles_of(level2), level2.shape, 2)
+    # glomeruli: 150-250 um across at 0.499 um/px, away from the edges
+    polygons, labels = [], []
+    for _ in range(n_annotations):
+        cx, cy = rng.uniform(0.05, 0.95) * width, rng.uniform(0.05, 0.95) * height
+        radius = rng.uniform(75, 125) / 0.499
+        angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        r = radius * (1 + 0.1 * rng.standard_normal(24))
+        polygons.append(np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles)]))
+        labels.append("sclerotic" if rng.random() < 0.2 else "glomerulus")
+    write_demo_annotations(
+        DemoSlide(path, (width, height), tuple(polygons), tuple(labels)), path.with_suffix(".xml")
+    )
+    return path
+
+
+# --- one method, in its own process ----------------------------------------------------------
+
+
+def _rgb(slide, x: int, y: int, level: int) -> np.ndarray:
+    from wsizarr._slide import composite_on_white
+
+    return composite_on_white(np.asarray(slide.read_region((x, y), level, (PATCH, PATCH))))
+
+
+def run_method(method: str, slide_path: str, plan_path: str, out: str, options: dict) -> dict:
+    """Run one method over the saved plan; returns what the child measured itself."""
+    plan = np.load(plan_path)
+    xs, ys, levels = plan["x"].tolist(), plan["y"].tolist(), plan["level"].tolist()
+    if method.startswith("wsizarr"):
+        from wsizarr._cli import main
+
+        args = [
+            "extract", slide_path, "--annotations", options["annotations"], "--out", out,
+            "--patch-size", str(PATCH), "--seed", "0", "--codec", options["codec"],
+            "--workers", str(options["workers"]), "--overwrite",
+        ]
+        if options.get("grid"):
+            args += ["--sampler", "grid", "--level", "0", "--min-overlap", "1"]
+        else:
+            args += ["--level", str(levels[0]), "--per-annotation", str(options["per_annotation"])]
+        code = main(args)
+        if code:
+            raise SystemExit(code)
+        return {}
+    import openslide
+
+    slide = openslide.OpenSlide(slide_path)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    if method in ("png", "jpeg"):
+        import cv2
+
+        flags = [cv2.IMWRITE_JPEG_QUALITY, 90] if method == "jpeg" else []
+        suffix = ".jpg" if method == "jpeg" else ".png"
+        for i, (x, y, level) in enumerate(zip(xs, ys, levels)):
+            patch = cv2.cvtColor(_rgb(slide, x, y, level), cv2.COLOR_RGB2BGR)
+            cv2.imwrite(os.path.join(out, f"patch_{i:06d}_L{level}_{x}_{y}{suffix}"), patch, flags)
+    elif method == "hdf5":
+        import h5py
+
+        with h5py.File(os.path.join(out, "patches.h5"), "w") as f:
+            data = f.create_dataset("patches", (len(xs), PATCH, PATCH, 3), "uint8",
+                                    chunks=(1, PATCH, PATCH, 3), compression="gzip")
+            for i, (x, y, level) in enumerate(zip(xs, ys, levels)):
+                data[i] = _rgb(slide, x, y, level)
+            for name in ("x", "y", "level"):
+                f[name] = plan[name]
+    elif method == "read_region":
+        for x, y, level in zip(xs, ys, levels):
+            _rgb(slide, x, y, level)
+    return {}
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child() -> None:
+    method, slide_path, plan_path, out, options = json.loads(sys.argv[2])
+    run_method(method, slide_path, plan_path, out, options)
+    print(json.dumps({"rss_mib": _peak_rss_mib()}))
+
+
+def _disk(path: Path) -> tuple[int, int]:
+    if not path.exists():
+        return 0, 0
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files), len(files)
+
+
+def measure(method: str, slide: Path, plan: Path, n: int, options: dict, keep: bool = False) -> dict:
+    """Run ``method`` in a fresh process; wall time, peak RSS, bytes and files of its output."""
+    out = OUT / "runs" / f"{method}-{options.get('codec', '')}-{options.get('workers', '')}"
+    shutil.rmtree(out, ignore_errors=True)
+    payload = json.dumps([method.split(":")[0], str(slide), str(plan), str(out), options])
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, __file__, "_run", payload], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        raise RuntimeError(f"{method} failed:\n{result.stderr[-2000:]}")
+    child = json.loads(result.stdout.strip().splitlines()[-1])
+    n_bytes, n_files = _disk(out)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "rss_mib": child["rss_mib"], "bytes": n_bytes, "files": n_files, "n": n}
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def _plan(slide: Path, level: int, per_annotation: int, grid: bool = False) -> Path:
+    import wsizarr
+    from wsizarr._sampling import plan_patches
+    from wsizarr._slide import open_slide, slide_info
+
+    with open_slide(slide) as handle:
+        info = slide_info(handle, slide)
+    annotations = wsizarr.read_annotations(slide.with_suffix(".xml"))
+    if grid:
+        plan = plan_patches(annotations, info, sampler="grid", patch_size=PATCH, min_overlap=1.0)
+    else:
+        plan = wsizarr.plan_jitter(annotations, info, level=level, per_annotation=per_annotation)
+    path = OUT / f"plan-{slide.stem}-{'grid' if grid else level}-{per_annotation}.npz"
+    np.savez(path, x=plan.x, y=plan.y, level=plan.level)
+    return path
+
+
+def _cmu_grid_annotation() -> Path:
+    """CMU-1-Small-Region with one rectangle covering the whole slide, for the grid sampler."""
+    slide = OUT / "CMU-1-Small-Region.svs"
+    if not slide.exists():
+        slide.symlink_to(CMU)
+    slide.with_suffix(".xml").write_text(
+        '<?xml version="1.0"?><ASAP_Annotations><Annotations>'
+        '<Annotation Name="slide" Type="Rectangle" PartOfGroup="tissue"><Coordinates>'
+        '<Coordinate Order="0" X="0" Y="0" /><Coordinate Order="1" X="2220" Y="0" />'
+        '<Coordinate Order="2" X="2220" Y="2967" /><Coordinate Order="3" X="0" Y="2967" />'
+        "</Coordinates></Annotation></Annotations></ASAP_Annotations>"
+    )
+    return slide
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="wsizarr extraction benchmark")
+    parser.add_argument("--quick", action="store_true", help="small slide, one level, short run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each wsizarr method (median)")
+    parser.add_argument("--no-write-results", action="store_true")
+    parser.add_argument("--skip-rss", action="store_true", help="skip the 10k/100k RSS runs")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    OUT.mkdir(exist_ok=True)
+    import wsizarr
+    from wsizarr._store import CODECS
+
+    if args.quick:
+        size, n_annotations, levels, repeats = (4096, 3072), 12, (1,), 1
+    else:
+        size, n_annotations, levels, repeats = (40960, 30720), 120, (0, 1, 2), args.repeats
+    slide = OUT / f"bench-{size[0]}x{size[1]}-{n_annotations}.svs"
+    if not slide.exists():
+        t = time.perf_counter()
+        make_slide(slide, *size, n_annotations)
+        print(f"generated {slide.name} in {time.perf_counter() - t:.0f} s", flush=True)
+    cores = os.cpu_count() or 1
+    rows: list[dict] = []
+
+    def record(workload: str, method: str, result: dict) -> None:
+        rows.append({"workload": workload, "method": method, **result})
+        rate = result["n"] / result["seconds"]
+        print(f"{workload:24s} {method:28s} {rate:8.0f} patches/s  {result['bytes'] / 1e6:8.1f} MB"
+              f"  {result['files']:6d} files  {result['rss_mib']:6.0f} MiB", flush=True)
+
+    workloads = [(f"L{level} jitter x30", slide, level, False) for level in levels]
+    workloads.append(("CMU grid L0", _cmu_grid_annotation(), 0, True))
+    for workload, path, level, grid in workloads:
+        plan = _plan(path, level, 30, grid)
+        n = len(np.load(plan)["x"])
+        options = {"annotations": str(path.with_suffix(".xml")), "per_annotation": 30, "grid": grid}
+        for recipe in RECIPES:
+            record(workload, recipe, measure(recipe, path, plan, n, options))
+        for codec in CODECS:
+            for workers in sorted({1, cores}):
+                if workers == 1 and codec not in ("zstd", "jpeg") and not grid:
+                    continue  # one worker: the default and the lossy codec only, to bound time
+                results = [
+                    measure("wsizarr", path, plan, n, {**options, "codec": codec, "workers": workers})
+                    for _ in range(repeats)
+                ]
+                best = {k: statistics.median(r[k] for r in results) for k in results[0]}
+                record(workload, f"wsizarr {codec} w{workers}", best)
+    if not args.skip_rss:
+        for per_annotation in ((10, 100) if args.quick else (84, 834)):  # ~10k and ~100k patches
+            plan = _plan(slide, 1, per_annotation)
+            n = len(np.load(plan)["x"])
+            options = {"annotations": str(slide.with_suffix(".xml")), "per_annotation": per_annotation}
+            record(f"L1 jitter x{per_annotation}", f"wsizarr jpeg w{cores}",
+                   measure("wsizarr", slide, plan, n, {**options, "codec": "jpeg", "workers": cores}))
+    report = _report(rows, slide, time.perf_counter() - started, args.quick)
+    print(report)
+    if not args.no_write_results:
+        (HERE / "RESULTS.md").write_text(report)
+    del wsizarr
+
+
+def _report(rows: list[dict], slide: Path, seconds: float, quick: bool) -> str:
+    import openslide
+    import zarr
+
+    import wsizarr
+
+    lines = [
+        "# Extraction benchmark results", "",
+        f"Command: `python benchmarks/bench_extract.py{' --quick' if quick else ''}` "
+        f"({time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} min in all).",
+        f"Machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"{platform.platform()}, Python {platform.python_version()}, OpenSlide "
+        f"{openslide.__library_version__}, zarr {zarr.__version__}, wsizarr {wsizarr.__version__}.",
+        f"Slide: `{slide.name}` (Aperio-style, real H&E tiles, 256-px JPEG tiles, downsamples 1/4/16, "
+        "0.499 mpp). Every method reads the same plan of 256-px patches and runs as its own process "
+        "(wall time includes start-up); wsizarr rows are medians of repeated runs.", "",
+        "| workload | method | patches/s | MB/s of pixels | × PNG recipe | bytes on disk | × PNG bytes | files | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    png = {r["workload"]: r for r in rows if r["method"] == "png"}
+    for r in rows:
+        rate = r["n"] / r["seconds"]
+        base = png.get(r["workload"])
+        speed = f"{rate / (base['n'] / base['seconds']):.2f}" if base else "–"
+        size = f"{r['bytes'] / base['bytes']:.2f}" if base and r["bytes"] else "–"
+        lines.append(
+            f"| {r['workload']} (N={r['n']}) | {r['method']} | {rate:.0f} | "
+            f"{rate * PATCH * PATCH * 3 / 1e6:.0f} | {speed} | {r['bytes'] / 1e6:.1f} MB | {size} | "
+            f"{r['files']} | {r['rss_mib']:.0f} |"
+        )
+    lines += ["", "## Targets", ""]
+    lines += _targets(rows)
+    return "\n".join(lines) + "\n"
+
+
+def _targets(rows: list[dict]) -> list[str]:
+    def rate(workload: str, method: str) -> float | None:
+        for r in rows:
+            if r["workload"] == workload and r["method"] == method:
+                return r["n"] / r["seconds"]
+        return None
+
+    def row(workload: str, method: str) -> dict | None:
+        return next((r for r in rows if r["workload"] == workload and r["method"] == method), None)
+
+    cores = os.cpu_count() or 1
+    out = []
+    for workload in sorted({r["workload"] for r in rows if r["workload"].endswith("jitter x30")}):
+        best = rate(workload, f"wsizarr zstd w{cores}")
+        png, bare, hdf5 = rate(workload, "png"), rate(workload, "read_region"), rate(workload, "hdf5")
+        if best and png and bare and hdf5:
+            out.append(
+                f"- {workload}: wsizarr zstd, {cores} workers = {best / png:.1f}× the PNG recipe "
+                f"({'PASS' if best >= 5 * png else 'FAIL'} ≥ 5×), {best / bare:.2f}× bare per-patch "
+                f"read_region ({'PASS' if best >= 1.5 * bare else 'FAIL'} ≥ 1.5×), "
+                f"{best / hdf5:.1f}× HDF5 ({'PASS' if best > hdf5 else 'FAIL'} ahead)"
+            )
+        png_row = row(workload, "png")
+        for codec, limit, what in (("zstd", 1.0, "lossless default"), ("jpegxl", 1.0, "lossless JPEG XL"), ("jpeg", 1 / 6, "lossy JPEG q90")):
+            r = row(workload, f"wsizarr {codec} w{cores}")
+            if r and png_row:
+                ratio = r["bytes"] / png_row["bytes"]
+                out.append(f"  - {what} store = {ratio:.2f}× PNG bytes ({'PASS' if ratio <= limit else 'FAIL'} ≤ {limit:.2f})")
+        r = row(workload, f"wsizarr zstd w{cores}")
+        if r:
+            limit = r["n"] / 200 + 10
+            out.append(f"  - files {r['files']} ({'PASS' if r['files'] <= limit else 'FAIL'} ≤ N/200 + 10 = {limit:.0f})")
+    rss = [r for r in rows if r["workload"].startswith("L1 jitter x") and not r["workload"].endswith("x30")]
+    if len(rss) == 2:
+        small, large = sorted(rss, key=lambda r: r["n"])
+        flat = large["rss_mib"] <= 1.25 * small["rss_mib"] and large["rss_mib"] < 1536
+        out.append(
+            f"- peak RSS {small['rss_mib']:.0f} MiB at N={small['n']}, {large['rss_mib']:.0f} MiB at "
+            f"N={large['n']} ({'PASS' if flat else 'FAIL'}: flat in N and < 1.5 GiB)"
+        )
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "_run":
+        _child()
+    else:
+        main()
