@@ -35,6 +35,7 @@ CMU = (SHARED if SHARED.is_dir() else Path("/work/shared/data/slides")) / "CMU-1
 TILE = 256
 PATCH = 256
 RECIPES = ("png", "jpeg", "hdf5", "read_region")
+_END = "<!-- end of bench_extract.py output; notes below are kept when it rewrites this file -->\n"
 
 
 # --- the benchmark slide ---------------------------------------------------------------------
@@ -317,8 +318,10 @@ def main() -> None:
                    measure("wsizarr", slide, plan, n, {**options, "codec": "jpeg", "workers": cores}))
     report = _report(rows, slide, time.perf_counter() - started, args.quick)
     print(report)
-    if not args.no_write_results:
-        (HERE / "RESULTS.md").write_text(report)
+    if not args.no_write_results:  # replace the generated part, keep the notes written below it
+        results = HERE / "RESULTS.md"
+        kept = results.read_text().partition(_END)[2] if results.exists() else ""
+        results.write_text(report + _END + kept)
     del wsizarr
 
 
