@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from wsizarr import IncompleteStoreError, StoreExistsError, extract, store_info
+from wsizarr import IncompleteStoreError, StoreExistsError, extract, open_dataset, store_info
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import list_keys, open_zarr_store, parse_location
 
@@ -55,6 +55,9 @@ def test_extract_to_s3_equals_local_and_counts_objects(s3_server, aperio_even_ca
     assert info["complete"] and info["files"] == len(keys)
     dataset = xr.open_zarr(open_zarr_store(location, "r"), consolidated=True)
     assert dataset["patches"].shape == (200, 64, 64, 3) and "annotation_id" in dataset.coords
+    decoded = open_dataset(url, storage_options=s3_server.options)
+    np.testing.assert_array_equal(decoded["patches"].values, zarr.open_group(local_reference, mode="r")["patches"][:])
+    assert set(decoded.label.values) <= {"glomerulus", "sclerotic"}
     with pytest.raises(StoreExistsError):
         extract(aperio_even_case.slide, aperio_even_case.annotations, url,
                 storage_options=s3_server.options, **KWARGS)
@@ -118,6 +121,7 @@ def test_zip_output_and_pack(tmp_path, aperio_even_case, local_reference):
     with zarr.storage.ZipStore(direct, mode="r") as store:
         _assert_same(zarr.open_group(local_reference, mode="r"), zarr.open_group(store, mode="r"))
         assert xr.open_zarr(store)["patches"].shape == (200, 64, 64, 3)
+    assert open_dataset(direct).sizes["patch"] == 200
     packed = tmp_path / "packed.zip"
     result = run("pack", local_reference, packed)
     assert result.returncode == 0, result.stderr
