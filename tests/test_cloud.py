@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 
 import distributed
 import numpy as np
@@ -18,6 +16,7 @@ from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import list_keys, open_zarr_store, parse_location
 
 from .test_cli import WSIZARR, run
+from .test_crash import start_and_kill
 
 ARRAYS = ("patches", "x", "y", "level", "annotation_id", "label", "slide", "padded")
 KWARGS = dict(level=0, patch_size=64, per_annotation=25, shard_size=16, seed=9)
@@ -74,16 +73,8 @@ def test_sigkill_on_s3_then_resume(s3_server, aperio_even_case, local_reference)
     args = ["extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
             "--out", url, "--level", "0", "--patch-size", "64", "--per-annotation", "25",
             "--shard-size", "16", "--seed", "9"]
-    process = subprocess.Popen([WSIZARR, *map(str, args), "--workers", "1"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if len(list_keys(location, "_shards_done/c/")) >= 2:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the extraction finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    start_and_kill([*args, "--workers", "1"], env,
+                   when=lambda: len(list_keys(location, "_shards_done/c/")) >= 2, interval=0.02)
     info = store_info(location)
     assert not info["complete"] and 2 <= info["shards_done"] < 13
     with pytest.raises(IncompleteStoreError):

@@ -25,23 +25,29 @@ def _extract_args(case, out, *extra):
     ]
 
 
+def start_and_kill(args, env=None, *, when, interval=0.005):
+    """Run ``wsizarr ARGS`` and SIGKILL it as soon as ``when()`` holds (while it still runs)."""
+    process = subprocess.Popen(
+        [WSIZARR, *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not when():
+        time.sleep(interval)
+    assert process.poll() is None, "the extraction finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def test_sigkill_then_resume_gives_the_identical_store(tmp_path, aperio_even_case):
     reference = tmp_path / "reference.zarr"
     assert run(*_extract_args(aperio_even_case, reference)).returncode == 0
     crashed = tmp_path / "crashed.zarr"
-    process = subprocess.Popen(
-        [WSIZARR, *map(str, _extract_args(aperio_even_case, crashed, "--workers", "1"))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
     markers = crashed / "_shards_done" / "c"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if markers.is_dir() and sum(1 for _ in markers.iterdir()) >= 3:
-            break
-        time.sleep(0.005)
-    assert process.poll() is None, "the extraction finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    start_and_kill(
+        _extract_args(aperio_even_case, crashed, "--workers", "1"),
+        when=lambda: markers.is_dir() and sum(1 for _ in markers.iterdir()) >= 3,
+    )
 
     info = store_info(crashed)
     assert info["complete"] is False and 3 <= info["shards_done"] < info["n_shards"] == 100

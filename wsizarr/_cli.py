@@ -190,8 +190,8 @@ def _report_cohort(summary: ExtractionSummary) -> None:
         print(f"wsizarr: skipped {failure.reason}", file=sys.stderr)
     for slide in summary.slides_without_annotations:
         print(f"wsizarr: no annotations for {slide}", file=sys.stderr)
-    for annotations in summary.annotations_without_slides:
-        print(f"wsizarr: no slide for {annotations}", file=sys.stderr)
+    for orphan in summary.annotations_without_slides:
+        print(f"wsizarr: no slide for {orphan}", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> None:
