@@ -20,11 +20,13 @@ from ._errors import (
     StoreExistsError,
     WsizarrError,
 )
+from ._export import export
 from ._extract import ExtractionSummary, extract
 from ._loaders import open_dataset
 from ._sampling import PatchPlan, plan_jitter
 from ._slide import SlideInfo
 from ._store import SCHEMA_VERSION, store_info
+from ._verify import VerifyReport, verify
 from ._version import __version__
 
 __all__ = [
@@ -41,9 +43,11 @@ __all__ = [
     "SlideInfo",
     "StoreError",
     "StoreExistsError",
+    "VerifyReport",
     "WsizarrError",
     "__version__",
     "apply_label_map",
+    "export",
     "extract",
     "open_dataset",
     "parse_label_map",
@@ -51,6 +55,7 @@ __all__ = [
     "read_annotation_file",
     "read_annotations",
     "store_info",
+    "verify",
     "write_demo_annotations",
     "write_demo_slide",
 ]

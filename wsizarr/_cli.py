@@ -135,6 +135,17 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("store", help="a directory or s3://bucket/prefix.zarr")
     pack.add_argument("zip", help="the .zip file to write")
     _add_storage_option(pack)
+    verify = commands.add_parser("verify", help="check a store against its plan and its slides")
+    verify.add_argument("store")
+    verify.add_argument("--sample", type=int, default=64, help="patches re-read from the slides (default 64)")
+    verify.add_argument("--seed", type=int, default=0)
+    _add_storage_option(verify)
+    export = commands.add_parser("export", help="write the patches as image files plus metadata.csv")
+    export.add_argument("store")
+    export.add_argument("dir", help="output folder")
+    export.add_argument("--format", default="png", choices=("png", "jpg"))
+    export.add_argument("--label", default=None, help="only the patches of this label")
+    _add_storage_option(export)
     demo = commands.add_parser("demo", help="generate a synthetic slide with annotations and extract it")
     demo.add_argument("dir", nargs="?", default="wsizarr-demo", help="output folder (default ./wsizarr-demo)")
     _add_extract_options(demo)
@@ -228,6 +239,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary)
         elif args.command == "info":
             _print_info(args.store, args.json, _storage_options(args))
+        elif args.command == "verify":
+            from ._verify import verify
+
+            report = verify(args.store, sample=args.sample, seed=args.seed,
+                            storage_options=_storage_options(args))
+            print(report)
+            return 0 if report.ok else 1
+        elif args.command == "export":
+            from ._export import export
+
+            count = export(args.store, args.dir, format=args.format, label=args.label,
+                           storage_options=_storage_options(args))
+            print(f"wrote {count} {args.format} files and metadata.csv to {args.dir}")
         elif args.command == "pack":
             from ._locations import pack_zip, parse_location
             from ._store import open_store

@@ -25,13 +25,13 @@ from ._slide import (
 )
 from ._store import (
     begin_run, create_store, done_shards, finalize_store, open_for_writing, open_store,
-    store_metadata, write_shard,
+    plan_digest, store_metadata, write_shard,
 )
 from ._version import __version__
 
 __all__ = [
     "ANNOTATION_SUFFIXES", "ExtractionSummary", "ShardJob", "ShardTask", "SlideFailure",
-    "SlideJob", "extract", "match_annotations", "plan_digest", "read_shard", "run_shard_task",
+    "SlideJob", "extract", "match_annotations", "read_shard", "run_shard_task",
     "shard_tasks",
 ]
 
@@ -255,15 +255,6 @@ def _masks(job: ShardJob, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray) -
         if shapes:
             out[i] = rasterize(shapes, (job.patch_size, job.patch_size), (x, y), scale)
     return out
-
-
-def plan_digest(arrays: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 of a store's 1-D arrays (the plan), to check a store against its plan."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-    return digest.hexdigest()
 
 
 AnnotationSource = str | Path | Sequence[Annotation]

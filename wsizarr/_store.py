@@ -16,6 +16,7 @@ it is removed once the store is complete.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ __all__ = [
     "finalize_store",
     "open_store",
     "open_for_writing",
+    "plan_digest",
     "store_info",
     "store_metadata",
     "write_shard",
@@ -204,6 +206,15 @@ def create_store(
             fill_value=False if dtype == "bool" else -1, dimension_names=("patch",),
         )
     return group
+
+
+def plan_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of a store's 1-D arrays (the plan), to check a store against its plan."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
 
 
 def begin_run(

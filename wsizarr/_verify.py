@@ -1,0 +1,116 @@
+"""Checking a store: completeness, metadata consistency, and patches re-read from their slides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ._errors import SlideError
+from ._locations import Location, list_keys, parse_location
+from ._slide import open_slide, read_rgb, resize_patch
+from ._store import COORDINATE_ARRAYS, done_shards, open_store, plan_digest, store_metadata
+
+__all__ = ["VerifyReport", "verify"]
+
+_MIN_PSNR_DB = 30.0  # lossy codecs: JPEG q90 of H&E sits far above this
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` found: ``problems`` (one line each) is empty for a good store."""
+
+    store: str
+    n_patches: int
+    shards: int
+    patches_compared: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        head = (
+            f"{self.store}: {self.n_patches} patches in {self.shards} shards, "
+            f"{self.patches_compared} re-read from their slides: "
+        )
+        return head + ("OK" if self.ok else f"{len(self.problems)} problems\n  " + "\n  ".join(self.problems))
+
+
+def verify(
+    store: str | Path | Location, *, sample: int = 64, seed: int = 0,
+    storage_options: Mapping[str, str] | None = None,
+) -> VerifyReport:
+    """Check a store: every shard present and marked, 1-D arrays consistent with the plan digest
+    and the slide and label tables, and ``sample`` random patches equal to their slide's
+    ``read_region`` (pixel for pixel; PSNR >= 30 dB for lossy codecs)."""
+    location = parse_location(store, storage_options)
+    group = open_store(location, require_complete=False)
+    metadata = store_metadata(group)
+    problems: list[str] = []
+    n = metadata["n_patches"]
+    shard_size = metadata["shard_size"]
+    n_shards = -(-n // shard_size)
+    if not metadata.get("complete"):
+        problems.append(f"incomplete: {int(done_shards(group).sum())} of {n_shards} shards marked done; resume it")
+    present = {key.split("/")[2] for key in list_keys(location, "patches/c/")}
+    missing = [i for i in range(n_shards) if str(i) not in present]
+    if missing:
+        problems.append(f"{len(missing)} shard files missing (first: shard {missing[0]}, patches {missing[0] * shard_size}..)")
+    arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
+    for name, values in arrays.items():
+        if len(values) != n:
+            problems.append(f"array {name} has {len(values)} entries, the store {n} patches")
+    if group["patches"].shape[0] != n:
+        problems.append(f"patches has {group['patches'].shape[0]} entries, the store {n}")
+    if plan_digest(arrays) != metadata.get("plan_digest"):
+        problems.append("the 1-D arrays do not match the plan digest: coordinates or labels were altered")
+    if arrays["label"].size and arrays["label"].max() >= len(metadata["label_names"]):
+        problems.append("label codes beyond the label names")
+    if arrays["slide"].size and arrays["slide"].max() >= len(metadata["slides"]):
+        problems.append("slide indices beyond the slide table")
+    compared = 0
+    if not problems:
+        compared = _compare_sample(group, metadata, arrays, sample, seed, problems)
+    return VerifyReport(str(location), n, n_shards, compared, tuple(problems))
+
+
+def _compare_sample(
+    group: zarr.Group, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+    sample: int, seed: int, problems: list[str],
+) -> int:
+    """Re-read ``sample`` random patches from their slides; append a line per mismatch."""
+    rng = np.random.default_rng(seed)
+    n = metadata["n_patches"]
+    picks = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    lossless = metadata.get("codec_lossless", True)
+    patch_size = group["patches"].shape[1]
+    compared = 0
+    for slide_index in np.unique(arrays["slide"][picks]).tolist():
+        entry = metadata["slides"][slide_index]
+        read_size = entry.get("read_size_px", patch_size)
+        try:
+            slide = open_slide(entry["path"])
+        except SlideError as exc:
+            problems.append(f"cannot re-read patches of slide {slide_index}: {exc}")
+            continue
+        with slide:
+            for i in picks[arrays["slide"][picks] == slide_index].tolist():
+                x, y, level = int(arrays["x"][i]), int(arrays["y"][i]), int(arrays["level"][i])
+                expected = resize_patch(read_rgb(slide, (x, y), level, (read_size, read_size)), patch_size)
+                stored = np.asarray(group["patches"][i])
+                compared += 1
+                if lossless and not np.array_equal(stored, expected):
+                    diff = int(np.abs(stored.astype(int) - expected).max())
+                    problems.append(f"patch {i} (slide {slide_index}, level {level}, x {x}, y {y}) differs from its slide (max diff {diff})")
+                elif not lossless:
+                    mse = float(np.mean((stored.astype(float) - expected) ** 2))
+                    psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
+                    if psnr < _MIN_PSNR_DB:
+                        problems.append(f"patch {i} (slide {slide_index}, level {level}, x {x}, y {y}) is {psnr:.1f} dB from its slide (lossy codec: >= {_MIN_PSNR_DB:.0f} dB expected)")
+    return compared
