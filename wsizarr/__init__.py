@@ -23,6 +23,7 @@ from ._errors import (
 from ._export import export
 from ._extract import ExtractionSummary, extract
 from ._loaders import open_dataset
+from ._preview import overlay, preview, write_report
 from ._sampling import PatchPlan, plan_jitter
 from ._slide import SlideInfo
 from ._store import SCHEMA_VERSION, store_info
@@ -50,12 +51,15 @@ __all__ = [
     "export",
     "extract",
     "open_dataset",
+    "overlay",
     "parse_label_map",
     "plan_jitter",
+    "preview",
     "read_annotation_file",
     "read_annotations",
     "store_info",
     "verify",
     "write_demo_annotations",
     "write_demo_slide",
+    "write_report",
 ]

@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--overwrite", action="store_true", help="replace an existing store")
     extract.add_argument("--resume", action="store_true", help="finish an interrupted extraction")
     extract.add_argument("--append", action="store_true", help="add the slides to an existing store")
+    extract.add_argument("--report", default=None, metavar="HTML", help="also write an HTML report of the store")
     _add_storage_option(extract)
     info = commands.add_parser("info", help="describe a store")
     info.add_argument("store", help="a directory, a .zip file, or s3://bucket/prefix.zarr")
@@ -146,6 +147,21 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="png", choices=("png", "jpg"))
     export.add_argument("--label", default=None, help="only the patches of this label")
     _add_storage_option(export)
+    preview = commands.add_parser("preview", help="a PNG contact sheet of patches per label")
+    preview.add_argument("store")
+    preview.add_argument("--out", required=True, help="PNG file to write")
+    preview.add_argument("--per-label", type=int, default=16)
+    preview.add_argument("--seed", type=int, default=0)
+    _add_storage_option(preview)
+    overlay = commands.add_parser("overlay", help="the slide thumbnail with annotations and patch boxes")
+    overlay.add_argument("store")
+    overlay.add_argument("--slide", default=None, help="slide index, file name or stem (default: the only one)")
+    overlay.add_argument("--out", required=True, help="PNG file to write")
+    _add_storage_option(overlay)
+    report = commands.add_parser("report", help="a self-contained HTML report of a store")
+    report.add_argument("store")
+    report.add_argument("--out", required=True, help="HTML file to write")
+    _add_storage_option(report)
     demo = commands.add_parser("demo", help="generate a synthetic slide with annotations and extract it")
     demo.add_argument("dir", nargs="?", default="wsizarr-demo", help="output folder (default ./wsizarr-demo)")
     _add_extract_options(demo)
@@ -237,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             _report_cohort(summary)
             print(summary)
+            if args.report:
+                from ._preview import write_report
+
+                print(f"report: {write_report(summary.store, args.report, storage_options=_storage_options(args))}")
         elif args.command == "info":
             _print_info(args.store, args.json, _storage_options(args))
         elif args.command == "verify":
@@ -252,6 +272,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             count = export(args.store, args.dir, format=args.format, label=args.label,
                            storage_options=_storage_options(args))
             print(f"wrote {count} {args.format} files and metadata.csv to {args.dir}")
+        elif args.command in ("preview", "overlay", "report"):
+            from . import _preview
+
+            options = _storage_options(args)
+            if args.command == "preview":
+                path = _preview.preview(args.store, args.out, per_label=args.per_label, seed=args.seed, storage_options=options)
+            elif args.command == "overlay":
+                path = _preview.overlay(args.store, args.out, slide=args.slide, storage_options=options)
+            else:
+                path = _preview.write_report(args.store, args.out, storage_options=options)
+            print(f"wrote {path}")
         elif args.command == "pack":
             from ._locations import pack_zip, parse_location
             from ._store import open_store

@@ -1,0 +1,170 @@
+"""Looking at a store: a contact sheet per label, patch boxes on the slide, an HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ._annotations import read_annotations
+from ._errors import ParameterError
+from ._locations import Location, parse_location
+from ._slide import open_slide
+from ._store import open_store, store_info, store_metadata
+
+__all__ = ["LABEL_COLOURS", "overlay", "preview", "write_report"]
+
+LABEL_COLOURS = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (128, 128, 0), (0, 0, 128), (170, 110, 40),
+)
+_UNLABELLED = (90, 90, 90)
+_TILE_PX = 128
+_CAPTION_PX = 14
+_COLUMNS = 8
+
+
+def _colour(code: int) -> tuple[int, int, int]:
+    return _UNLABELLED if code < 0 else LABEL_COLOURS[code % len(LABEL_COLOURS)]
+
+
+def preview(
+    store: str | Path | Location, out: str | Path, *, per_label: int = 16, seed: int = 0,
+    storage_options: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a PNG contact sheet: a block of up to ``per_label`` random patches per label, each
+    captioned ``s{slide} a{annotation} L{level} {x},{y}``. Returns the PNG's path."""
+    group = open_store(parse_location(store, storage_options))
+    metadata = store_metadata(group)
+    labels = np.asarray(group["label"][:])
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for code in sorted(set(labels.tolist())):
+        members = np.flatnonzero(labels == code)
+        blocks.append((code, np.sort(rng.choice(members, size=min(per_label, members.size), replace=False))))
+    cell = _TILE_PX + _CAPTION_PX
+    height = sum(20 + cell * -(-len(picks) // _COLUMNS) for _, picks in blocks)
+    sheet = Image.new("RGB", (_COLUMNS * _TILE_PX, max(height, 1)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    top = 0
+    coords = {name: np.asarray(group[name][:]) for name in ("x", "y", "level", "annotation_id", "slide")}
+    for code, picks in blocks:
+        name = metadata["label_names"][code] if code >= 0 else "(unlabelled)"
+        draw.rectangle((0, top, sheet.width, top + 19), fill=_colour(code))
+        draw.text((4, top + 4), f"{name}: {int((labels == code).sum())} patches", fill="white", font=font)
+        top += 20
+        for k, i in enumerate(picks.tolist()):
+            left, row_top = (k % _COLUMNS) * _TILE_PX, top + (k // _COLUMNS) * cell
+            tile = Image.fromarray(np.asarray(group["patches"][i])).resize((_TILE_PX, _TILE_PX))
+            sheet.paste(tile, (left, row_top))
+            caption = (f"s{coords['slide'][i]} a{coords['annotation_id'][i]} L{coords['level'][i]} "
+                       f"{coords['x'][i]},{coords['y'][i]}")
+            draw.text((left + 2, row_top + _TILE_PX + 1), caption, fill="black", font=font)
+        top += cell * -(-len(picks) // _COLUMNS)
+    out = Path(out)
+    sheet.save(out)
+    return out
+
+
+def overlay(
+    store: str | Path | Location, out: str | Path, *, slide: str | int | None = None,
+    max_px: int = 1600, storage_options: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the slide's thumbnail with its annotation outlines and the patch boxes in each
+    label's colour, and a legend. ``slide`` is an index or a file name or stem (default: the
+    only slide). Returns the PNG's path."""
+    group = open_store(parse_location(store, storage_options))
+    metadata = store_metadata(group)
+    index = _slide_index(metadata["slides"], slide)
+    entry = metadata["slides"][index]
+    with open_slide(entry["path"]) as handle:
+        thumbnail = handle.get_thumbnail((max_px, max_px)).convert("RGB")
+    scale = thumbnail.width / entry["dimensions"][0]
+    draw = ImageDraw.Draw(thumbnail)
+    codes = {name: code for code, name in enumerate(metadata["label_names"])}
+    if entry.get("annotations"):
+        for annotation in read_annotations(entry["annotations"]):
+            colour = _colour(codes.get(annotation.label, -1))
+            points = [(float(x) * scale, float(y) * scale) for x, y in annotation.vertices]
+            if len(points) >= 3:
+                draw.polygon(points, outline=colour, width=2)
+    mine = np.flatnonzero(np.asarray(group["slide"][:]) == index)
+    xs, ys = np.asarray(group["x"][:])[mine], np.asarray(group["y"][:])[mine]
+    labels, levels = np.asarray(group["label"][:])[mine], np.asarray(group["level"][:])[mine]
+    read_size = entry.get("read_size_px", group["patches"].shape[1])
+    for x, y, code, level in zip(xs.tolist(), ys.tolist(), labels.tolist(), levels.tolist()):
+        extent = read_size * entry["level_downsamples"][level] * scale
+        draw.rectangle((x * scale, y * scale, x * scale + extent, y * scale + extent), outline=_colour(code))
+    font = ImageFont.load_default()
+    names = sorted(set(labels.tolist()))
+    draw.rectangle((4, 4, 170, 10 + 16 * len(names)), fill="white", outline="black")
+    for row, code in enumerate(names):
+        name = metadata["label_names"][code] if code >= 0 else "(unlabelled)"
+        draw.rectangle((10, 9 + 16 * row, 20, 19 + 16 * row), fill=_colour(code))
+        draw.text((26, 8 + 16 * row), f"{name} ({int((labels == code).sum())})", fill="black", font=font)
+    out = Path(out)
+    thumbnail.save(out)
+    return out
+
+
+def _slide_index(slides: list[dict], slide: str | int | None) -> int:
+    if slide is None:
+        if len(slides) != 1:
+            raise ParameterError(f"the store holds {len(slides)} slides; choose one with --slide")
+        return 0
+    if isinstance(slide, int) or str(slide).isdigit():
+        if 0 <= int(slide) < len(slides):
+            return int(slide)
+    for index, entry in enumerate(slides):
+        if slide in (Path(entry["path"]).name, Path(entry["path"]).stem):
+            return index
+    raise ParameterError(
+        f"no slide {slide!r} in the store; its slides are "
+        f"{', '.join(Path(s['path']).name for s in slides)}"
+    )
+
+
+def _png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def write_report(
+    store: str | Path | Location, out: str | Path, *, storage_options: Mapping[str, str] | None = None
+) -> Path:
+    """Write a self-contained HTML report (parameters, counts per label and slide, the contact
+    sheet and every slide's overlay, images embedded) viewable offline."""
+    location = parse_location(store, storage_options)
+    info = store_info(location)
+    metadata = store_metadata(open_store(location))
+    out = Path(out)
+    images = [("Patches per label", preview(location, out.with_suffix(".montage.png")))]
+    for index, entry in enumerate(metadata["slides"]):
+        path = overlay(location, out.with_suffix(f".slide{index}.png"), slide=index)
+        images.append((f"Slide {index}: {Path(entry['path']).name}", path))
+
+    def table(rows: Mapping[str, object]) -> str:
+        return "<table>" + "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items()
+        ) + "</table>"
+
+    body = [
+        f"<h1>wsizarr store {html.escape(info['store'])}</h1>",
+        f"<p>{info['n_patches']} patches of {'×'.join(map(str, info['patch_shape']))}, "
+        f"{info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files, codec {html.escape(str(info['codec']))}, "
+        f"schema {info['schema_version']}, wsizarr {html.escape(str(info['wsizarr_version']))}</p>",
+        "<h2>Patches per label</h2>", table(info["per_label"]),
+        "<h2>Patches per slide</h2>", table(info["per_slide"]),
+        "<h2>Parameters</h2>", table(info["parameters"]),
+    ]
+    for title, path in images:
+        body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{_png_data_uri(path)}'>")
+        path.unlink()
+    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}img{max-width:100%}"
+    out.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>wsizarr report</title>"
+                   f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    return out
