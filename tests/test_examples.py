@@ -1,0 +1,28 @@
+"""The scripts in examples/ run on the demo data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXPECTED = {
+    "extract_and_train.py": ["720 patches in", "glomerulus: 660 patches"],
+    "glomerulus_workflow.py": ["re-read from their slides: OK", "held-out accuracy", "report:"],
+}
+
+
+def test_every_example_is_covered():
+    assert {p.name for p in EXAMPLES.glob("*.py")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(tmp_path, name):
+    result = subprocess.run([sys.executable, EXAMPLES / name, str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for expected in EXPECTED[name]:
+        assert expected in result.stdout
