@@ -453,21 +453,11 @@ def extract(
             f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
         )
     wants_background = background > 0 or sampler == BACKGROUND_LABEL
-    reading = _Reading(label_from, exclude_detections, label_map, keep_only)
-    prepared: list[_Prepared] = []
-    failures: list[SlideFailure] = []
-    for slide_path, source in pairs:
-        try:
-            prepared.append(_prepare(
-                slide_path, source, reading, level=level, mpp=mpp, magnification=magnification,
-                patch_size=patch_size, wants_background=wants_background,
-            ))
-        except WsizarrError as exc:
-            if strict or len(pairs) == 1:
-                raise
-            failures.append(SlideFailure(str(slide_path), str(exc)))
-    if not prepared:
-        raise ParameterError("no slide could be read: " + "; ".join(f.reason for f in failures))
+    prepared, failures = _prepare_slides(
+        pairs, _Reading(label_from, exclude_detections, label_map, keep_only), strict=strict,
+        level=level, mpp=mpp, magnification=magnification, patch_size=patch_size,
+        wants_background=wants_background,
+    )
     parameters: dict[str, Any] = {
         "sampler": sampler, "level": level, "mpp": mpp, "magnification": magnification,
         "patch_size": patch_size, "per_annotation": per_annotation, "stride": stride,
@@ -555,15 +545,8 @@ def extract(
         {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
         first_patch, masks, labels,
     )
-    n_total = first_patch + len(plan)
-    tasks = shard_tasks(n_total, shard_size, done_shards(group))
-    done_patches = n_total - sum(t.stop - t.start for t in tasks)
-    if progress:
-        progress(done_patches, n_total)
-    for count in _execute(out, job, tasks, workers=workers, executor=executor, client=client):
-        done_patches += count
-        if progress:
-            progress(done_patches, n_total)
+    tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
+    _run_tasks(out, job, tasks, workers=workers, executor=executor, client=client, progress=progress)
     finalize_store(group)
     metadata = store_metadata(group)
     if target.kind == "zip":  # pack beside the target, then rename over it: never no zip
@@ -574,6 +557,41 @@ def extract(
         target, metadata, len(tasks), started, prepared, failures, unmatched_slides,
         unmatched_annotations, plan,
     )
+
+
+def _prepare_slides(
+    pairs: Sequence[tuple[Path, AnnotationSource]], reading: _Reading, *, strict: bool,
+    **options: Any,
+) -> tuple[list[_Prepared], list[SlideFailure]]:
+    """Open every slide and read its annotations; in a cohort (unless ``strict``) a slide
+    that fails is reported and left out."""
+    prepared: list[_Prepared] = []
+    failures: list[SlideFailure] = []
+    for slide_path, source in pairs:
+        try:
+            prepared.append(_prepare(slide_path, source, reading, **options))
+        except WsizarrError as exc:
+            if strict or len(pairs) == 1:
+                raise
+            failures.append(SlideFailure(str(slide_path), str(exc)))
+    if not prepared:
+        raise ParameterError("no slide could be read: " + "; ".join(f.reason for f in failures))
+    return prepared, failures
+
+
+def _run_tasks(
+    store: Location, job: ShardJob, tasks: Sequence[ShardTask], *, workers: int, executor: str,
+    client: Any, progress: ProgressCallback | None,
+) -> None:
+    """Execute the shard tasks, reporting ``progress(patches done, patches in the store)``."""
+    total = job.first_patch + len(job.plan)
+    done = total - sum(t.stop - t.start for t in tasks)
+    if progress:
+        progress(done, total)
+    for count in _execute(store, job, tasks, workers=workers, executor=executor, client=client):
+        done += count
+        if progress:
+            progress(done, total)
 
 
 _EXECUTORS = ("threads", "processes")
