@@ -20,7 +20,7 @@ from ._geometry import rasterize
 from ._locations import Location, delete, exists, pack_zip, parse_location, size_bytes
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
-    Resolution, SlideInfo, open_slide, read_rgb, resize_patch,
+    Resolution, SlideInfo, TissueMask, open_slide, read_rgb, resize_patch,
     resolve_resolution, slide_info, tissue_mask,
 )
 from ._store import (
@@ -321,7 +321,7 @@ def _slide_hash(handle: openslide.OpenSlide, path: Path) -> str:
 @dataclass(frozen=True, eq=False)
 class _Prepared:
     job: SlideJob
-    tissue: object
+    tissue: TissueMask | None
     source: str | None
     content_hash: str
 

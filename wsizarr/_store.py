@@ -4,13 +4,15 @@ Layout (schema version 1), all arrays along the ``patch`` dimension of length N:
 
 * ``patches``  ``(N, H, W, 3)`` uint8, dims ``(patch, row, column, channel)``, one patch per
   chunk, ``shard_size`` patches per shard, a standard lossless codec by default.
+* ``masks`` (optional) ``(N, H, W)`` uint8, label code + 1 of the annotation covering a pixel.
 * ``x``, ``y`` int64 level-0 top-left; ``level`` int32; ``annotation_id`` int64; ``label`` int32
   (names in its ``label_names`` attribute, -1 unlabelled); ``slide`` int32 (index into the slide
-  table).
+  table); ``padded`` bool (the patch crosses the slide edge).
 * group attribute ``wsizarr``: schema version, package version, parameters, slide table, label
-  names, ``complete`` (false until every shard is written).
+  names, plan digest, codec, ``complete`` (false until every shard is written) and, while a
+  run is under way, ``run`` (its first patch and first slide).
 
-While an extraction runs, ``_shards_done`` (one uint8 chunk per shard) records finished shards;
+While a run is under way, ``_shards_done`` (one uint8 chunk per shard) records finished shards;
 it is removed once the store is complete.
 """
 
