@@ -22,7 +22,7 @@ from ._errors import (
 )
 from ._export import export
 from ._extract import ExtractionSummary, extract
-from ._loaders import open_dataset
+from ._loaders import PatchTable, iter_batches, open_dataset, read_patch_table
 from ._preview import overlay, preview, write_report
 from ._sampling import PatchPlan, plan_jitter
 from ._slide import SlideInfo
@@ -40,6 +40,7 @@ __all__ = [
     "IncompleteStoreError",
     "ParameterError",
     "PatchPlan",
+    "PatchTable",
     "SlideError",
     "SlideInfo",
     "StoreError",
@@ -50,6 +51,7 @@ __all__ = [
     "apply_label_map",
     "export",
     "extract",
+    "iter_batches",
     "open_dataset",
     "overlay",
     "parse_label_map",
@@ -57,6 +59,7 @@ __all__ = [
     "preview",
     "read_annotation_file",
     "read_annotations",
+    "read_patch_table",
     "store_info",
     "verify",
     "write_demo_annotations",

@@ -1,42 +1,349 @@
-"""Reading a finished store back: an ``xarray.Dataset`` with labels decoded."""
+"""Reading a finished store back: xarray, a patch table to select and split by, numpy batches.
+
+``open_dataset`` gives the store as a lazy ``xarray.Dataset``; ``read_patch_table`` gives its
+1-D arrays (where every patch came from) with selection, group-wise splits and label weights;
+``iter_batches`` streams numpy batches, reading whole shards in a random order through a shuffle
+buffer that spans several shards. The PyTorch datasets in ``wsizarr.torch`` build on these.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ._errors import ParameterError
 from ._locations import Location, open_zarr_store, parse_location
-from ._store import open_store, store_metadata
+from ._reader import PatchReader
+from ._store import COORDINATE_ARRAYS, open_store, store_metadata
 
 if TYPE_CHECKING:
     import xarray
 
-__all__ = ["open_dataset"]
+__all__ = ["PatchTable", "iter_batches", "open_dataset", "read_patch_table", "shuffled_batches"]
+
+StoreLike = str | os.PathLike[str] | Location
+SplitBy = Literal["annotation", "slide"]
 
 
 def open_dataset(
-    store: str | Path | Location, *, storage_options: Mapping[str, str] | None = None
+    store: StoreLike, *, storage_options: Mapping[str, str] | None = None
 ) -> xarray.Dataset:
     """Open a complete store (directory, ``.zip`` or ``s3://`` URL) as a lazy ``xarray.Dataset``.
 
     ``patches`` has dims ``(patch, row, column, channel)``; ``x``, ``y``, ``level``,
     ``annotation_id``, ``slide``, ``padded`` and ``label`` are coordinates along ``patch``.
     ``label`` holds the label names ("" for unlabelled) and ``label_code`` the stored codes.
-    Raises ``IncompleteStoreError`` for a store whose extraction did not finish.
+    Pixels are read only when used; with dask installed they are dask arrays chunked one shard
+    each. Raises ``IncompleteStoreError`` for a store whose extraction did not finish.
     """
     import xarray as xr
 
     location = parse_location(store, storage_options)
     group = open_store(location)
-    label_names = np.array([*store_metadata(group)["label_names"], ""], dtype=str)
+    metadata = store_metadata(group)
+    label_names = np.array([*metadata["label_names"], ""], dtype=str)
+    try:
+        import dask  # noqa: F401
+
+        chunks: dict[str, int] | None = {"patch": metadata["shard_size"]}
+    except ImportError:
+        chunks = None  # xarray's own lazy indexing
     dataset = xr.open_zarr(
-        open_zarr_store(location, "r"), consolidated=True, chunks=None, zarr_format=3
+        open_zarr_store(location, "r"), consolidated=True, chunks=chunks, zarr_format=3
     )
-    codes = dataset["label"].values
+    codes = np.asarray(group["label"][:])
     return dataset.assign_coords(
         label=("patch", label_names[codes]),  # code -1 picks the trailing ""
         label_code=("patch", codes),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class PatchTable:
+    """Where every patch of a complete store came from: its 1-D arrays, read once.
+
+    Arrays are indexed by patch (0..N-1); ``label`` holds codes into ``label_names`` (-1
+    unlabelled) and ``slide`` indices into ``slide_names`` (the slides' file names).
+    """
+
+    store: str
+    x: np.ndarray
+    y: np.ndarray
+    level: np.ndarray
+    annotation_id: np.ndarray
+    label: np.ndarray
+    slide: np.ndarray
+    padded: np.ndarray
+    label_names: tuple[str, ...]
+    slide_names: tuple[str, ...]
+    shard_size: int
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The 1-D arrays by store name."""
+        return {name: getattr(self, name) for name in COORDINATE_ARRAYS}
+
+    def select(
+        self,
+        *,
+        labels: Iterable[str | None] | None = None,
+        slides: Iterable[str | int] | None = None,
+        annotations: Iterable[int] | None = None,
+        include_padded: bool = True,
+        indices: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Sorted indices of the patches that match every given filter.
+
+        ``labels`` by name (None: unlabelled); ``slides`` by file name, stem or index;
+        ``annotations`` by id (within the selected slides); ``include_padded=False`` leaves out
+        patches that cross the slide edge; ``indices`` narrows an earlier selection.
+        ``ParameterError`` for a label or slide the store does not have.
+        """
+        keep = np.ones(len(self), bool) if indices is None else self._mask_of(indices)
+        if labels is not None:
+            keep &= np.isin(self.label, [self._label_code(name) for name in labels])
+        if slides is not None:
+            keep &= np.isin(self.slide, [self._slide_index(slide) for slide in slides])
+        if annotations is not None:
+            keep &= np.isin(self.annotation_id, np.asarray(list(annotations), np.int64))
+        if not include_padded:
+            keep &= ~self.padded
+        return np.flatnonzero(keep)
+
+    def split(
+        self,
+        validation: float = 0.2,
+        *,
+        by: SplitBy = "annotation",
+        seed: int = 0,
+        indices: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Split patches into (train, validation) index arrays, whole groups to one side.
+
+        ``by="annotation"`` keeps all crops of one annotation (e.g. one glomerulus) on one side
+        (patches outside any annotation, such as background, are their own groups);
+        ``by="slide"`` keeps each slide on one side. Groups are drawn at random (``seed``) until
+        the validation side holds at least ``validation`` of the patches.
+        """
+        if not 0 < validation < 1:
+            raise ParameterError(f"validation must be a fraction between 0 and 1, got {validation}")
+        if by not in ("annotation", "slide"):
+            raise ParameterError(f"split by 'annotation' or 'slide', not {by!r}")
+        chosen = np.arange(len(self)) if indices is None else np.flatnonzero(self._mask_of(indices))
+        if by == "slide":
+            keys = self.slide[chosen].astype(np.int64)
+        else:
+            ids = self.annotation_id[chosen]
+            keys = np.where(
+                ids >= 0, self.slide[chosen].astype(np.int64) << 32 | ids, -1 - chosen
+            )
+        groups, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        if len(groups) < 2:
+            raise ParameterError(
+                f"{self.store}: the patches form a single {by} group, so no split by {by} exists"
+                + ("; split by annotation instead" if by == "slide" else "")
+            )
+        order = np.random.default_rng(seed).permutation(len(groups))
+        reached = np.cumsum(counts[order]) >= validation * len(chosen)
+        n_validation = min(int(np.argmax(reached)) + 1, len(groups) - 1)
+        in_validation = np.zeros(len(groups), bool)
+        in_validation[order[:n_validation]] = True
+        return chosen[~in_validation[inverse]], chosen[in_validation[inverse]]
+
+    def balanced_weights(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """One weight per patch of ``indices`` (default all), 1 / (patches of its label), so a
+        weighted sampler draws every label equally often."""
+        codes = self.label if indices is None else self.label[np.asarray(indices, np.int64)]
+        _, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+        return 1.0 / counts[inverse]
+
+    def _mask_of(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise ParameterError(f"{self.store}: patch indices must lie in 0..{len(self) - 1}")
+        mask = np.zeros(len(self), bool)
+        mask[indices] = True
+        return mask
+
+    def _label_code(self, name: str | None) -> int:
+        if name is None or name == "":
+            return -1
+        if name not in self.label_names:
+            raise ParameterError(
+                f"{self.store}: no label {name!r}; the store has {list(self.label_names)}"
+            )
+        return self.label_names.index(name)
+
+    def _slide_index(self, slide: str | int) -> int:
+        if isinstance(slide, (int, np.integer)) and 0 <= slide < len(self.slide_names):
+            return int(slide)
+        for index, name in enumerate(self.slide_names):
+            if slide in (name, Path(name).stem):
+                return index
+        raise ParameterError(
+            f"{self.store}: no slide {slide!r}; the store has {list(self.slide_names)}"
+        )
+
+
+def read_patch_table(
+    store: StoreLike, *, storage_options: Mapping[str, str] | None = None
+) -> PatchTable:
+    """The 1-D arrays of a complete store as a :class:`PatchTable` (``IncompleteStoreError``
+    for a store whose extraction did not finish)."""
+    location = parse_location(store, storage_options)
+    group = open_store(location)
+    metadata = store_metadata(group)
+    arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
+    return PatchTable(
+        store=str(location),
+        **arrays,
+        label_names=tuple(metadata["label_names"]),
+        slide_names=tuple(Path(entry["path"]).name for entry in metadata["slides"]),
+        shard_size=metadata["shard_size"],
+    )
+
+
+def shuffled_batches(
+    reader: PatchReader,
+    table: PatchTable,
+    *,
+    batch_size: int,
+    indices: np.ndarray | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int | None = None,
+    drop_last: bool = False,
+    part: int = 0,
+    parts: int = 1,
+    images: tuple[str, ...] = ("patches",),
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of the patches ``indices`` (default all) that fall to ``part`` of ``parts``.
+
+    The shards holding the patches are ordered at random from ``(seed, epoch)`` (the same for
+    every part, so the parts split them exactly) and dealt out round-robin; each part reads its
+    shards whole, one request each, into a shuffle buffer of ``shuffle_buffer`` patches (default
+    four shards) and emits random batches from it. Without ``shuffle``: shards and patches in
+    store order. Each batch holds ``index``, the 1-D arrays and the ``images`` arrays.
+    """
+    if batch_size < 1:
+        raise ParameterError(f"batch size must be at least 1, got {batch_size}")
+    if not 0 <= part < parts:
+        raise ParameterError(f"part {part} must lie in 0..{parts - 1}")
+    if shuffle_buffer is not None and shuffle_buffer < 1:
+        raise ParameterError(f"shuffle buffer must hold at least 1 patch, got {shuffle_buffer}")
+    chosen = np.arange(len(table)) if indices is None else np.flatnonzero(table._mask_of(indices))
+    capacity = batch_size if not shuffle else max(batch_size, shuffle_buffer or 4 * reader.shard_size)
+    return _batches(
+        reader, table, chosen, batch_size=batch_size, capacity=capacity, shuffle=shuffle,
+        seed=seed, epoch=epoch, drop_last=drop_last, part=part, parts=parts, images=images,
+    )
+
+
+def _batches(
+    reader: PatchReader,
+    table: PatchTable,
+    chosen: np.ndarray,
+    *,
+    batch_size: int,
+    capacity: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+    part: int,
+    parts: int,
+    images: tuple[str, ...],
+) -> Iterator[dict[str, np.ndarray]]:
+    shard_of = chosen // reader.shard_size
+    shards, starts = np.unique(shard_of, return_index=True)
+    rows_of_shard = np.split(chosen, starts[1:])
+    order = np.random.default_rng([seed, epoch]).permutation(len(shards)) if shuffle else np.arange(len(shards))
+    mine = order[part::parts]
+    rng = np.random.default_rng([seed, epoch, part, parts])
+    pool_index = np.empty(capacity, np.int64)
+    pool: dict[str, np.ndarray] = {}
+    filled = 0
+
+    def emit(picked: np.ndarray) -> dict[str, np.ndarray]:
+        index = pool_index[picked]
+        batch = {name: values[picked] for name, values in pool.items()}
+        batch["index"] = index
+        batch.update({name: values[index] for name, values in table.arrays().items()})
+        return batch
+
+    for position in mine.tolist():
+        wanted = rows_of_shard[position]
+        first, _ = reader.shard_bounds(int(shards[position]))
+        rows = wanted - first
+        if shuffle:
+            rows = rng.permutation(rows)
+        shard_images = {name: reader.read_shard(int(shards[position]), name)[rows] for name in images}
+        for name, values in shard_images.items():
+            pool.setdefault(name, np.empty((capacity, *values.shape[1:]), values.dtype))
+        taken = 0
+        while taken < len(rows):
+            count = min(capacity - filled, len(rows) - taken)
+            pool_index[filled : filled + count] = rows[taken : taken + count] + first
+            for name, values in shard_images.items():
+                pool[name][filled : filled + count] = values[taken : taken + count]
+            filled += count
+            taken += count
+            if filled == capacity:
+                picked = np.sort(rng.choice(capacity, batch_size, replace=False)) if shuffle else np.arange(batch_size)
+                yield emit(picked)
+                # move the slots after the last batch-sized stretch into the emitted holes
+                holes = picked[picked < capacity - batch_size]
+                tail = np.setdiff1d(np.arange(capacity - batch_size, capacity), picked, assume_unique=True)
+                pool_index[holes] = pool_index[tail]
+                for values in pool.values():
+                    values[holes] = values[tail]
+                filled = capacity - batch_size
+    rest = rng.permutation(filled) if shuffle else np.arange(filled)
+    for start in range(0, filled, batch_size):
+        picked = rest[start : start + batch_size]
+        if len(picked) == batch_size or not drop_last:
+            yield emit(picked)
+
+
+def iter_batches(
+    store: StoreLike,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    indices: np.ndarray | None = None,
+    shuffle_buffer: int | None = None,
+    drop_last: bool = False,
+    masks: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    storage_options: Mapping[str, str] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches of a complete store, for JAX, TensorFlow or plain numpy.
+
+    Each batch is a dict: ``patches`` ``(B, H, W, 3)`` uint8 (and ``masks`` ``(B, H, W)`` with
+    ``masks=True``), ``index`` (the patch numbers), and ``x``, ``y``, ``level``,
+    ``annotation_id``, ``label`` (codes), ``slide``, ``padded``. Whole shards are read in a
+    random order (from ``seed`` and ``epoch``) through a shuffle buffer of ``shuffle_buffer``
+    patches (default four shards: mind the memory at large patch sizes); ``indices`` (from
+    ``read_patch_table(...).select`` or ``.split``) restricts to those patches; ``rank`` of
+    ``world_size`` reads its share of the shards, every patch once across the ranks.
+    """
+    if not 0 <= rank < world_size:
+        raise ParameterError(f"rank {rank} must lie in 0..{world_size - 1} (world size {world_size})")
+    reader = PatchReader(store, storage_options)
+    table = read_patch_table(reader.location)
+    return shuffled_batches(
+        reader, table, batch_size=batch_size, indices=indices, shuffle=shuffle, seed=seed,
+        epoch=epoch, shuffle_buffer=shuffle_buffer, drop_last=drop_last, part=rank,
+        parts=world_size, images=("patches", "masks") if masks else ("patches",),
     )

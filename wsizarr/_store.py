@@ -41,6 +41,7 @@ from ._locations import Location, delete, exists, open_zarr_store, parse_locatio
 __all__ = [
     "CODECS",
     "COORDINATE_ARRAYS",
+    "MASK_CODEC",
     "MASK_DIMS",
     "PATCH_DIMS",
     "SCHEMA_VERSION",
@@ -64,7 +65,7 @@ COORDINATE_ARRAYS: dict[str, str] = {
     "annotation_id": "int64", "label": "int32", "slide": "int32", "padded": "bool",
 }
 MASK_DIMS = ("patch", "row", "column")
-_MASK_CODEC = "zstd"
+MASK_CODEC = "zstd"
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def create_store(
             dtype="uint8",
             chunks=(1, patch_size, patch_size),
             shards=(shard_size, patch_size, patch_size),
-            compressors=CODECS[_MASK_CODEC].compressor(),
+            compressors=CODECS[MASK_CODEC].compressor(),
             fill_value=0,
             dimension_names=MASK_DIMS,
             attributes={
@@ -343,7 +344,7 @@ def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.nda
     metadata = _metadata(group)
     for name, values in arrays.items():
         array = group[name]
-        codec = metadata["codec"] if name == "patches" else _MASK_CODEC
+        codec = metadata["codec"] if name == "patches" else MASK_CODEC
         data = encode_shard(values, metadata["shard_size"], codec)
         chunk_coords = (shard_index,) + (0,) * (array.ndim - 1)
         key = f"{array.path}/{array.metadata.encode_chunk_key(chunk_coords)}"

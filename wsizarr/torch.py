@@ -1,0 +1,254 @@
+"""PyTorch datasets over a wsizarr store (``pip install 'wsizarr[torch]'``).
+
+* :class:`PatchDataset`: map-style, any patch by index (one ranged request each, a batch's
+  requests in flight together), for ``DataLoader(shuffle=True)`` or a sampler.
+* :class:`ShardShuffledPatches`: iterable, whole shards in a random order through a shuffle
+  buffer, split between DataLoader workers and distributed ranks; yields whole batches.
+* :func:`balanced_sampler`: a ``WeightedRandomSampler`` that draws every label equally often.
+
+Both datasets open the store lazily in each worker process and never carry an open handle
+across a fork or a pickle, so ``num_workers > 0`` is safe under fork and spawn. Select or split
+patches with ``wsizarr.read_patch_table(store).select(...)`` / ``.split(...)`` and pass the
+indices. Incomplete stores are refused with ``IncompleteStoreError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+try:
+    import torch
+    from torch.utils.data import Dataset, IterableDataset, WeightedRandomSampler, get_worker_info
+except ImportError:
+    raise ImportError("wsizarr.torch needs PyTorch: pip install 'wsizarr[torch]'") from None
+
+from ._errors import ParameterError
+from ._loaders import PatchTable, StoreLike, read_patch_table, shuffled_batches
+from ._reader import PatchReader
+from ._store import COORDINATE_ARRAYS
+
+__all__ = ["PatchDataset", "ShardShuffledPatches", "balanced_sampler"]
+
+Target = Literal["label", "slide", "annotation_id", "level", "mask"] | None
+Layout = Literal["CHW", "HWC"]
+_META = ("x", "y", "level", "slide", "annotation_id", "padded")
+
+
+class _StoreSource:
+    """What both datasets share: the reader, the table, the chosen patches and the output form."""
+
+    def __init__(
+        self,
+        store: StoreLike,
+        *,
+        target: Target,
+        layout: Layout,
+        indices: np.ndarray | None,
+        storage_options: Mapping[str, str] | None,
+    ) -> None:
+        if layout not in ("CHW", "HWC"):
+            raise ParameterError(f"layout must be 'CHW' or 'HWC', not {layout!r}")
+        if target is not None and target != "mask" and target not in COORDINATE_ARRAYS:
+            raise ParameterError(
+                f"target must be None, 'mask' or one of {list(COORDINATE_ARRAYS)}, not {target!r}"
+            )
+        self.reader = PatchReader(store, storage_options)
+        if target == "mask" and "masks" not in self.reader.arrays:
+            raise ParameterError(
+                f"{self.reader.location}: target='mask' needs a store extracted with --masks"
+            )
+        self.table: PatchTable = read_patch_table(self.reader.location)
+        self.indices = (
+            np.arange(len(self.table)) if indices is None else self.table.select(indices=indices)
+        )
+        self.target = target
+        self.layout = layout
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        return ("patches", "masks") if self.target == "mask" else ("patches",)
+
+    def images_tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        """``(..., H, W, 3)`` uint8 to a tensor in the chosen layout (CHW: a contiguous copy)."""
+        tensor = torch.from_numpy(pixels)
+        return tensor.movedim(-1, -3).contiguous() if self.layout == "CHW" else tensor
+
+    def targets_tensor(self, batch: Mapping[str, np.ndarray]) -> torch.Tensor:
+        if self.target == "mask":
+            return torch.from_numpy(batch["masks"])
+        return torch.from_numpy(batch[self.target].astype(np.int64))
+
+    def meta(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(np.asarray(batch[name])) for name in ("index", *_META)}
+
+
+class PatchDataset(Dataset):
+    """Map-style dataset: item ``i`` is patch ``indices[i]`` of a complete store.
+
+    Returns ``(image, target)``: ``image`` a uint8 tensor ``(3, H, W)`` (``layout="HWC"``:
+    ``(H, W, 3)``) passed through ``transform``; ``target`` the patch's ``label`` code (-1
+    unlabelled; or ``"slide"``, ``"annotation_id"``, ``"level"``, or ``"mask"``: its ``(H, W)``
+    uint8 mask), or only ``image`` with ``target=None``. ``with_meta`` appends a dict of
+    ``index``, ``x``, ``y``, ``level``, ``slide``, ``annotation_id``, ``padded``. ``indices``
+    (from ``read_patch_table(store).select``/``.split``) restricts it to those patches.
+    """
+
+    def __init__(
+        self,
+        store: StoreLike,
+        *,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        target: Target = "label",
+        with_meta: bool = False,
+        indices: np.ndarray | None = None,
+        layout: Layout = "CHW",
+        storage_options: Mapping[str, str] | None = None,
+    ) -> None:
+        self._source = _StoreSource(
+            store, target=target, layout=layout, indices=indices, storage_options=storage_options
+        )
+        self.transform = transform
+        self.with_meta = with_meta
+
+    @property
+    def table(self) -> PatchTable:
+        return self._source.table
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The store's patch number of every item."""
+        return self._source.indices
+
+    def __len__(self) -> int:
+        return len(self._source.indices)
+
+    def __getitem__(self, item: int) -> Any:
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[int]) -> list[Any]:
+        """A whole batch at once (the DataLoader calls this): its reads go out together."""
+        source = self._source
+        try:
+            patches = source.indices[np.asarray(items, np.int64)]
+        except IndexError:
+            raise IndexError(f"item out of range for a dataset of {len(self)} patches") from None
+        batch: dict[str, np.ndarray] = {
+            name: source.reader.read_patches(patches, name) for name in source.images
+        }
+        batch.update({name: values[patches] for name, values in source.table.arrays().items()})
+        batch["index"] = patches
+        images = source.images_tensor(batch["patches"]).unbind(0)
+        targets = source.targets_tensor(batch).unbind(0) if source.target else None
+        meta = source.meta(batch) if self.with_meta else None
+        samples = []
+        for row, image in enumerate(images):
+            sample: list[Any] = [self.transform(image) if self.transform else image]
+            if targets is not None:
+                sample.append(targets[row])
+            if meta is not None:
+                sample.append({name: values[row] for name, values in meta.items()})
+            samples.append(sample[0] if len(sample) == 1 else tuple(sample))
+        return samples
+
+
+class ShardShuffledPatches(IterableDataset):
+    """Iterable dataset of whole batches, read shard by shard: use ``DataLoader(ds, batch_size=None)``.
+
+    Each epoch visits the shards holding ``indices`` (default all) in a random order from
+    ``(seed, epoch)``, reads each in one request, and draws batches of ``batch_size`` from a
+    shuffle buffer of ``shuffle_buffer`` patches (default four shards) spanning several shards.
+    Shards are dealt out between DataLoader workers and ``torch.distributed`` ranks (or the
+    given ``rank``/``world_size``), so every patch comes exactly once per epoch across them;
+    ranks may differ by a shard's worth of batches. Call ``set_epoch`` before each epoch (with
+    ``persistent_workers=False``, the default, so workers see it). Batches are ``(images,
+    targets)`` as in :class:`PatchDataset` but with a leading batch dimension; ``transform``
+    is applied to the batch tensor.
+    """
+
+    def __init__(
+        self,
+        store: StoreLike,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        shuffle_buffer: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        target: Target = "label",
+        with_meta: bool = False,
+        indices: np.ndarray | None = None,
+        layout: Layout = "CHW",
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self._source = _StoreSource(
+            store, target=target, layout=layout, indices=indices, storage_options=storage_options
+        )
+        if (rank is None) != (world_size is None):
+            raise ParameterError("give both rank and world_size, or neither")
+        if world_size is not None and not 0 <= rank < world_size:  # type: ignore[operator]
+            raise ParameterError(f"rank {rank} must lie in 0..{world_size - 1}")
+        self.options = {
+            "batch_size": batch_size, "seed": seed, "shuffle_buffer": shuffle_buffer,
+            "shuffle": shuffle, "drop_last": drop_last,
+        }
+        shuffled_batches(self._source.reader, self._source.table, **self.options)  # checks them
+        self.transform = transform
+        self.with_meta = with_meta
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    @property
+    def table(self) -> PatchTable:
+        return self._source.table
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self._source.indices
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shard order and shuffle of ``epoch`` (the same on every worker and rank)."""
+        self.epoch = epoch
+
+    def _part(self) -> tuple[int, int]:
+        rank, world_size = self.rank, self.world_size
+        if rank is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if distributed else 0
+            world_size = torch.distributed.get_world_size() if distributed else 1
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return rank * workers + worker, world_size * workers  # type: ignore[operator]
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of batches
+        source = self._source
+        part, parts = self._part()
+        for batch in shuffled_batches(
+            source.reader, source.table, **self.options, indices=source.indices,
+            epoch=self.epoch, part=part, parts=parts, images=source.images,
+        ):
+            images = source.images_tensor(batch["patches"])
+            out: list[Any] = [self.transform(images) if self.transform else images]
+            if source.target:
+                out.append(source.targets_tensor(batch))
+            if self.with_meta:
+                out.append(source.meta(batch))
+            yield out[0] if len(out) == 1 else tuple(out)
+
+
+def balanced_sampler(
+    dataset: PatchDataset, *, num_samples: int | None = None, seed: int | None = None
+) -> WeightedRandomSampler:
+    """A sampler for ``DataLoader(dataset, sampler=...)`` that draws every label equally often
+    (with replacement; ``num_samples`` per epoch, default the dataset's length)."""
+    weights = dataset.table.balanced_weights(dataset.indices)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(
+        torch.from_numpy(weights), num_samples or len(dataset), replacement=True, generator=generator
+    )
