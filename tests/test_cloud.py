@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from wsizarr import IncompleteStoreError, StoreExistsError, extract, open_dataset, store_info
+from wsizarr import IncompleteStoreError, StoreError, StoreExistsError, extract, open_dataset, store_info
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import list_keys, open_zarr_store, parse_location
 
@@ -130,3 +130,28 @@ def test_cli_extract_and_info_on_s3_with_storage_options(s3_server, aperio_even_
     assert info.returncode == 0 and "16 x 32x32x3" in info.stdout
     bad = run("info", s3_server.url("nothing-here.zarr"), *options)
     assert bad.returncode == 1 and "store not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_torch_datasets_read_s3_through_spawned_workers(s3_server, aperio_even_case, local_reference):
+    from torch.utils.data import DataLoader
+
+    from wsizarr.torch import PatchDataset, ShardShuffledPatches
+
+    url = s3_server.url("torch.zarr")
+    extract(aperio_even_case.slide, aperio_even_case.annotations, url, storage_options=s3_server.options, **KWARGS)
+    stored = zarr.open_group(local_reference, mode="r")["patches"][:]
+    mapped = PatchDataset(url, storage_options=s3_server.options, with_meta=True)
+    mapped[0]  # the parent's S3 client is never handed to the workers
+    iterable = ShardShuffledPatches(url, batch_size=32, storage_options=s3_server.options, with_meta=True)
+    for dataset, batch_size in ((mapped, 32), (iterable, None)):
+        seen = []
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=batch_size is not None, num_workers=2,
+                            multiprocessing_context="spawn")
+        for images, _, meta in loader:
+            index = meta["index"].numpy()
+            np.testing.assert_array_equal(images.permute(0, 2, 3, 1).numpy(), stored[index])
+            seen.extend(index.tolist())
+        assert sorted(seen) == list(range(200))
+    # obstore's runtime does not survive fork: a forked worker says so at once instead of hanging
+    with pytest.raises(StoreError, match="S3 cannot be used in a process forked after its parent used S3.*'spawn'"):
+        next(iter(DataLoader(mapped, batch_size=8, num_workers=1, multiprocessing_context="fork")))

@@ -47,15 +47,16 @@ def open_dataset(
     group = open_store(location)
     metadata = store_metadata(group)
     label_names = np.array([*metadata["label_names"], ""], dtype=str)
+    dataset = xr.open_zarr(
+        open_zarr_store(location, "r"), consolidated=True, chunks=None, zarr_format=3
+    )
     try:
         import dask  # noqa: F401
-
-        chunks: dict[str, int] | None = {"patch": metadata["shard_size"]}
     except ImportError:
-        chunks = None  # xarray's own lazy indexing
-    dataset = xr.open_zarr(
-        open_zarr_store(location, "r"), consolidated=True, chunks=chunks, zarr_format=3
-    )
+        pass  # xarray's own lazy indexing
+    else:  # one dask chunk per shard: a chunk is read with one request
+        shard = {"patch": metadata["shard_size"]}
+        dataset = dataset.assign({name: dataset[name].chunk(shard) for name in ("patches", "masks") if name in dataset})
     codes = np.asarray(group["label"][:])
     return dataset.assign_coords(
         label=("patch", label_names[codes]),  # code -1 picks the trailing ""

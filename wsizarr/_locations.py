@@ -224,6 +224,8 @@ class _Zip(_Local):
             )
         if mode == "w" and self.exists(location):
             raise StoreExistsError(f"{location}: exists; delete it or choose another name")
+        if mode == "r":  # opened now: zarr's ZipStore.get fails on a store not yet opened
+            return sync(zarr.storage.ZipStore.open(location.path, mode="r"))
         return zarr.storage.ZipStore(location.path, mode=mode, compression=zipfile.ZIP_STORED)
 
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
@@ -277,8 +279,23 @@ def _obstore(location: Location) -> ModuleType:
     return obstore
 
 
+_obstore_pid: int | None = None  # the process whose obstore (tokio) runtime is running
+
+
 def _s3_store(location: Location, retry_config: RetryConfig | None = None) -> S3Store:
-    """obstore's S3 client; zarr's data path keeps obstore's patient default retries."""
+    """obstore's S3 client; zarr's data path keeps obstore's patient default retries.
+
+    obstore's runtime does not survive ``fork``: a child of a process that used S3 would hang
+    on its first request, so it gets a ``StoreError`` with the fix instead.
+    """
+    global _obstore_pid
+    if _obstore_pid not in (None, os.getpid()):
+        raise StoreError(
+            f"{location}: S3 cannot be used in a process forked after its parent used S3 "
+            "(obstore is not fork-safe); start workers with 'spawn' or 'forkserver', e.g. "
+            "DataLoader(..., multiprocessing_context='spawn')"
+        )
+    _obstore_pid = os.getpid()
     config: dict[str, Any] = {
         name: value for name, value in location.storage_options.items() if name != "endpoint_url"
     }

@@ -119,6 +119,7 @@ class PatchReader:
     def read_shard(self, shard: int, name: str = "patches") -> np.ndarray:
         """Every patch of ``shard`` as one ``(n, H, W, 3)`` (masks: ``(n, H, W)``) uint8 array."""
         layout = self._layout_of(name)
+        self._check_process()
         if not 0 <= shard < self.n_shards:
             raise ParameterError(f"{self.location}: shard {shard} is outside 0..{self.n_shards - 1}")
         start, stop = self.shard_bounds(shard)
@@ -139,6 +140,7 @@ class PatchReader:
         """The patches at ``indices`` (any order, repeats allowed), one ranged request each, all
         in flight at once; a shard's index is fetched once and cached."""
         layout = self._layout_of(name)
+        self._check_process()
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= self.n_patches):
             raise ParameterError(
@@ -177,18 +179,19 @@ class PatchReader:
             )
         return self._layouts[name]
 
-    def _zarr_store(self) -> Store:
-        if self._pid != os.getpid():  # forked: never use the parent's handle
+    def _check_process(self) -> None:
+        """Open the store in this process (a forked child never uses its parent's handle)."""
+        if self._pid != os.getpid():
             self._reset()
         if self._store is None:
             self._store = open_zarr_store(self.location, "r")
-        return self._store
 
     def _run(self, awaitable: Any) -> Any:
         return sync(awaitable)
 
     async def _get(self, key: str, byte_range: RangeByteRequest | SuffixByteRequest | None = None) -> bytes | None:
-        buffer = await self._zarr_store().get(key, default_buffer_prototype(), byte_range)
+        assert self._store is not None  # opened by _check_process
+        buffer = await self._store.get(key, default_buffer_prototype(), byte_range)
         return None if buffer is None else buffer.to_bytes()
 
     async def _cache_indexes(self, layout: _Layout, shards: list[int]) -> None:
@@ -232,7 +235,7 @@ class PatchReader:
         )
 
     def _read_with_zarr(self, layout: _Layout, selection: slice | int) -> np.ndarray:
-        array = zarr.open_array(self._zarr_store(), path=layout.path, mode="r", zarr_format=3)
+        array = zarr.open_array(self._store, path=layout.path, mode="r", zarr_format=3)
         return np.asarray(array[selection])
 
 

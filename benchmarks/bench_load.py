@@ -1,0 +1,442 @@
+"""Training-input benchmark: a PyTorch DataLoader over the same patches stored five ways.
+
+The patches (~10,000 jittered 256-px crops around the 120 annotations of bench_extract.py's
+benchmark slide, level 1) are extracted into a lossless (zstd) and a lossy (JPEG) wsizarr store;
+the zstd store's patches, with their labels, are then written as the recipe does it: a folder of
+PNG files, a folder of JPEG q90 files (cv2.imwrite, one file per patch, a ``labels.csv`` beside
+them) and one HDF5 file (h5py, one patch per chunk, gzip). Every method feeds a
+``DataLoader`` with batches of 64 shuffled patches, CHW uint8 tensors ``(64, 3, 256, 256)`` plus
+labels, with ``num_workers`` 0 and 2, one full epoch per run:
+
+* PNG / JPEG folder: a map-style Dataset over the file list, cv2.imread + BGR->RGB, then
+  ``torch.from_numpy(img).permute(2, 0, 1)`` per sample (the DataLoader's collate stacks them);
+* HDF5: the same over an h5py dataset, the file opened lazily inside each worker;
+* ``wsizarr.torch.PatchDataset`` with ``DataLoader(batch_size=64, shuffle=True)``;
+* ``wsizarr.torch.ShardShuffledPatches(store, batch_size=64, seed=0)`` with
+  ``DataLoader(ds, batch_size=None)``.
+
+Separately, the time to the first batch of a ~100,000-patch store (JPEG) for both datasets.
+
+Run from the repository root:  python benchmarks/bench_load.py
+(``--quick`` for a small slide and a short run; results go to benchmarks/RESULTS.md, between
+this script's own markers below bench_extract.py's part, unless ``--no-write-results``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_extract import _END as _EXTRACT_END  # noqa: E402
+from bench_extract import OUT, PATCH, make_slide  # noqa: E402
+
+BATCH = 64
+PIXEL_BYTES = PATCH * PATCH * 3
+WORKERS = (0, 2)
+_START = "<!-- bench_load.py start -->\n"
+_STOP = "<!-- bench_load.py end -->\n"
+PNG, JPEG, HDF5 = "png folder", "jpeg q90 folder", "hdf5 gzip"
+
+
+# --- the recipe's datasets ---------------------------------------------------------------------
+
+
+class ImageFolderDataset(Dataset):
+    """One image file per patch; labels from the ``labels.csv`` (``file,label``) beside them."""
+
+    def __init__(self, folder: Path) -> None:
+        rows = [line.rsplit(",", 1) for line in (folder / "labels.csv").read_text().splitlines()[1:]]
+        self.classes = sorted({label for _, label in rows})
+        code = {name: i for i, name in enumerate(self.classes)}
+        self.files = [str(folder / name) for name, _ in rows]
+        self.labels = [code[label] for _, label in rows]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        import cv2
+
+        image = cv2.cvtColor(cv2.imread(self.files[i], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        return torch.from_numpy(image).permute(2, 0, 1), self.labels[i]
+
+
+class HDF5Dataset(Dataset):
+    """One HDF5 file; opened lazily in the process that reads (never across a fork)."""
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        self.path = str(path)
+        with h5py.File(self.path, "r") as f:
+            self.labels = f["label"][:].astype(np.int64).tolist()
+        self._file = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self._file is None or self._pid != os.getpid():
+            import h5py
+
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            self._patches = self._file["patches"]
+        image = self._patches[i]
+        return torch.from_numpy(image).permute(2, 0, 1), self.labels[i]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_file=None, _pid=-1)
+        state.pop("_patches", None)
+        return state
+
+
+# --- the data ---------------------------------------------------------------------------------
+
+
+def extract_store(slide: Path, out: Path, per_annotation: int, codec: str) -> tuple[int, float]:
+    import wsizarr
+
+    started = time.perf_counter()
+    summary = wsizarr.extract(
+        slide, slide.with_suffix(".xml"), out, level=1, per_annotation=per_annotation,
+        codec=codec, overwrite=True,
+    )
+    return summary.n_patches, time.perf_counter() - started
+
+
+def write_recipe_files(store: Path, work: Path) -> None:
+    """The store's patches, in store order, as PNG and JPEG q90 files and one HDF5 file."""
+    import cv2
+    import h5py
+
+    import wsizarr
+    from wsizarr._reader import PatchReader
+
+    table = wsizarr.read_patch_table(store)
+    names = [*table.label_names, ""]  # code -1 (unlabelled) picks the trailing ""
+    folders = {".png": (work / "png", []), ".jpg": (work / "jpeg", [cv2.IMWRITE_JPEG_QUALITY, 90])}
+    for folder, _ in folders.values():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    csv = ["file,label"]
+    with h5py.File(work / "patches.h5", "w") as f, ThreadPoolExecutor(os.cpu_count()) as pool:
+        # gzip as bench_extract writes it (h5py's default level 4, one patch per chunk); the
+        # chunks are deflated in threads and stored with write_direct_chunk: the same bytes on disk
+        data = f.create_dataset("patches", (len(table), PATCH, PATCH, 3), "uint8",
+                                chunks=(1, PATCH, PATCH, 3), compression="gzip")
+        for batch in wsizarr.iter_batches(store, 256, shuffle=False):
+            rgb, index = batch["patches"], batch["index"].tolist()
+            bgr = np.ascontiguousarray(rgb[..., ::-1])
+
+            def write(k: int) -> bytes:
+                for suffix, (folder, flags) in folders.items():
+                    cv2.imwrite(str(folder / f"patch_{index[k]:06d}{suffix}"), bgr[k], flags)
+                return zlib.compress(rgb[k].tobytes(), 4)
+
+            for k, chunk in enumerate(pool.map(write, range(len(index)))):
+                data.id.write_direct_chunk((index[k], 0, 0, 0), chunk)
+            csv += [f"patch_{i:06d}{{}},{names[code]}" for i, code in zip(index, batch["label"].tolist())]
+        f["label"] = table.label
+    for suffix, (folder, _) in folders.items():
+        (folder / "labels.csv").write_text("\n".join(line.format(suffix) for line in csv) + "\n")
+    # spot check: the lossless copies hold the store's pixels
+    check = sorted({0, len(table) // 2, len(table) - 1})
+    expected = PatchReader(store).read_patches(check)
+    png, hdf5 = ImageFolderDataset(work / "png"), HDF5Dataset(work / "patches.h5")
+    for row, i in enumerate(check):
+        for dataset in (png, hdf5):
+            if not np.array_equal(dataset[i][0].permute(1, 2, 0).numpy(), expected[row]):
+                raise RuntimeError(f"{type(dataset).__name__} patch {i} differs from the store")
+
+
+def disk_bytes(path: Path) -> int:
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files)
+
+
+def warm(paths: list[Path]) -> int:
+    """Read every file under ``paths`` once (into the page cache); the bytes read."""
+    buffer = bytearray(16 << 20)
+    total = 0
+    for path in paths:
+        for file in [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file()):
+            with open(file, "rb", buffering=0) as handle:
+                while count := handle.readinto(buffer):
+                    total += count
+    return total
+
+
+# --- one epoch --------------------------------------------------------------------------------
+
+
+def run_epoch(make: Callable[[], Dataset], kind: str, workers: int, n: int, run: int,
+              stop_after_first: bool = False) -> dict:
+    """A fresh dataset and DataLoader; seconds from ``iter(loader)`` to the first and last batch."""
+    started = time.perf_counter()
+    dataset = make()
+    construct = time.perf_counter() - started
+    if kind == "map":
+        loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
+                            generator=torch.Generator().manual_seed(run))
+    else:
+        dataset.set_epoch(run)
+        loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    started = time.perf_counter()
+    batches = iter(loader)
+    images, labels = next(batches)
+    first = time.perf_counter() - started
+    if images.dtype != torch.uint8 or tuple(images.shape) != (BATCH, 3, PATCH, PATCH):
+        raise RuntimeError(f"first batch is {images.dtype} {tuple(images.shape)}, not uint8 (64, 3, H, W)")
+    if tuple(labels.shape) != (BATCH,):
+        raise RuntimeError(f"labels of the first batch have shape {tuple(labels.shape)}")
+    count = len(images)
+    if not stop_after_first:
+        for images, labels in batches:
+            count += len(images)
+    seconds = time.perf_counter() - started
+    del batches, loader, dataset, images, labels
+    gc.collect()
+    if not stop_after_first and count != n:
+        raise RuntimeError(f"an epoch gave {count} patches, not {n}")
+    return {"seconds": seconds, "first": first, "construct": construct, "n": count}
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small slide, ~1,000 patches, one run each")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every configuration (median)")
+    parser.add_argument("--no-write-results", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the PNG/JPEG/HDF5 copies and stores")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    from wsizarr.torch import PatchDataset, ShardShuffledPatches
+
+    if args.quick:
+        size, n_annotations, per_annotation, big_per_annotation, repeats = (4096, 3072), 12, 84, 834, 1
+    else:
+        size, n_annotations, per_annotation, big_per_annotation, repeats = (40960, 30720), 120, 84, 834, args.repeats
+    OUT.mkdir(exist_ok=True)
+    slide = OUT / f"bench-{size[0]}x{size[1]}-{n_annotations}.svs"
+    if not slide.exists():
+        t = time.perf_counter()
+        make_slide(slide, *size, n_annotations)
+        print(f"generated {slide.name} in {time.perf_counter() - t:.0f} s", flush=True)
+    work = OUT / f"load-{slide.stem}"
+    work.mkdir(exist_ok=True)
+    stores = {codec: work / f"{codec}.zarr" for codec in ("zstd", "jpeg")}
+    n = 0
+    for codec, store in stores.items():
+        n, seconds = extract_store(slide, store, per_annotation, codec)
+        print(f"extracted {n} patches ({codec}) in {seconds:.1f} s", flush=True)
+    t = time.perf_counter()
+    write_recipe_files(stores["zstd"], work)
+    print(f"wrote the PNG and JPEG folders and the HDF5 file in {time.perf_counter() - t:.1f} s", flush=True)
+
+    methods: list[tuple[str, Callable[[], Dataset], str, Path]] = [
+        (PNG, lambda: ImageFolderDataset(work / "png"), "map", work / "png"),
+        (JPEG, lambda: ImageFolderDataset(work / "jpeg"), "map", work / "jpeg"),
+        (HDF5, lambda: HDF5Dataset(work / "patches.h5"), "map", work / "patches.h5"),
+    ]
+    for codec, store in stores.items():
+        methods.append((f"PatchDataset {codec}", lambda s=store: PatchDataset(s), "map", store))
+    for codec, store in stores.items():
+        methods.append((f"ShardShuffledPatches {codec}",
+                        lambda s=store: ShardShuffledPatches(s, batch_size=BATCH, seed=0), "iter", store))
+    sizes = {name: disk_bytes(path) for name, _, _, path in methods}
+    t = time.perf_counter()
+    warmed = warm(list(dict.fromkeys(path for _, _, _, path in methods)))  # each file once
+    print(f"page cache: read all {warmed / 1e9:.2f} GB once in {time.perf_counter() - t:.1f} s "
+          "before timing", flush=True)
+
+    runs: dict[tuple[int, str], list[dict]] = {}
+    for run in range(repeats):  # runs interleaved, so the machine's noise spreads over all rows
+        for workers in WORKERS:
+            for name, make, kind, _ in methods:
+                result = run_epoch(make, kind, workers, n, run)
+                runs.setdefault((workers, name), []).append(result)
+                print(f"run {run + 1}/{repeats}  w{workers}  {name:28s} {n / result['seconds']:7.0f} patches/s"
+                      f"  first batch {result['first']:.2f} s", flush=True)
+    rows = []
+    for (workers, name), results in runs.items():
+        rates = sorted(n / r["seconds"] for r in results)
+        rows.append({"workers": workers, "method": name, "rate": statistics.median(rates),
+                     "rates": rates, "first": _median(results, "first"), "bytes": sizes[name]})
+
+    # the first batch of a ~100k-patch store
+    big = work / "first-batch.zarr"
+    big_n, seconds = extract_store(slide, big, big_per_annotation, "jpeg")
+    print(f"extracted {big_n} patches (jpeg) in {seconds:.1f} s", flush=True)
+    warm([big])
+    first_rows = []
+    for name, make, kind in (
+        ("PatchDataset jpeg (shuffle=True)", lambda: PatchDataset(big), "map"),
+        ("ShardShuffledPatches jpeg", lambda: ShardShuffledPatches(big, batch_size=BATCH, seed=0), "iter"),
+    ):
+        results = [run_epoch(make, kind, 2, big_n, run, stop_after_first=True) for run in range(max(repeats, 3))]
+        first_rows.append({"method": name, "first": _median(results, "first"),
+                           "construct": _median(results, "construct"),
+                           "firsts": sorted(r["first"] for r in results)})
+        print(f"first batch of {big_n}: {name:34s} {first_rows[-1]['first']:.2f} s", flush=True)
+    big_bytes = disk_bytes(big)
+    shutil.rmtree(big)
+    if not args.keep:
+        for path in (work / "png", work / "jpeg", work / "patches.h5", *stores.values()):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    total = time.perf_counter() - started
+    facts = {"n": n, "big_n": big_n, "big_bytes": big_bytes, "warmed": warmed, "repeats": repeats,
+             "slide": slide, "per_annotation": per_annotation, "n_annotations": n_annotations,
+             "big_per_annotation": big_per_annotation, "quick": args.quick, "seconds": total}
+    print()
+    print(_report(rows, first_rows, facts, targets_heading="## Targets"))
+    if not args.no_write_results:
+        _write_results(_report(rows, first_rows, facts, targets_heading="### Targets"))
+        print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _rate(rows: list[dict], workers: int, method: str) -> float:
+    return next(r["rate"] for r in rows if r["workers"] == workers and r["method"] == method)
+
+
+def _report(rows: list[dict], first_rows: list[dict], facts: dict, targets_heading: str) -> str:
+    import zarr
+
+    import wsizarr
+
+    n, repeats = facts["n"], facts["repeats"]
+    command = "python benchmarks/bench_load.py" + (" --quick" if facts["quick"] else "")
+    lines = [
+        f"## Training input (`{command}`)", "",
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d')}, {facts['seconds'] / 60:.1f} min in all).",
+        f"Machine: {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"zarr {zarr.__version__}, wsizarr {wsizarr.__version__}.",
+        f"Data: N = {n} patches of 256 px ({facts['per_annotation']} around each of the "
+        f"{facts['n_annotations']} annotations of `{facts['slide'].name}`, level 1), extracted into a "
+        "zstd and a JPEG store; the zstd store's patches and labels written as PNG files, JPEG q90 "
+        "files (cv2, one file a patch, `labels.csv` beside them) and one HDF5 file (one patch a "
+        "chunk, gzip). Every run: a fresh dataset and `DataLoader` (batch 64, shuffled; "
+        "`ShardShuffledPatches` with `batch_size=None`), one full epoch of the N patches as CHW "
+        "uint8 `(64, 3, 256, 256)` batches plus labels; patches/s = N / (time from `iter(loader)` to "
+        "the last batch, worker start-up included); first batch = `iter(loader)` to the first batch. "
+        f"Medians of {repeats} run{'s' if repeats > 1 else ''} of every row, interleaved. Page cache: "
+        f"every file of every method read once in full before timing ({facts['warmed'] / 1e9:.2f} GB, "
+        "which stays cached in this RAM).", "",
+        "| config | method | patches/s | MB/s of pixels | first batch s | × PNG folder | bytes on disk | runs patches/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        png = _rate(rows, r["workers"], PNG)
+        lines.append(
+            f"| w{r['workers']} N={n} | {r['method']} | {r['rate']:.0f} | {r['rate'] * PIXEL_BYTES / 1e6:.1f} | "
+            f"{r['first']:.2f} | {r['rate'] / png:.2f} | {r['bytes'] / 1e6:.1f} MB | "
+            f"{', '.join(f'{x:.0f}' for x in r['rates'])} |"
+        )
+    lines += [
+        "", f"Time to the first batch of a {facts['big_n']}-patch JPEG store "
+        f"({facts['big_per_annotation']} per annotation, {facts['big_bytes'] / 1e9:.2f} GB; "
+        "2 workers; construct = building the dataset, which reads the patch table, not counted in "
+        "the first batch):", "",
+        "| config | method | first batch s | construct s | runs first batch s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in first_rows:
+        lines.append(f"| w2 N={facts['big_n']} | {r['method']} | {r['first']:.2f} | {r['construct']:.2f} | "
+                     f"{', '.join(f'{x:.2f}' for x in r['firsts'])} |")
+    lines += ["", *_reading(rows, first_rows), "", targets_heading, "", *_targets(rows, first_rows, facts)]
+    return "\n".join(lines) + "\n"
+
+
+def _reading(rows: list[dict], first_rows: list[dict]) -> list[str]:
+    def rate(workers: int, method: str) -> float:
+        return _rate(rows, workers, method)
+
+    png2 = rate(2, PNG)
+    shard = {c: rate(2, f"ShardShuffledPatches {c}") for c in ("zstd", "jpeg")}
+    patch = {c: rate(2, f"PatchDataset {c}") for c in ("zstd", "jpeg")}
+    scaling = ", ".join(
+        f"{m} {rate(2, m) / rate(0, m):.2f}×"
+        for m in (PNG, JPEG, HDF5, "PatchDataset zstd", "ShardShuffledPatches zstd")
+    )
+    firsts = {r["method"]: r["first"] for r in first_rows}
+    shard_first = next(v for k, v in firsts.items() if k.startswith("ShardShuffled"))
+    patch_first = next(v for k, v in firsts.items() if k.startswith("PatchDataset"))
+    return [
+        "Reading the figures:", "",
+        f"- With 2 workers the PNG folder feeds {png2:.0f} patches/s ({png2 * PIXEL_BYTES / 1e6:.0f} MB/s "
+        f"of pixels); `ShardShuffledPatches` feeds {shard['zstd']:.0f} (zstd, {shard['zstd'] / png2:.1f}×) "
+        f"and {shard['jpeg']:.0f} (JPEG, {shard['jpeg'] / png2:.1f}×), `PatchDataset` {patch['zstd']:.0f} "
+        f"(zstd, {patch['zstd'] / png2:.1f}×) and {patch['jpeg']:.0f} (JPEG, {patch['jpeg'] / png2:.1f}×); "
+        f"the JPEG folder {rate(2, JPEG) / png2:.1f}× and HDF5 {rate(2, HDF5) / png2:.1f}×.",
+        f"- From 0 to 2 workers (2 cores, the main process shares them): {scaling}.",
+        "- `ShardShuffledPatches` reads whole shards (one request and one decode loop per 256 "
+        "patches) and batches them with one copy; the map-style datasets pay per sample: a file "
+        "open or an HDF5 chunk lookup, a decode, a per-sample tensor and the collate's stack. "
+        "`PatchDataset` reads the 64 patches of a batch with one ranged request each but in one "
+        "call (`__getitems__`).",
+        f"- First batch on the large store: `PatchDataset` {patch_first:.2f} s, `ShardShuffledPatches` "
+        f"{shard_first:.2f} s; the latter emits its first batch only once its shuffle buffer (4 "
+        "shards, 1,024 patches, per worker) is full, so it decodes ~1,024 patches per worker first.",
+    ]
+
+
+def _targets(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]:
+    png = _rate(rows, 2, PNG)
+    out = []
+    for method, limit in (("ShardShuffledPatches zstd", 3.0), ("ShardShuffledPatches jpeg", 3.0),
+                          ("PatchDataset zstd", 1.5), ("PatchDataset jpeg", 1.5)):
+        ratio = _rate(rows, 2, method) / png
+        out.append(f"- {method}, 2 workers = {ratio:.2f}× the PNG folder's patches/s with 2 workers "
+                   f"({'PASS' if ratio >= limit else 'FAIL'} ≥ {limit:g}×)")
+    for r in first_rows:
+        out.append(f"- first batch, {facts['big_n']}-patch store, {r['method']}, 2 workers = "
+                   f"{r['first']:.2f} s ({'PASS' if r['first'] < 1 else 'FAIL'} < 1 s)")
+    return out
+
+
+def _write_results(section: str) -> None:
+    """Replace this script's part of RESULTS.md (between its markers, below bench_extract.py's
+    marker); append it at the end the first time."""
+    results = HERE / "RESULTS.md"
+    text = results.read_text() if results.exists() else ""
+    block = _START + section + _STOP
+    if _START in text and _STOP in text.partition(_START)[2]:
+        before, _, rest = text.partition(_START)
+        text = before + block + rest.partition(_STOP)[2]
+    else:
+        if _EXTRACT_END not in text:  # bench_extract.py keeps only what follows its marker
+            text += ("\n" if text and not text.endswith("\n") else "") + _EXTRACT_END
+        text += ("" if text.endswith("\n\n") else "\n") + block
+    results.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
