@@ -12,6 +12,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED = {
     "extract_and_train.py": ["720 patches in", "glomerulus: 660 patches"],
     "glomerulus_workflow.py": ["re-read from their slides: OK", "held-out accuracy", "report:"],
+    "train_cnn.py": ["720 patches in", "540 training, 180 held-out patches", "epoch 3: ", "held-out accuracy"],
 }
 
 
