@@ -224,6 +224,9 @@ def test_open_dataset_is_lazy_and_selects_by_label(cohort_store, stored):
     wanted = np.flatnonzero(codes == list(read_patch_table(cohort_store).label_names).index("sclerotic"))
     assert sclerotic.sizes["patch"] == len(wanted) > 0
     np.testing.assert_array_equal(sclerotic.patches.values.astype(np.uint8), stored["patches"][wanted])
+    kept = dataset.sel(patch=dataset.label == "sclerotic")  # the README's uint8-preserving form
+    assert kept.patches.dtype == np.uint8
+    np.testing.assert_array_equal(kept.patches.values, stored["patches"][wanted])
 
 
 # --- PyTorch: the shard-shuffled iterable ----------------------------------------------------
