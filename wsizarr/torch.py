@@ -47,6 +47,8 @@ class _StoreSource:
         target: Target,
         layout: Layout,
         indices: np.ndarray | None,
+        transform: Callable[[torch.Tensor], Any] | None,
+        with_meta: bool,
         storage_options: Mapping[str, str] | None,
     ) -> None:
         if layout not in ("CHW", "HWC"):
@@ -66,6 +68,8 @@ class _StoreSource:
         )
         self.target = target
         self.layout = layout
+        self.transform = transform
+        self.with_meta = with_meta
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -84,8 +88,33 @@ class _StoreSource:
     def meta(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(np.asarray(batch[name])) for name in ("index", *_META)}
 
+    def output(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None) -> Any:
+        """``images`` through the transform, then the target and the metadata where asked for."""
+        out: list[Any] = [self.transform(images) if self.transform else images]
+        if self.target:
+            out.append(targets)
+        if self.with_meta:
+            out.append(meta)
+        return out[0] if len(out) == 1 else tuple(out)
 
-class PatchDataset(Dataset):
+
+class _FromStore:
+    """The store-backed part of both datasets."""
+
+    _source: _StoreSource
+
+    @property
+    def table(self) -> PatchTable:
+        """Where every patch of the store came from."""
+        return self._source.table
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The store's patch numbers this dataset covers."""
+        return self._source.indices
+
+
+class PatchDataset(_FromStore, Dataset):
     """Map-style dataset: item ``i`` is patch ``indices[i]`` of a complete store.
 
     Returns ``(image, target)``: ``image`` a uint8 tensor ``(3, H, W)`` (``layout="HWC"``:
@@ -108,19 +137,9 @@ class PatchDataset(Dataset):
         storage_options: Mapping[str, str] | None = None,
     ) -> None:
         self._source = _StoreSource(
-            store, target=target, layout=layout, indices=indices, storage_options=storage_options
+            store, target=target, layout=layout, indices=indices, transform=transform,
+            with_meta=with_meta, storage_options=storage_options,
         )
-        self.transform = transform
-        self.with_meta = with_meta
-
-    @property
-    def table(self) -> PatchTable:
-        return self._source.table
-
-    @property
-    def indices(self) -> np.ndarray:
-        """The store's patch number of every item."""
-        return self._source.indices
 
     def __len__(self) -> int:
         return len(self._source.indices)
@@ -142,19 +161,15 @@ class PatchDataset(Dataset):
         batch["index"] = patches
         images = source.images_tensor(batch["patches"]).unbind(0)
         targets = source.targets_tensor(batch).unbind(0) if source.target else None
-        meta = source.meta(batch) if self.with_meta else None
+        meta = source.meta(batch) if source.with_meta else None
         samples = []
         for row, image in enumerate(images):
-            sample: list[Any] = [self.transform(image) if self.transform else image]
-            if targets is not None:
-                sample.append(targets[row])
-            if meta is not None:
-                sample.append({name: values[row] for name, values in meta.items()})
-            samples.append(sample[0] if len(sample) == 1 else tuple(sample))
+            row_meta = None if meta is None else {name: values[row] for name, values in meta.items()}
+            samples.append(source.output(image, None if targets is None else targets[row], row_meta))
         return samples
 
 
-class ShardShuffledPatches(IterableDataset):
+class ShardShuffledPatches(_FromStore, IterableDataset):
     """Iterable dataset of whole batches, read shard by shard: use ``DataLoader(ds, batch_size=None)``.
 
     Each epoch visits the shards holding ``indices`` (default all) in a random order from
@@ -188,7 +203,8 @@ class ShardShuffledPatches(IterableDataset):
     ) -> None:
         super().__init__()
         self._source = _StoreSource(
-            store, target=target, layout=layout, indices=indices, storage_options=storage_options
+            store, target=target, layout=layout, indices=indices, transform=transform,
+            with_meta=with_meta, storage_options=storage_options,
         )
         if (rank is None) != (world_size is None):
             raise ParameterError("give both rank and world_size, or neither")
@@ -199,18 +215,8 @@ class ShardShuffledPatches(IterableDataset):
             "shuffle": shuffle, "drop_last": drop_last,
         }
         shuffled_batches(self._source.reader, self._source.table, **self.options)  # checks them
-        self.transform = transform
-        self.with_meta = with_meta
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-
-    @property
-    def table(self) -> PatchTable:
-        return self._source.table
-
-    @property
-    def indices(self) -> np.ndarray:
-        return self._source.indices
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shard order and shuffle of ``epoch`` (the same on every worker and rank)."""
@@ -233,13 +239,11 @@ class ShardShuffledPatches(IterableDataset):
             source.reader, source.table, **self.options, indices=source.indices,
             epoch=self.epoch, part=part, parts=parts, images=source.images,
         ):
-            images = source.images_tensor(batch["patches"])
-            out: list[Any] = [self.transform(images) if self.transform else images]
-            if source.target:
-                out.append(source.targets_tensor(batch))
-            if self.with_meta:
-                out.append(source.meta(batch))
-            yield out[0] if len(out) == 1 else tuple(out)
+            yield source.output(
+                source.images_tensor(batch["patches"]),
+                source.targets_tensor(batch) if source.target else None,
+                source.meta(batch) if source.with_meta else None,
+            )
 
 
 def balanced_sampler(
