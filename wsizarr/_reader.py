@@ -33,7 +33,7 @@ from ._errors import ParameterError, StoreError
 from ._locations import Location, open_zarr_store, parse_location
 from ._store import CODECS, MASK_CODEC, open_store, store_metadata
 
-__all__ = ["PatchReader"]
+__all__ = ["FetchedShard", "PatchReader"]
 
 _MISSING = np.uint64(2**64 - 1)
 _CACHED_INDEXES = 4096  # shard indexes kept for random access (16 bytes a patch each)
@@ -118,23 +118,27 @@ class PatchReader:
 
     def read_shard(self, shard: int, name: str = "patches") -> np.ndarray:
         """Every patch of ``shard`` as one ``(n, H, W, 3)`` (masks: ``(n, H, W)``) uint8 array."""
+        fetched = self.fetch_shard(shard, name)
+        out = np.empty((fetched.n_patches, *fetched.layout.patch_shape), np.uint8)
+        for row in range(fetched.n_patches):
+            fetched.decode_into(row, out[row])
+        return out
+
+    def fetch_shard(self, shard: int, name: str = "patches") -> FetchedShard:
+        """``shard``'s bytes, received with one request and checked, to decode patch by patch
+        into arrays the caller owns (no copy of the whole shard in between)."""
         layout = self._layout_of(name)
         self._check_process()
         if not 0 <= shard < self.n_shards:
             raise ParameterError(f"{self.location}: shard {shard} is outside 0..{self.n_shards - 1}")
         start, stop = self.shard_bounds(shard)
         if not layout.standard:
-            return self._read_with_zarr(layout, slice(start, stop))
+            return FetchedShard(self, layout, shard, stop - start, self._read_with_zarr(layout, slice(start, stop)))
         received = self._run(self._get(layout.shard_key(shard)))
         if received is None:
             raise self._corrupt(layout, shard, "the shard file is missing")
-        data = memoryview(received)
         index = self._parse_index(layout, shard, received[-(16 * self.shard_size + 4):])
-        out = np.empty((stop - start, *layout.patch_shape), np.uint8)
-        for row in range(stop - start):
-            offset, nbytes = index[row]
-            self._decode(layout, shard, data[offset : offset + nbytes] if offset != _MISSING else None, out[row])
-        return out
+        return FetchedShard(self, layout, shard, stop - start, memoryview(received), index)
 
     def read_patches(self, indices: Sequence[int] | np.ndarray, name: str = "patches") -> np.ndarray:
         """The patches at ``indices`` (any order, repeats allowed), one ranged request each, all
@@ -189,10 +193,13 @@ class PatchReader:
     def _run(self, awaitable: Any) -> Any:
         return sync(awaitable)
 
-    async def _get(self, key: str, byte_range: RangeByteRequest | SuffixByteRequest | None = None) -> bytes | None:
+    async def _get(
+        self, key: str, byte_range: RangeByteRequest | SuffixByteRequest | None = None
+    ) -> np.ndarray | None:
+        """The bytes at ``key`` as a uint8 array, without copying what the store returned."""
         assert self._store is not None  # opened by _check_process
         buffer = await self._store.get(key, default_buffer_prototype(), byte_range)
-        return None if buffer is None else buffer.to_bytes()
+        return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
 
     async def _cache_indexes(self, layout: _Layout, shards: list[int]) -> None:
         wanted = [s for s in shards if (layout.path, s) not in self._indexes]
@@ -207,13 +214,13 @@ class PatchReader:
         while len(self._indexes) > max(_CACHED_INDEXES, len(shards)):
             self._indexes.popitem(last=False)
 
-    def _parse_index(self, layout: _Layout, shard: int, tail: bytes) -> np.ndarray:
-        index_bytes, checksum = tail[:-4], tail[-4:]
+    def _parse_index(self, layout: _Layout, shard: int, tail: np.ndarray) -> np.ndarray:
+        index_bytes, checksum = tail[:-4].tobytes(), tail[-4:].tobytes()
         if len(tail) != 16 * self.shard_size + 4 or google_crc32c.value(index_bytes).to_bytes(4, "little") != checksum:
             raise self._corrupt(layout, shard, "its index fails its checksum")
         return np.frombuffer(index_bytes, "<u8").reshape(self.shard_size, 2)
 
-    def _decode(self, layout: _Layout, shard: int, data: bytes | memoryview | None, out: np.ndarray) -> None:
+    def _decode(self, layout: _Layout, shard: int, data: np.ndarray | memoryview | None, out: np.ndarray) -> None:
         if data is None:
             out[...] = layout.fill_value
             return
@@ -241,3 +248,23 @@ class PatchReader:
 
 async def _gather(awaitables: list[Any]) -> list[Any]:
     return list(await asyncio.gather(*awaitables))
+
+
+@dataclass(frozen=True, eq=False)
+class FetchedShard:
+    """One shard as received: ``decode_into(row, out)`` decodes its patch ``row`` into ``out``."""
+
+    reader: PatchReader
+    layout: _Layout
+    shard: int
+    n_patches: int
+    data: memoryview | np.ndarray  # the shard file, or (another writer's layout) its patches
+    index: np.ndarray | None = None  # (offset, nbytes) of every patch; None: data is patches
+
+    def decode_into(self, row: int, out: np.ndarray) -> None:
+        if self.index is None:
+            out[...] = self.data[row]
+            return
+        offset, nbytes = self.index[row]
+        chunk = None if offset == _MISSING else self.data[offset : offset + nbytes]
+        self.reader._decode(self.layout, self.shard, chunk, out)

@@ -26,7 +26,7 @@ except ImportError:
     raise ImportError("wsizarr.torch needs PyTorch: pip install 'wsizarr[torch]'") from None
 
 from ._errors import ParameterError
-from ._loaders import PatchTable, StoreLike, read_patch_table, shuffled_batches
+from ._loaders import PatchTable, StoreLike, gather_patches, read_patch_table, shuffled_batches
 from ._reader import PatchReader
 from ._store import COORDINATE_ARRAYS
 
@@ -75,10 +75,9 @@ class _StoreSource:
     def images(self) -> tuple[str, ...]:
         return ("patches", "masks") if self.target == "mask" else ("patches",)
 
-    def images_tensor(self, pixels: np.ndarray) -> torch.Tensor:
-        """``(..., H, W, 3)`` uint8 to a tensor in the chosen layout (CHW: a contiguous copy)."""
-        tensor = torch.from_numpy(pixels)
-        return tensor.movedim(-1, -3).contiguous() if self.layout == "CHW" else tensor
+    @property
+    def channels_first(self) -> bool:
+        return self.layout == "CHW"
 
     def targets_tensor(self, batch: Mapping[str, np.ndarray]) -> torch.Tensor:
         if self.target == "mask":
@@ -159,7 +158,10 @@ class PatchDataset(_FromStore, Dataset):
         }
         batch.update({name: values[patches] for name, values in source.table.arrays().items()})
         batch["index"] = patches
-        images = source.images_tensor(batch["patches"]).unbind(0)
+        pixels = batch["patches"]
+        if source.channels_first:
+            pixels = gather_patches(pixels, np.arange(len(pixels)), channels_first=True)
+        images = torch.from_numpy(pixels).unbind(0)
         targets = source.targets_tensor(batch).unbind(0) if source.target else None
         meta = source.meta(batch) if source.with_meta else None
         samples = []
@@ -238,9 +240,10 @@ class ShardShuffledPatches(_FromStore, IterableDataset):
         for batch in shuffled_batches(
             source.reader, source.table, **self.options, indices=source.indices,
             epoch=self.epoch, part=part, parts=parts, images=source.images,
+            channels_first=source.channels_first,
         ):
             yield source.output(
-                source.images_tensor(batch["patches"]),
+                torch.from_numpy(batch["patches"]),
                 source.targets_tensor(batch) if source.target else None,
                 source.meta(batch) if source.with_meta else None,
             )
