@@ -219,6 +219,32 @@ def run_epoch(make: Callable[[], Dataset], kind: str, workers: int, n: int, run:
     return {"seconds": seconds, "first": first, "construct": construct, "n": count}
 
 
+class OtherLoad:
+    """CPU time that processes other than this one and its children used while it ran."""
+
+    def __init__(self) -> None:
+        self.start = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, float]:
+        import resource
+
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        mine = sum(
+            getattr(resource.getrusage(who), field)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for field in ("ru_utime", "ru_stime")
+        )
+        return time.perf_counter(), busy, mine
+
+    def share(self) -> float:
+        """Other processes' share of all cores since the start (0..1)."""
+        wall, busy, mine = (b - a for a, b in zip(self.start, self._now()))
+        return max(0.0, busy - mine) / (wall * (os.cpu_count() or 1))
+
+
 def _median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -274,6 +300,7 @@ def main() -> None:
           "before timing", flush=True)
 
     runs: dict[tuple[int, str], list[dict]] = {}
+    load = OtherLoad()
     for run in range(repeats):  # runs interleaved, so the machine's noise spreads over all rows
         for workers in WORKERS:
             for name, make, kind, _ in methods:
@@ -281,6 +308,8 @@ def main() -> None:
                 runs.setdefault((workers, name), []).append(result)
                 print(f"run {run + 1}/{repeats}  w{workers}  {name:28s} {n / result['seconds']:7.0f} patches/s"
                       f"  first batch {result['first']:.2f} s", flush=True)
+    other = load.share()
+    print(f"other processes used {other:.0%} of the machine's CPU during the timed runs", flush=True)
     rows = []
     for (workers, name), results in runs.items():
         rates = sorted(n / r["seconds"] for r in results)
@@ -304,13 +333,13 @@ def main() -> None:
         print(f"first batch of {big_n}: {name:34s} {first_rows[-1]['first']:.2f} s", flush=True)
     big_bytes = disk_bytes(big)
     shutil.rmtree(big)
-    if not args.keep:
-        for path in (work / "png", work / "jpeg", work / "patches.h5", *stores.values()):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not args.keep:  # the work folder holds only this script's copies and stores
+        shutil.rmtree(work)
     total = time.perf_counter() - started
     facts = {"n": n, "big_n": big_n, "big_bytes": big_bytes, "warmed": warmed, "repeats": repeats,
              "slide": slide, "per_annotation": per_annotation, "n_annotations": n_annotations,
-             "big_per_annotation": big_per_annotation, "quick": args.quick, "seconds": total}
+             "big_per_annotation": big_per_annotation, "quick": args.quick, "seconds": total,
+             "other": other}
     print()
     print(_report(rows, first_rows, facts, targets_heading="## Targets"))
     if not args.no_write_results:
@@ -349,7 +378,8 @@ def _report(rows: list[dict], first_rows: list[dict], facts: dict, targets_headi
         "the last batch, worker start-up included); first batch = `iter(loader)` to the first batch. "
         f"Medians of {repeats} run{'s' if repeats > 1 else ''} of every row, interleaved. Page cache: "
         f"every file of every method read once in full before timing ({facts['warmed'] / 1e9:.2f} GB, "
-        "which stays cached in this RAM).", "",
+        "which stays cached in this RAM). "
+        f"Other processes used {facts['other']:.0%} of the machine's CPU during the timed runs.", "",
         "| config | method | patches/s | MB/s of pixels | first batch s | × PNG folder | bytes on disk | runs patches/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -371,41 +401,43 @@ def _report(rows: list[dict], first_rows: list[dict], facts: dict, targets_headi
     for r in first_rows:
         lines.append(f"| w2 N={facts['big_n']} | {r['method']} | {r['first']:.2f} | {r['construct']:.2f} | "
                      f"{', '.join(f'{x:.2f}' for x in r['firsts'])} |")
-    lines += ["", *_reading(rows, first_rows), "", targets_heading, "", *_targets(rows, first_rows, facts)]
+    lines += ["", *_reading(rows, first_rows, facts), "", targets_heading, "", *_targets(rows, first_rows, facts)]
     return "\n".join(lines) + "\n"
 
 
-def _reading(rows: list[dict], first_rows: list[dict]) -> list[str]:
-    def rate(workers: int, method: str) -> float:
-        return _rate(rows, workers, method)
+def _reading(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]:
+    def row(workers: int, method: str) -> dict:
+        return next(r for r in rows if r["workers"] == workers and r["method"] == method)
 
-    png2 = rate(2, PNG)
-    shard = {c: rate(2, f"ShardShuffledPatches {c}") for c in ("zstd", "jpeg")}
-    patch = {c: rate(2, f"PatchDataset {c}") for c in ("zstd", "jpeg")}
-    scaling = ", ".join(
-        f"{m} {rate(2, m) / rate(0, m):.2f}×"
-        for m in (PNG, JPEG, HDF5, "PatchDataset zstd", "ShardShuffledPatches zstd")
-    )
-    firsts = {r["method"]: r["first"] for r in first_rows}
-    shard_first = next(v for k, v in firsts.items() if k.startswith("ShardShuffled"))
-    patch_first = next(v for k, v in firsts.items() if k.startswith("PatchDataset"))
-    return [
+    png2 = row(2, PNG)["rate"]
+    wsizarr_methods = [f"{d} {c}" for d in ("ShardShuffledPatches", "PatchDataset") for c in ("zstd", "jpeg")]
+    scaling = ", ".join(f"{m} {row(2, m)['rate'] / row(0, m)['rate']:.2f}×" for m in (PNG, JPEG, HDF5, *wsizarr_methods))
+    spread = max(
+        (max(r["rates"]) - min(r["rates"])) / r["rate"] for r in rows if len(r["rates"]) > 1
+    ) if facts["repeats"] > 1 else 0.0
+    lines = [
         "Reading the figures:", "",
         f"- With 2 workers the PNG folder feeds {png2:.0f} patches/s ({png2 * PIXEL_BYTES / 1e6:.0f} MB/s "
-        f"of pixels); `ShardShuffledPatches` feeds {shard['zstd']:.0f} (zstd, {shard['zstd'] / png2:.1f}×) "
-        f"and {shard['jpeg']:.0f} (JPEG, {shard['jpeg'] / png2:.1f}×), `PatchDataset` {patch['zstd']:.0f} "
-        f"(zstd, {patch['zstd'] / png2:.1f}×) and {patch['jpeg']:.0f} (JPEG, {patch['jpeg'] / png2:.1f}×); "
-        f"the JPEG folder {rate(2, JPEG) / png2:.1f}× and HDF5 {rate(2, HDF5) / png2:.1f}×.",
-        f"- From 0 to 2 workers (2 cores, the main process shares them): {scaling}.",
-        "- `ShardShuffledPatches` reads whole shards (one request and one decode loop per 256 "
-        "patches) and batches them with one copy; the map-style datasets pay per sample: a file "
-        "open or an HDF5 chunk lookup, a decode, a per-sample tensor and the collate's stack. "
-        "`PatchDataset` reads the 64 patches of a batch with one ranged request each but in one "
-        "call (`__getitems__`).",
-        f"- First batch on the large store: `PatchDataset` {patch_first:.2f} s, `ShardShuffledPatches` "
-        f"{shard_first:.2f} s; the latter emits its first batch only once its shuffle buffer (4 "
-        "shards, 1,024 patches, per worker) is full, so it decodes ~1,024 patches per worker first.",
+        "of pixels); " + ", ".join(
+            f"`{m.split()[0]}` {m.split()[1]} {row(2, m)['rate']:.0f} ({row(2, m)['rate'] / png2:.2f}×)"
+            for m in wsizarr_methods
+        ) + f"; the JPEG folder {row(2, JPEG)['rate'] / png2:.2f}× and HDF5 {row(2, HDF5)['rate'] / png2:.2f}×.",
+        f"- From 0 to 2 workers (2 cores, shared with the main process): {scaling}.",
+        "- Time to the first batch within the epoch, 2 workers: " + ", ".join(
+            f"{m} {row(2, m)['first']:.2f} s" for m in (PNG, JPEG, HDF5, *wsizarr_methods)
+        ) + ".",
     ]
+    firsts = {r["method"].split()[0]: r["first"] for r in first_rows}
+    lines.append(
+        f"- First batch of the {facts['big_n']}-patch store: `PatchDataset` {firsts['PatchDataset']:.2f} s, "
+        f"`ShardShuffledPatches` {firsts['ShardShuffledPatches']:.2f} s."
+    )
+    if facts["repeats"] > 1:
+        lines.append(
+            f"- Noise: the runs of one row differ by up to {spread:.0%} of its median; other processes "
+            f"used {facts['other']:.0%} of the CPU meanwhile."
+        )
+    return lines
 
 
 def _targets(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]:
