@@ -9,10 +9,10 @@ buffer that spans several shards. The PyTorch datasets in ``wsizarr.torch`` buil
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -28,6 +28,7 @@ __all__ = ["PatchTable", "iter_batches", "open_dataset", "gather_patches", "read
 
 StoreLike = str | os.PathLike[str] | Location
 SplitBy = Literal["annotation", "slide"]
+Allocate = Callable[[tuple[int, ...], Any], np.ndarray]  # (shape, dtype) -> a new array
 
 
 def open_dataset(
@@ -226,16 +227,19 @@ def shuffled_batches(
     parts: int = 1,
     images: tuple[str, ...] = ("patches",),
     channels_first: bool = False,
+    allocate: Allocate = np.empty,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of the patches ``indices`` (default all) that fall to ``part`` of ``parts``.
 
     The shards holding the patches are ordered at random from ``(seed, epoch)`` (the same for
     every part, so the parts split them exactly) and dealt out round-robin; each part reads its
     shards whole, one request each, into a shuffle buffer of ``shuffle_buffer`` patches (default
-    four shards) and emits random batches from it. Without ``shuffle``: shards and patches in
+    four shards) and emits random batches from it (while the buffer first fills, one batch
+    after each shard, so the first batch waits for one shard only). Without ``shuffle``: shards and patches in
     store order. Each batch holds ``index``, the 1-D arrays and the ``images`` arrays
     (``patches`` as ``(B, 3, H, W)`` with ``channels_first``). Patches are decoded straight
-    into the buffer's free slots and copied once more, into the batch.
+    into the buffer's free slots and copied once more, into the batch's arrays, which
+    ``allocate(shape, dtype)`` makes (e.g. in shared memory).
     """
     if batch_size < 1:
         raise ParameterError(f"batch size must be at least 1, got {batch_size}")
@@ -248,7 +252,7 @@ def shuffled_batches(
     return _batches(
         reader, table, chosen, batch_size=batch_size, capacity=capacity, shuffle=shuffle,
         seed=seed, epoch=epoch, drop_last=drop_last, part=part, parts=parts, images=images,
-        channels_first=channels_first,
+        channels_first=channels_first, allocate=allocate,
     )
 
 
@@ -267,6 +271,7 @@ def _batches(
     parts: int,
     images: tuple[str, ...],
     channels_first: bool,
+    allocate: Allocate,
 ) -> Iterator[dict[str, np.ndarray]]:
     shards, starts = np.unique(chosen // reader.shard_size, return_index=True)
     rows_of_shard = np.split(chosen, starts[1:])
@@ -279,13 +284,14 @@ def _batches(
 
     def emit(slots: np.ndarray) -> dict[str, np.ndarray]:
         index = slot_patch[slots]
-        batch = {name: gather_patches(values, slots, channels_first) for name, values in pool.items()}
+        batch = {name: gather_patches(values, slots, channels_first, allocate) for name, values in pool.items()}
         batch["index"] = index
         batch.update({name: values[index] for name, values in table.arrays().items()})
         slot_patch[slots] = -1
         free.extend(slots[::-1].tolist())
         return batch
 
+    warming_up = True  # until the buffer is first full, a batch goes out after each shard
     for position in order[part::parts].tolist():
         shard = int(shards[position])
         first, _ = reader.shard_bounds(shard)
@@ -300,7 +306,10 @@ def _batches(
                 one.decode_into(row, pool[name][slot])
             slot_patch[slot] = first + row
             if not free:
+                warming_up = False
                 yield emit(rng.choice(capacity, batch_size, replace=False) if shuffle else np.arange(capacity))
+        if shuffle and warming_up and capacity - len(free) >= batch_size:
+            yield emit(rng.choice(np.flatnonzero(slot_patch >= 0), batch_size, replace=False))
     left = np.flatnonzero(slot_patch >= 0)
     left = rng.permutation(left) if shuffle else left[np.argsort(slot_patch[left])]
     for start in range(0, len(left), batch_size):
@@ -309,12 +318,15 @@ def _batches(
             yield emit(slots)
 
 
-def gather_patches(pool: np.ndarray, slots: np.ndarray, channels_first: bool) -> np.ndarray:
-    """``pool[slots]``; RGB patches as ``(B, 3, H, W)`` with ``channels_first`` (numpy's
-    transposing copy is ~3x faster than torch's ``permute(...).contiguous()`` on uint8)."""
+def gather_patches(
+    pool: np.ndarray, slots: np.ndarray, channels_first: bool, allocate: Allocate = np.empty
+) -> np.ndarray:
+    """``pool[slots]`` in an array from ``allocate(shape, dtype)``; RGB patches as
+    ``(B, 3, H, W)`` with ``channels_first`` (numpy's transposing copy is ~3x faster than
+    torch's ``permute(...).contiguous()`` on uint8)."""
     if not channels_first or pool.ndim != 4:
-        return np.take(pool, slots, axis=0)
-    out = np.empty((len(slots), pool.shape[3], *pool.shape[1:3]), pool.dtype)
+        return np.take(pool, slots, axis=0, out=allocate((len(slots), *pool.shape[1:]), pool.dtype))
+    out = allocate((len(slots), pool.shape[3], *pool.shape[1:3]), pool.dtype)
     for row, slot in enumerate(slots.tolist()):
         out[row] = pool[slot].transpose(2, 0, 1)
     return out

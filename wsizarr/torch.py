@@ -81,7 +81,7 @@ class _StoreSource:
 
     def targets_tensor(self, batch: Mapping[str, np.ndarray]) -> torch.Tensor:
         if self.target == "mask":
-            return torch.from_numpy(batch["masks"])
+            return torch.as_tensor(batch["masks"])
         return torch.from_numpy(batch[self.target].astype(np.int64))
 
     def meta(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -95,6 +95,27 @@ class _StoreSource:
         if self.with_meta:
             out.append(meta)
         return out[0] if len(out) == 1 else tuple(out)
+
+
+class _SharedArrays:
+    """Batch arrays in shared memory when made inside a DataLoader worker, as the DataLoader's
+    own collate does, so handing a batch to the main process copies nothing."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[int, torch.Tensor] = {}
+
+    def __call__(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        empty = torch.empty(0, dtype=torch.from_numpy(np.empty(0, dtype)).dtype)
+        storage = empty._typed_storage()._new_shared(int(np.prod(shape)), device=empty.device)
+        tensor = empty.new(storage).resize_(shape)
+        array = tensor.numpy()
+        self._tensors[array.ctypes.data] = tensor
+        return array
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        """The tensor behind an array this made (else a tensor viewing ``array``)."""
+        tensor = self._tensors.pop(array.ctypes.data, None)
+        return torch.from_numpy(array) if tensor is None else tensor
 
 
 class _FromStore:
@@ -237,13 +258,16 @@ class ShardShuffledPatches(_FromStore, IterableDataset):
     def __iter__(self):  # noqa: ANN204 - an iterator of batches
         source = self._source
         part, parts = self._part()
+        shared = _SharedArrays() if get_worker_info() is not None else None
         for batch in shuffled_batches(
             source.reader, source.table, **self.options, indices=source.indices,
             epoch=self.epoch, part=part, parts=parts, images=source.images,
-            channels_first=source.channels_first,
+            channels_first=source.channels_first, allocate=shared or np.empty,
         ):
+            if shared is not None:
+                batch.update({name: shared.tensor(batch[name]) for name in source.images})
             yield source.output(
-                torch.from_numpy(batch["patches"]),
+                torch.as_tensor(batch["patches"]),
                 source.targets_tensor(batch) if source.target else None,
                 source.meta(batch) if source.with_meta else None,
             )
