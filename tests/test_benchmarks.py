@@ -1,5 +1,5 @@
-"""The extraction benchmark runs end to end (at a small size: the full run is `python
-benchmarks/bench_extract.py`, ~15 minutes, and its figures live in benchmarks/RESULTS.md)."""
+"""The benchmarks run end to end at a small size (the full runs, `python benchmarks/bench_extract.py`
+~15 minutes and `python benchmarks/bench_load.py` ~7, keep their figures in benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_extract.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARK = BENCHMARKS / "bench_extract.py"
 
 
 @pytest.mark.slow
@@ -26,3 +27,21 @@ def test_quick_benchmark_reports_every_method():
     assert any(m.startswith("wsizarr jpegxl") for m in methods)
     assert all(int(n) > 0 and int(rate) > 0 for _, n, _, rate in rows)
     assert "## Targets" in result.stdout and "× the PNG recipe" in result.stdout
+
+
+@pytest.mark.slow
+def test_quick_load_benchmark_reports_every_loader():
+    result = subprocess.run(
+        [sys.executable, BENCHMARKS / "bench_load.py", "--quick", "--no-write-results"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r"^\| w(\d) N=(\d+) \| (.+?) \| (\d+) \| [\d.]+ \| ([\d.]+) \| ([\d.]+) \|", result.stdout, re.M)
+    methods = {(workers, method) for workers, _, method, _, _, _ in rows}
+    for workers in ("0", "2"):
+        for method in ("png folder", "jpeg q90 folder", "hdf5 gzip", "PatchDataset zstd", "PatchDataset jpeg",
+                       "ShardShuffledPatches zstd", "ShardShuffledPatches jpeg"):
+            assert (workers, method) in methods
+    assert all(int(rate) > 0 and float(first) > 0 for _, _, _, rate, first, _ in rows)
+    targets = result.stdout.partition("## Targets")[2]
+    assert len(re.findall(r"\((PASS|FAIL) (≥|<) ", targets)) == 6
