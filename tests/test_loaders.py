@@ -258,6 +258,13 @@ def test_shard_shuffled_patches_once_per_epoch(cohort_store, stored, workers):
     assert not np.array_equal(first, second)
 
 
+def test_two_iterations_of_one_dataset_interleaved(cohort_store, stored):
+    dataset = ShardShuffledPatches(cohort_store, batch_size=7, seed=5, shuffle_buffer=20, with_meta=True)
+    for (a, _, meta_a), (b, _, meta_b) in zip(iter(dataset), iter(dataset)):  # one reader, two buffers
+        np.testing.assert_array_equal(a.permute(0, 2, 3, 1).numpy(), stored["patches"][meta_a["index"].numpy()])
+        np.testing.assert_array_equal(b.permute(0, 2, 3, 1).numpy(), stored["patches"][meta_b["index"].numpy()])
+
+
 def test_shard_shuffled_patches_split_between_ranks_and_workers(cohort_store, stored):
     seen = []
     for rank in range(2):

@@ -292,10 +292,11 @@ def _batches(
         return batch
 
     warming_up = True  # until the buffer is first full, a batch goes out after each shard
+    buffers: dict[str, np.ndarray] = {}  # this iteration's read buffers, reused shard after shard
     for position in order[part::parts].tolist():
         shard = int(shards[position])
         first, _ = reader.shard_bounds(shard)
-        fetched = [reader.fetch_shard(shard, name) for name in images]
+        fetched = [reader.fetch_shard(shard, name, buffers.pop(name, None)) for name in images]
         for name, one in zip(images, fetched):
             if name not in pool:
                 pool[name] = np.empty((capacity, *one.layout.patch_shape), np.uint8)
@@ -308,6 +309,7 @@ def _batches(
             if not free:
                 warming_up = False
                 yield emit(rng.choice(capacity, batch_size, replace=False) if shuffle else np.arange(capacity))
+        buffers.update({name: one.buffer for name, one in zip(images, fetched) if one.buffer is not None})
         if shuffle and warming_up and capacity - len(free) >= batch_size:
             yield emit(rng.choice(np.flatnonzero(slot_patch >= 0), batch_size, replace=False))
     left = np.flatnonzero(slot_patch >= 0)

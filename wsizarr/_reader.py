@@ -92,11 +92,10 @@ class PatchReader:
         self._store: Store | None = None
         self._decoders: dict[str, numcodecs.abc.Codec | None] = {}
         self._indexes: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._file_buffers: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_store", "_decoders", "_indexes", "_pid", "_file_buffers"):
+        for name in ("_store", "_decoders", "_indexes", "_pid"):
             del state[name]
         return state
 
@@ -126,10 +125,13 @@ class PatchReader:
             fetched.decode_into(row, out[row])
         return out
 
-    def fetch_shard(self, shard: int, name: str = "patches") -> FetchedShard:
+    def fetch_shard(
+        self, shard: int, name: str = "patches", reuse: np.ndarray | None = None
+    ) -> FetchedShard:
         """``shard``'s bytes, received with one request and checked, to decode patch by patch
-        into arrays the caller owns (no copy of the whole shard in between). Valid until the
-        next fetch of the same array."""
+        into arrays the caller owns (no copy of the whole shard in between). A local shard file
+        is read into ``reuse`` (an earlier ``FetchedShard.buffer`` the caller is done with)
+        when it fits: a fresh allocation's page faults cost as much as the read itself."""
         layout = self._layout_of(name)
         self._check_process()
         if not 0 <= shard < self.n_shards:
@@ -138,13 +140,13 @@ class PatchReader:
         if not layout.standard:
             return FetchedShard(self, layout, shard, stop - start, self._read_with_zarr(layout, slice(start, stop)))
         if self.location.kind == "local":
-            received = self._read_local_file(layout, shard)
+            received = self._read_local_file(layout, shard, reuse)
         else:
             received = self._run(self._get(layout.shard_key(shard)))
         if received is None:
             raise self._corrupt(layout, shard, "the shard file is missing")
         index = self._parse_index(layout, shard, received[-(16 * self.shard_size + 4):])
-        return FetchedShard(self, layout, shard, stop - start, memoryview(received), index)
+        return FetchedShard(self, layout, shard, stop - start, received, index)
 
     def read_patches(self, indices: Sequence[int] | np.ndarray, name: str = "patches") -> np.ndarray:
         """The patches at ``indices`` (any order, repeats allowed), one ranged request each, all
@@ -189,21 +191,14 @@ class PatchReader:
             )
         return self._layouts[name]
 
-    def _read_local_file(self, layout: _Layout, shard: int) -> np.ndarray | None:
-        """A local shard file read into a buffer kept for the next shard of this array: half
-        the time of a fresh allocation, whose page faults cost as much as the read itself.
-        The bytes stay valid until the next fetch of the same array."""
-        path = Path(self.location.path, layout.shard_key(shard))
+    def _read_local_file(self, layout: _Layout, shard: int, reuse: np.ndarray | None) -> np.ndarray | None:
         try:
-            with open(path, "rb", buffering=0) as file:
+            with open(Path(self.location.path, layout.shard_key(shard)), "rb", buffering=0) as file:
                 size = os.fstat(file.fileno()).st_size
-                buffer = self._file_buffers.get(layout.path)
-                if buffer is None or len(buffer) < size:
-                    buffer = self._file_buffers[layout.path] = np.empty(size, np.uint8)
-                view = buffer[:size]
-                if file.readinto(memoryview(view)) != size:
+                buffer = reuse if reuse is not None and len(reuse) >= size else np.empty(size, np.uint8)
+                if file.readinto(memoryview(buffer[:size])) != size:
                     raise self._corrupt(layout, shard, "the shard file changed while it was read")
-                return view
+                return buffer[:size]
         except FileNotFoundError:
             return None
 
@@ -244,7 +239,7 @@ class PatchReader:
             raise self._corrupt(layout, shard, "its index fails its checksum")
         return np.frombuffer(index_bytes, "<u8").reshape(self.shard_size, 2)
 
-    def _decode(self, layout: _Layout, shard: int, data: np.ndarray | memoryview | None, out: np.ndarray) -> None:
+    def _decode(self, layout: _Layout, shard: int, data: np.ndarray | None, out: np.ndarray) -> None:
         if data is None:
             out[...] = layout.fill_value
             return
@@ -282,9 +277,13 @@ class FetchedShard:
     layout: _Layout
     shard: int
     n_patches: int
-    data: memoryview | np.ndarray  # the shard file (valid until the next fetch of its array),
-    # or, for another writer's layout, its decoded patches
+    data: np.ndarray  # the shard file, or (another writer's layout) its decoded patches
     index: np.ndarray | None = None  # (offset, nbytes) of every patch; None: data is patches
+
+    @property
+    def buffer(self) -> np.ndarray | None:
+        """The memory the shard file was read into, for ``fetch_shard(..., reuse=)``."""
+        return None if self.index is None else (self.data if self.data.base is None else self.data.base)
 
     def decode_into(self, row: int, out: np.ndarray) -> None:
         if self.index is None:
