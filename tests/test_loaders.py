@@ -241,6 +241,7 @@ def _epoch(dataset, workers: int, **loader) -> tuple[np.ndarray, list]:
     return np.concatenate(seen), batches
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes:UserWarning")  # 3 workers on 2 cores, on purpose
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_shard_shuffled_patches_once_per_epoch(cohort_store, stored, workers):
     dataset = ShardShuffledPatches(cohort_store, batch_size=12, seed=7, shuffle_buffer=32, with_meta=True)
