@@ -23,8 +23,12 @@ from ._store import COORDINATE_ARRAYS, open_store, store_metadata
 
 if TYPE_CHECKING:
     import xarray
+    import zarr
 
-__all__ = ["PatchTable", "iter_batches", "open_dataset", "gather_patches", "read_patch_table", "shuffled_batches"]
+__all__ = [
+    "PatchTable", "gather_patches", "iter_batches", "open_dataset", "open_patches",
+    "read_patch_table", "shuffled_batches",
+]
 
 StoreLike = str | os.PathLike[str] | Location
 SplitBy = Literal["annotation", "slide"]
@@ -200,7 +204,19 @@ def read_patch_table(
     """The 1-D arrays of a complete store as a :class:`PatchTable` (``IncompleteStoreError``
     for a store whose extraction did not finish)."""
     location = parse_location(store, storage_options)
+    return _patch_table(location, open_store(location))
+
+
+def open_patches(
+    store: StoreLike, storage_options: Mapping[str, str] | None = None
+) -> tuple[PatchReader, PatchTable]:
+    """A reader of the store's pixels and its patch table, from one opening of the store."""
+    location = parse_location(store, storage_options)
     group = open_store(location)
+    return PatchReader(location, group=group), _patch_table(location, group)
+
+
+def _patch_table(location: Location, group: zarr.Group) -> PatchTable:
     metadata = store_metadata(group)
     arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
     return PatchTable(
@@ -235,8 +251,8 @@ def shuffled_batches(
     every part, so the parts split them exactly) and dealt out round-robin; each part reads its
     shards whole, one request each, into a shuffle buffer of ``shuffle_buffer`` patches (default
     four shards) and emits random batches from it (while the buffer first fills, one batch
-    after each shard, so the first batch waits for one shard only). Without ``shuffle``: shards and patches in
-    store order. Each batch holds ``index``, the 1-D arrays and the ``images`` arrays
+    after each shard, so the first batch waits for one shard only). Without ``shuffle``:
+    shards and patches in store order. Each batch holds ``index``, the 1-D arrays and the ``images`` arrays
     (``patches`` as ``(B, 3, H, W)`` with ``channels_first``). Patches are decoded straight
     into the buffer's free slots and copied once more, into the batch's arrays, which
     ``allocate(shape, dtype)`` makes (e.g. in shared memory).
@@ -353,8 +369,7 @@ def iter_batches(
     """Numpy batches of a complete store, for JAX, TensorFlow or plain numpy.
 
     Each batch is a dict: ``patches`` ``(B, H, W, 3)`` uint8 (``channels_first``:
-    ``(B, 3, H, W)``; and ``masks`` ``(B, H, W)`` with
-    ``masks=True``), ``index`` (the patch numbers), and ``x``, ``y``, ``level``,
+    ``(B, 3, H, W)``; and ``masks`` ``(B, H, W)`` with ``masks=True``), ``index`` (the patch numbers), and ``x``, ``y``, ``level``,
     ``annotation_id``, ``label`` (codes), ``slide``, ``padded``. Whole shards are read in a
     random order (from ``seed`` and ``epoch``) through a shuffle buffer of ``shuffle_buffer``
     patches (default four shards: mind the memory at large patch sizes); ``indices`` (from
@@ -363,8 +378,7 @@ def iter_batches(
     """
     if not 0 <= rank < world_size:
         raise ParameterError(f"rank {rank} must lie in 0..{world_size - 1} (world size {world_size})")
-    reader = PatchReader(store, storage_options)
-    table = read_patch_table(reader.location)
+    reader, table = open_patches(store, storage_options)
     return shuffled_batches(
         reader, table, batch_size=batch_size, indices=indices, shuffle=shuffle, seed=seed,
         epoch=epoch, shuffle_buffer=shuffle_buffer, drop_last=drop_last, part=rank,

@@ -74,10 +74,15 @@ class PatchReader:
     """
 
     def __init__(
-        self, store: str | os.PathLike[str] | Location, storage_options: Mapping[str, str] | None = None
+        self,
+        store: str | os.PathLike[str] | Location,
+        storage_options: Mapping[str, str] | None = None,
+        *,
+        group: zarr.Group | None = None,
     ) -> None:
+        """``group``: the store, already opened with ``open_store`` (spares a second open)."""
         self.location = parse_location(store, storage_options)
-        group = open_store(self.location)
+        group = open_store(self.location) if group is None else group
         metadata = store_metadata(group)
         self.n_patches: int = metadata["n_patches"]
         self.shard_size: int = metadata["shard_size"]
@@ -142,7 +147,7 @@ class PatchReader:
         if self.location.kind == "local":
             received = self._read_local_file(layout, shard, reuse)
         else:
-            received = self._run(self._get(layout.shard_key(shard)))
+            received = sync(self._get(layout.shard_key(shard)))
         if received is None:
             raise self._corrupt(layout, shard, "the shard file is missing")
         index = self._parse_index(layout, shard, received[-(16 * self.shard_size + 4):])
@@ -164,7 +169,7 @@ class PatchReader:
                 out[row] = self._read_with_zarr(layout, index)
             return out
         shards, rows = np.divmod(indices, self.shard_size)
-        self._run(self._cache_indexes(layout, sorted(set(shards.tolist()))))
+        sync(self._cache_indexes(layout, sorted(set(shards.tolist()))))
         requests = []
         for shard, row in zip(shards.tolist(), rows.tolist()):
             offset, nbytes = self._indexes[(layout.path, shard)][row]
@@ -172,7 +177,7 @@ class PatchReader:
             requests.append(
                 None if missing else (layout.shard_key(shard), RangeByteRequest(int(offset), int(offset + nbytes)))
             )
-        chunks = self._run(_gather([self._get(*r) for r in requests if r is not None]))
+        chunks = sync(_gather([self._get(*r) for r in requests if r is not None]))
         received = iter(chunks)
         for row, (request, shard) in enumerate(zip(requests, shards.tolist())):
             data = None if request is None else next(received)
@@ -208,9 +213,6 @@ class PatchReader:
             self._reset()
         if self._store is None:
             self._store = open_zarr_store(self.location, "r")
-
-    def _run(self, awaitable: Any) -> Any:
-        return sync(awaitable)
 
     async def _get(
         self, key: str, byte_range: RangeByteRequest | SuffixByteRequest | None = None

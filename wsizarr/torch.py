@@ -26,8 +26,7 @@ except ImportError:
     raise ImportError("wsizarr.torch needs PyTorch: pip install 'wsizarr[torch]'") from None
 
 from ._errors import ParameterError
-from ._loaders import PatchTable, StoreLike, gather_patches, read_patch_table, shuffled_batches
-from ._reader import PatchReader
+from ._loaders import PatchTable, StoreLike, gather_patches, open_patches, shuffled_batches
 from ._store import COORDINATE_ARRAYS
 
 __all__ = ["PatchDataset", "ShardShuffledPatches", "balanced_sampler"]
@@ -57,12 +56,11 @@ class _StoreSource:
             raise ParameterError(
                 f"target must be None, 'mask' or one of {list(COORDINATE_ARRAYS)}, not {target!r}"
             )
-        self.reader = PatchReader(store, storage_options)
+        self.reader, self.table = open_patches(store, storage_options)
         if target == "mask" and "masks" not in self.reader.arrays:
             raise ParameterError(
                 f"{self.reader.location}: target='mask' needs a store extracted with --masks"
             )
-        self.table: PatchTable = read_patch_table(self.reader.location)
         self.indices = (
             np.arange(len(self.table)) if indices is None else self.table.select(indices=indices)
         )
