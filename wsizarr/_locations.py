@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import zarr
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
@@ -46,6 +47,7 @@ __all__ = [
     "open_zarr_store",
     "pack_zip",
     "parse_location",
+    "read_key",
     "size_bytes",
 ]
 
@@ -130,6 +132,15 @@ def delete(location: Location) -> None:
     _BACKENDS[location.kind].delete(location)
 
 
+def read_key(
+    location: Location, store: Store, key: str, reuse: np.ndarray | None = None
+) -> np.ndarray | None:
+    """The whole value at ``key`` as a uint8 array (None if absent), read through ``store``
+    (opened on ``location``). A local file is read into ``reuse`` when it fits: for a large
+    file, a fresh allocation's page faults cost as much as the read itself."""
+    return _BACKENDS[location.kind].read(location, store, key, reuse)
+
+
 def list_keys(location: Location, prefix: str = "") -> list[str]:
     """The sorted keys (relative to the store's root) under the folder-like ``prefix``."""
     listing = _BACKENDS[location.kind].listing(location, prefix.strip("/"))
@@ -186,6 +197,10 @@ class _Backend(ABC):
     @abstractmethod
     def delete(self, location: Location) -> None: ...
 
+    def read(self, location: Location, store: Store, key: str, reuse: np.ndarray | None) -> np.ndarray | None:
+        buffer = sync(store.get(key, default_buffer_prototype()))
+        return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
+
     @abstractmethod
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
         """``(key, size in bytes)`` of every key under ``prefix`` ("" or "a/b", no slashes)."""
@@ -209,6 +224,15 @@ class _Local(_Backend):
         else:
             path.unlink(missing_ok=True)
 
+    def read(self, location: Location, store: Store, key: str, reuse: np.ndarray | None) -> np.ndarray | None:
+        try:
+            with open(Path(location.path, key), "rb", buffering=0) as file:
+                size = os.fstat(file.fileno()).st_size
+                buffer = reuse if reuse is not None and len(reuse) >= size else np.empty(size, np.uint8)
+                return buffer[: file.readinto(memoryview(buffer[:size]))]
+        except FileNotFoundError:
+            return None
+
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
         root = Path(location.path)
         for file in (root / prefix).rglob("*"):
@@ -217,6 +241,7 @@ class _Local(_Backend):
 
 
 class _Zip(_Local):
+    read = _Backend.read  # through the zip store, not the filesystem
     def open(self, location: Location, mode: Mode) -> Store:
         if mode == "a":
             raise StoreError(

@@ -18,7 +18,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import google_crc32c
@@ -31,7 +30,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ._errors import ParameterError, StoreError
-from ._locations import Location, open_zarr_store, parse_location
+from ._locations import Location, open_zarr_store, parse_location, read_key
 from ._store import CODECS, MASK_CODEC, open_store, store_metadata
 
 __all__ = ["FetchedShard", "PatchReader"]
@@ -134,9 +133,8 @@ class PatchReader:
         self, shard: int, name: str = "patches", reuse: np.ndarray | None = None
     ) -> FetchedShard:
         """``shard``'s bytes, received with one request and checked, to decode patch by patch
-        into arrays the caller owns (no copy of the whole shard in between). A local shard file
-        is read into ``reuse`` (an earlier ``FetchedShard.buffer`` the caller is done with)
-        when it fits: a fresh allocation's page faults cost as much as the read itself."""
+        into arrays the caller owns (no copy of the whole shard in between). ``reuse``: an
+        earlier ``FetchedShard.buffer`` the caller is done with (see ``read_key``)."""
         layout = self._layout_of(name)
         self._check_process()
         if not 0 <= shard < self.n_shards:
@@ -144,10 +142,8 @@ class PatchReader:
         start, stop = self.shard_bounds(shard)
         if not layout.standard:
             return FetchedShard(self, layout, shard, stop - start, self._read_with_zarr(layout, slice(start, stop)))
-        if self.location.kind == "local":
-            received = self._read_local_file(layout, shard, reuse)
-        else:
-            received = sync(self._get(layout.shard_key(shard)))
+        assert self._store is not None  # opened by _check_process
+        received = read_key(self.location, self._store, layout.shard_key(shard), reuse)
         if received is None:
             raise self._corrupt(layout, shard, "the shard file is missing")
         index = self._parse_index(layout, shard, received[-(16 * self.shard_size + 4):])
@@ -195,17 +191,6 @@ class PatchReader:
                 + ("; extract with --masks to add one" if name == "masks" else "")
             )
         return self._layouts[name]
-
-    def _read_local_file(self, layout: _Layout, shard: int, reuse: np.ndarray | None) -> np.ndarray | None:
-        try:
-            with open(Path(self.location.path, layout.shard_key(shard)), "rb", buffering=0) as file:
-                size = os.fstat(file.fileno()).st_size
-                buffer = reuse if reuse is not None and len(reuse) >= size else np.empty(size, np.uint8)
-                if file.readinto(memoryview(buffer[:size])) != size:
-                    raise self._corrupt(layout, shard, "the shard file changed while it was read")
-                return buffer[:size]
-        except FileNotFoundError:
-            return None
 
     def _check_process(self) -> None:
         """Open the store in this process (a forked child never uses its parent's handle)."""
