@@ -13,6 +13,7 @@ from ._annotations import (
 from ._demo import DemoSlide, write_demo_annotations, write_demo_slide
 from ._errors import (
     AnnotationError,
+    CorruptStoreError,
     IncompleteStoreError,
     ParameterError,
     SlideError,
@@ -35,6 +36,7 @@ __all__ = [
     "Annotation",
     "AnnotationError",
     "AnnotationFile",
+    "CorruptStoreError",
     "DemoSlide",
     "ExtractionSummary",
     "IncompleteStoreError",

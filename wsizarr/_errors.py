@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AnnotationError",
+    "CorruptStoreError",
     "IncompleteStoreError",
     "ParameterError",
     "SlideError",
@@ -39,3 +40,11 @@ class StoreExistsError(StoreError, FileExistsError):
 
 class IncompleteStoreError(StoreError):
     """The store was not finished (a crash or an interrupted run): resume the extraction."""
+
+
+class CorruptStoreError(StoreError):
+    """A shard or patch whose bytes are missing, truncated or damaged; ``detail`` says which."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail

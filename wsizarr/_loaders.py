@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ._errors import ParameterError
-from ._locations import Location, open_zarr_store, parse_location
+from ._locations import Location, parse_location
 from ._reader import PatchReader
 from ._store import COORDINATE_ARRAYS, open_store, store_metadata
 
@@ -44,7 +44,8 @@ def open_dataset(
     ``annotation_id``, ``slide``, ``padded`` and ``label`` are coordinates along ``patch``.
     ``label`` holds the label names ("" for unlabelled) and ``label_code`` the stored codes.
     Pixels are read only when used; with dask installed they are dask arrays chunked one shard
-    each. Raises ``IncompleteStoreError`` for a store whose extraction did not finish.
+    each. Raises ``IncompleteStoreError`` for a store whose extraction did not finish; reading a
+    missing, truncated or damaged shard raises ``CorruptStoreError`` naming it and the patch.
     """
     import xarray as xr
 
@@ -52,9 +53,8 @@ def open_dataset(
     group = open_store(location)
     metadata = store_metadata(group)
     label_names = np.array([*metadata["label_names"], ""], dtype=str)
-    dataset = xr.open_zarr(
-        open_zarr_store(location, "r"), consolidated=True, chunks=None, zarr_format=3
-    )
+    checked = PatchReader(location, group=group).checked_store()
+    dataset = xr.open_zarr(checked, consolidated=True, chunks=None, zarr_format=3)
     try:
         import dask  # noqa: F401
     except ImportError:

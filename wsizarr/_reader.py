@@ -1,11 +1,14 @@
 """The read path of a finished store: whole shards and single patches, one request each.
 
 ``encode_shard`` writes every shard of ``patches`` (and ``masks``) as the standard
-``sharding_indexed`` bytes: one inner chunk per patch, then the ``(offset, nbytes)`` index and its
-crc32c. :class:`PatchReader` reads them back the same way: a whole shard with one GET, decoded
-straight into one array (zarr's pipeline would decode chunk by chunk, costing more than the
-codec), and a single patch with one ranged GET once its shard's index is cached. Stores whose
-layout differs (another writer's index location or chunking) are read through zarr itself.
+``sharding_indexed`` bytes: one inner chunk per patch ending in its crc32c, then the
+``(offset, nbytes)`` index and its crc32c. :class:`PatchReader` reads them back the same way: a
+whole shard with one GET, decoded straight into one array (zarr's pipeline would decode chunk by
+chunk, costing more than the codec), and a single patch with one ranged GET once its shard's
+index is cached. Every checksum is checked before decoding, so a missing, truncated or damaged
+shard is a ``CorruptStoreError`` naming the shard and the patch, never wrong or white pixels;
+``checked_store`` puts the same checks under zarr and xarray. Stores whose layout differs
+(another writer's index location or chunking) are read through zarr itself.
 
 A reader pickles without its open store and reopens it lazily in each process, so it is safe to
 hand to DataLoader workers under fork and spawn.
@@ -20,22 +23,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import google_crc32c
 import numcodecs.abc
 import numpy as np
 import zarr
-from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.codecs.sharding import ShardingCodec, ShardingCodecIndexLocation
-from zarr.core.buffer import default_buffer_prototype
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import WrapperStore
 
-from ._errors import ParameterError, StoreError
+from ._errors import CorruptStoreError, ParameterError
 from ._locations import Location, open_zarr_store, parse_location, read_key
-from ._store import CODECS, MASK_CODEC, open_store, store_metadata
+from ._store import (
+    CHECKSUM_BYTES, CODECS, INDEX_ENTRY_BYTES, MASK_CODEC, MISSING_CHUNK, checksum,
+    has_chunk_checksums, index_size, open_store, store_metadata,
+)
 
 __all__ = ["FetchedShard", "PatchReader"]
 
-_MISSING = np.uint64(2**64 - 1)
 _CACHED_INDEXES = 4096  # shard indexes kept for random access (16 bytes a patch each)
 
 
@@ -48,6 +53,7 @@ class _Layout:
     codec: str
     fill_value: int
     standard: bool  # wsizarr's own shard layout: whole-shard and ranged reads apply
+    checksums: bool  # each inner chunk ends in its crc32c (stores written before: no)
 
     def shard_key(self, shard: int) -> str:
         return f"{self.path}/c/{shard}" + "/0" * len(self.patch_shape)
@@ -62,14 +68,17 @@ def _layout(array: zarr.Array, codec: str) -> _Layout:
         and array.metadata.chunk_key_encoding.name == "default"
         and getattr(array.metadata.chunk_key_encoding, "separator", "/") == "/"
     )
-    return _Layout(array.path, tuple(array.shape[1:]), codec, int(array.fill_value), standard)
+    return _Layout(
+        array.path, tuple(array.shape[1:]), codec, int(array.fill_value), standard,
+        has_chunk_checksums(array),
+    )
 
 
 class PatchReader:
     """Reads ``patches`` (and ``masks``) of a complete store: whole shards, or patches by index.
 
-    ``IncompleteStoreError`` for a store whose extraction did not finish; ``StoreError`` for a
-    missing or corrupt shard, naming it.
+    ``IncompleteStoreError`` for a store whose extraction did not finish; ``CorruptStoreError``
+    (a ``StoreError``) for a missing, truncated or damaged shard, naming it and the patch.
     """
 
     def __init__(
@@ -144,10 +153,21 @@ class PatchReader:
             return FetchedShard(self, layout, shard, stop - start, self._read_with_zarr(layout, slice(start, stop)))
         assert self._store is not None  # opened by _check_process
         received = read_key(self.location, self._store, layout.shard_key(shard), reuse)
-        if received is None:
-            raise self._corrupt(layout, shard, "the shard file is missing")
-        index = self._parse_index(layout, shard, received[-(16 * self.shard_size + 4):])
-        return FetchedShard(self, layout, shard, stop - start, received, index)
+        return FetchedShard(self, layout, shard, stop - start, received, self._whole_shard_index(layout, shard, received))
+
+    def check_shard(self, shard: int, name: str = "patches") -> list[int]:
+        """The patches of ``shard`` whose bytes are damaged: every chunk's checksum is checked
+        (stores without chunk checksums: every patch decoded). ``CorruptStoreError`` when the
+        shard itself is missing, truncated or has a damaged index."""
+        fetched = self.fetch_shard(shard, name)
+        scratch = np.empty(fetched.layout.patch_shape, np.uint8)
+        damaged = []
+        for row in range(fetched.n_patches):
+            try:
+                fetched.check(row, scratch)
+            except CorruptStoreError:
+                damaged.append(fetched.first_patch + row)
+        return damaged
 
     def read_patches(self, indices: Sequence[int] | np.ndarray, name: str = "patches") -> np.ndarray:
         """The patches at ``indices`` (any order, repeats allowed), one ranged request each, all
@@ -169,18 +189,26 @@ class PatchReader:
         requests = []
         for shard, row in zip(shards.tolist(), rows.tolist()):
             offset, nbytes = self._indexes[(layout.path, shard)][row]
-            missing = offset == _MISSING
+            missing = offset == MISSING_CHUNK
             requests.append(
                 None if missing else (layout.shard_key(shard), RangeByteRequest(int(offset), int(offset + nbytes)))
             )
         chunks = sync(_gather([self._get(*r) for r in requests if r is not None]))
         received = iter(chunks)
-        for row, (request, shard) in enumerate(zip(requests, shards.tolist())):
+        for out_row, (request, shard, row) in enumerate(zip(requests, shards.tolist(), rows.tolist())):
             data = None if request is None else next(received)
-            if request is not None and data is None:
-                raise self._corrupt(layout, shard, "the shard file is missing")
-            self._decode(layout, shard, data, out[row])
+            if request is not None:
+                self._check_range(layout, shard, row, data, request[1])
+            self._decode(layout, shard, row, data, out[out_row])
         return out
+
+    def checked_store(self) -> Store:
+        """The store for zarr (and xarray) to read, with this reader's checks on every shard of
+        ``patches`` and ``masks``: a missing, truncated or damaged one raises
+        ``CorruptStoreError`` naming it (and the patch) instead of reading as white pixels."""
+        self._check_process()
+        assert self._store is not None  # opened by _check_process
+        return _CheckedStore(self._store, self)
 
     # --- internals -------------------------------------------------------------------------
 
@@ -205,31 +233,73 @@ class PatchReader:
         """The bytes at ``key`` as a uint8 array, without copying what the store returned."""
         assert self._store is not None  # opened by _check_process
         buffer = await self._store.get(key, default_buffer_prototype(), byte_range)
-        return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
+        return _as_bytes(buffer)
 
     async def _cache_indexes(self, layout: _Layout, shards: list[int]) -> None:
         wanted = [s for s in shards if (layout.path, s) not in self._indexes]
-        suffix = SuffixByteRequest(16 * self.shard_size + 4)
+        suffix = SuffixByteRequest(index_size(self.shard_size))
         tails = await _gather([self._get(layout.shard_key(s), suffix) for s in wanted])
         for shard, tail in zip(wanted, tails):
-            if tail is None:
-                raise self._corrupt(layout, shard, "the shard file is missing")
             self._indexes[(layout.path, shard)] = self._parse_index(layout, shard, tail)
         for shard in shards:
             self._indexes.move_to_end((layout.path, shard))
-        while len(self._indexes) > max(_CACHED_INDEXES, len(shards)):
+        self._trim_indexes(max(_CACHED_INDEXES, len(shards)))
+
+    def _trim_indexes(self, keep: int) -> None:
+        while len(self._indexes) > keep:
             self._indexes.popitem(last=False)
 
-    def _parse_index(self, layout: _Layout, shard: int, tail: np.ndarray) -> np.ndarray:
-        index_bytes, checksum = tail[:-4].tobytes(), tail[-4:].tobytes()
-        if len(tail) != 16 * self.shard_size + 4 or google_crc32c.value(index_bytes).to_bytes(4, "little") != checksum:
-            raise self._corrupt(layout, shard, "its index fails its checksum")
-        return np.frombuffer(index_bytes, "<u8").reshape(self.shard_size, 2)
-
-    def _decode(self, layout: _Layout, shard: int, data: np.ndarray | None, out: np.ndarray) -> None:
+    def _parse_index(self, layout: _Layout, shard: int, data: np.ndarray | None) -> np.ndarray:
+        """The ``(offset, nbytes)`` pairs at the end of ``data`` (the shard or its tail), checked."""
         if data is None:
+            raise self._corrupt(layout, shard, "the shard file is missing")
+        size = index_size(self.shard_size)
+        if len(data) < size:
+            raise self._corrupt(
+                layout, shard, "the shard file is empty" if not len(data) else
+                f"the shard file is truncated: {len(data)} bytes, shorter than its index",
+            )
+        index_bytes, stored = data[-size:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
+        if checksum(index_bytes) != stored.tobytes():
+            raise self._corrupt(layout, shard, "its index fails its checksum: the file is damaged or truncated")
+        return np.frombuffer(index_bytes.tobytes(), "<u8").reshape(self.shard_size, INDEX_ENTRY_BYTES // 8)
+
+    def _whole_shard_index(self, layout: _Layout, shard: int, data: np.ndarray | None) -> np.ndarray:
+        """The index of a whole shard file, checked to address only bytes before the index."""
+        index = self._parse_index(layout, shard, data)
+        assert data is not None  # _parse_index raised otherwise
+        stored = index[:, 0] != MISSING_CHUNK
+        end = int(index[stored].sum(axis=1).max(initial=0))
+        if end > len(data) - index_size(self.shard_size):
+            raise self._corrupt(layout, shard, f"the shard file is truncated: {len(data)} bytes, its index needs more")
+        return index
+
+    def _check_range(
+        self, layout: _Layout, shard: int, row: int | None, data: np.ndarray | None,
+        request: RangeByteRequest,
+    ) -> None:
+        """A ranged read of patch ``row``'s chunk (None: unknown) is present and whole."""
+        if data is None:
+            raise self._corrupt(layout, shard, "the shard file is missing")
+        if len(data) != request.end - request.start:
+            raise self._corrupt(layout, shard, "the shard file is truncated", row)
+
+    def _payload(self, layout: _Layout, shard: int, row: int, chunk: np.ndarray) -> np.ndarray:
+        """The encoded patch of a stored chunk, its checksum (if the layout has one) checked."""
+        if not layout.checksums:
+            return chunk
+        payload, stored = chunk[:-CHECKSUM_BYTES], chunk[-CHECKSUM_BYTES:]
+        if len(chunk) < CHECKSUM_BYTES or checksum(payload) != stored.tobytes():
+            raise self._corrupt(layout, shard, "fails its checksum: its bytes are damaged", row)
+        return payload
+
+    def _decode(
+        self, layout: _Layout, shard: int, row: int, chunk: np.ndarray | None, out: np.ndarray
+    ) -> None:
+        if chunk is None:
             out[...] = layout.fill_value
             return
+        data = self._payload(layout, shard, row, chunk)
         if layout.codec not in self._decoders:
             self._decoders[layout.codec] = CODECS[layout.codec].encoder()
         decoder = self._decoders[layout.codec]
@@ -239,21 +309,80 @@ class PatchReader:
             else:
                 decoder.decode(data, out=out)
         except Exception as exc:  # any codec's failure means the bytes on storage are damaged
-            raise self._corrupt(layout, shard, f"a patch does not decode ({type(exc).__name__}: {exc})") from None
+            raise self._corrupt(layout, shard, f"does not decode ({type(exc).__name__}: {exc})", row) from None
 
-    def _corrupt(self, layout: _Layout, shard: int, why: str) -> StoreError:
-        return StoreError(
-            f"{self.location}: shard {shard} of '{layout.path}' is unreadable ({why}); "
-            "run `wsizarr verify` and re-extract the store"
+    def _corrupt(self, layout: _Layout, shard: int, why: str, row: int | None = None) -> CorruptStoreError:
+        what = why if row is None else f"patch {shard * self.shard_size + row} {why}"
+        detail = f"shard {shard} of '{layout.path}' is unreadable ({what})"
+        return CorruptStoreError(
+            f"{self.location}: {detail}; run `wsizarr verify` and re-extract the store", detail
         )
 
     def _read_with_zarr(self, layout: _Layout, selection: slice | int) -> np.ndarray:
         array = zarr.open_array(self._store, path=layout.path, mode="r", zarr_format=3)
-        return np.asarray(array[selection])
+        try:
+            return np.asarray(array[selection])
+        except ValueError as exc:  # zarr's codecs: a checksum, a truncated shard, a bad frame
+            shard = (selection.start if isinstance(selection, slice) else selection) // self.shard_size
+            raise self._corrupt(layout, shard, f"{type(exc).__name__}: {exc}") from None
+
+    def _shard_of_key(self, key: str) -> tuple[_Layout, int] | None:
+        """The checked layout and shard a store key holds, or None for any other key."""
+        path, _, rest = key.partition("/c/")
+        layout = self._layouts.get(path)
+        first = rest.split("/", 1)[0]
+        if layout is None or not layout.standard or not first.isdigit():
+            return None
+        shard = int(first)
+        return (layout, shard) if key == layout.shard_key(shard) and shard < self.n_shards else None
+
+
+def _as_bytes(buffer: Buffer | None) -> np.ndarray | None:
+    return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
 
 
 async def _gather(awaitables: list[Any]) -> list[Any]:
     return list(await asyncio.gather(*awaitables))
+
+
+class _CheckedStore(WrapperStore[Store]):
+    """A read-only store that passes every shard of ``patches`` and ``masks`` through its
+    reader's checks before zarr decodes it (see ``PatchReader.checked_store``)."""
+
+    def __init__(self, store: Store, reader: PatchReader) -> None:
+        super().__init__(store)
+        self._reader = reader
+
+    def _with_store(self, store: Store) -> _CheckedStore:
+        return _CheckedStore(store, self._reader)
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        buffer = await self._store.get(key, prototype, byte_range)
+        found = self._reader._shard_of_key(key)
+        if found is None:
+            return buffer
+        layout, shard = found
+        data = _as_bytes(buffer)
+        reader = self._reader
+        if byte_range is None:  # a whole shard: its index and every chunk
+            index = reader._whole_shard_index(layout, shard, data)
+            assert data is not None
+            for row, (offset, nbytes) in enumerate(index.tolist()):
+                if offset != MISSING_CHUNK:
+                    reader._payload(layout, shard, row, data[offset : offset + nbytes])
+        elif isinstance(byte_range, SuffixByteRequest):  # zarr reads the index for a few chunks
+            reader._indexes[(layout.path, shard)] = reader._parse_index(layout, shard, data)
+            reader._trim_indexes(_CACHED_INDEXES)
+        elif isinstance(byte_range, RangeByteRequest):  # one chunk, found in the index read before
+            index = reader._indexes.get((layout.path, shard))
+            rows = [] if index is None else np.flatnonzero(index[:, 0] == byte_range.start).tolist()
+            row = rows[0] if rows else None
+            reader._check_range(layout, shard, row, data, byte_range)
+            if row is not None and data is not None:
+                reader._payload(layout, shard, row, data)
+        return buffer
 
 
 @dataclass(frozen=True, eq=False)
@@ -268,6 +397,10 @@ class FetchedShard:
     index: np.ndarray | None = None  # (offset, nbytes) of every patch; None: data is patches
 
     @property
+    def first_patch(self) -> int:
+        return self.shard * self.reader.shard_size
+
+    @property
     def buffer(self) -> np.ndarray | None:
         """The memory the shard file was read into, for ``fetch_shard(..., reuse=)``."""
         return None if self.index is None else (self.data if self.data.base is None else self.data.base)
@@ -276,6 +409,22 @@ class FetchedShard:
         if self.index is None:
             out[...] = self.data[row]
             return
+        self.reader._decode(self.layout, self.shard, row, self._chunk(row), out)
+
+    def check(self, row: int, scratch: np.ndarray) -> None:
+        """``CorruptStoreError`` unless patch ``row`` is stored and intact: its checksum, or
+        (without checksums) decoding it into ``scratch``."""
+        if self.index is None:
+            return  # read through zarr, which checked it
+        chunk = self._chunk(row)
+        if chunk is None:
+            raise self.reader._corrupt(self.layout, self.shard, "is not stored", row)
+        if self.layout.checksums:
+            self.reader._payload(self.layout, self.shard, row, chunk)
+        else:
+            self.reader._decode(self.layout, self.shard, row, chunk, scratch)
+
+    def _chunk(self, row: int) -> np.ndarray | None:
+        assert self.index is not None
         offset, nbytes = self.index[row]
-        chunk = None if offset == _MISSING else self.data[offset : offset + nbytes]
-        self.reader._decode(self.layout, self.shard, chunk, out)
+        return None if offset == MISSING_CHUNK else self.data[offset : offset + nbytes]

@@ -31,7 +31,7 @@ import numcodecs.abc
 import numpy as np
 import zarr
 from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec
-from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -39,17 +39,22 @@ from ._errors import IncompleteStoreError, ParameterError, StoreError, StoreExis
 from ._locations import Location, delete, exists, open_zarr_store, parse_location, size_bytes
 
 __all__ = [
+    "CHECKSUM_BYTES",
     "CODECS",
     "COORDINATE_ARRAYS",
     "MASK_CODEC",
     "MASK_DIMS",
+    "MISSING_CHUNK",
     "PATCH_DIMS",
     "SCHEMA_VERSION",
     "begin_run",
+    "checksum",
     "create_store",
     "done_shards",
     "encode_shard",
     "finalize_store",
+    "has_chunk_checksums",
+    "index_size",
     "open_store",
     "open_for_writing",
     "plan_digest",
@@ -119,7 +124,32 @@ CODECS: dict[str, _Codec] = {
         serializer=_jpeg_serializer, lossless=False, requires=_IMAGE_REQUIRES,
     ),
 }
-_MAX_UINT64 = np.uint64(2**64 - 1)
+
+# The shard byte layout (zarr's ``sharding_indexed``, index at the end), shared by the writer,
+# the reader and ``verify``: inner chunks back to back, each ending in its own crc32c (stores
+# written before the checksums were added have none), then one (offset, nbytes) uint64 pair per chunk and the
+# crc32c of those pairs.
+INDEX_ENTRY_BYTES = 16  # one little-endian (offset, nbytes) uint64 pair
+MISSING_CHUNK = np.uint64(2**64 - 1)  # the offset and nbytes of a chunk that is not stored
+CHECKSUM_BYTES = 4  # a little-endian crc32c
+
+
+def checksum(data: bytes | memoryview | np.ndarray) -> bytes:
+    """The crc32c of ``data`` as zarr's ``crc32c`` codec appends it (4 bytes, little-endian)."""
+    return google_crc32c.value(data).to_bytes(CHECKSUM_BYTES, "little")
+
+
+def index_size(shard_size: int) -> int:
+    """Bytes of a shard's index, its checksum included."""
+    return INDEX_ENTRY_BYTES * shard_size + CHECKSUM_BYTES
+
+
+def has_chunk_checksums(array: zarr.Array) -> bool:
+    """Whether each inner chunk of the sharded ``array`` ends in a crc32c (its last codec)."""
+    sharding = array.metadata.codecs[0] if array.metadata.codecs else None
+    inner = getattr(sharding, "codecs", ())
+    return bool(inner) and isinstance(inner[-1], Crc32cCodec)
+
 
 _DONE = "_shards_done"
 _ATTRS = "wsizarr"
@@ -183,7 +213,7 @@ def create_store(
         chunks=(1, patch_size, patch_size, 3),
         shards=(shard_size, patch_size, patch_size, 3),
         serializer="auto" if spec.serializer is None else spec.serializer(),
-        compressors=() if compressor is None else compressor,
+        compressors=_checksummed(compressor),
         fill_value=255,
         dimension_names=PATCH_DIMS,
         attributes=coordinates,
@@ -195,7 +225,7 @@ def create_store(
             dtype="uint8",
             chunks=(1, patch_size, patch_size),
             shards=(shard_size, patch_size, patch_size),
-            compressors=CODECS[MASK_CODEC].compressor(),
+            compressors=_checksummed(CODECS[MASK_CODEC].compressor()),
             fill_value=0,
             dimension_names=MASK_DIMS,
             attributes={
@@ -206,9 +236,14 @@ def create_store(
     for name, dtype in COORDINATE_ARRAYS.items():
         group.create_array(
             name, shape=(0,), dtype=dtype, chunks=(_COORD_CHUNK,),
-            fill_value=False if dtype == "bool" else -1, dimension_names=("patch",),
+            compressors=_checksummed(ZstdCodec(level=0)), fill_value=False if dtype == "bool" else -1, dimension_names=("patch",),
         )
     return group
+
+
+def _checksummed(compressor: BytesBytesCodec | None) -> tuple[BytesBytesCodec, ...]:
+    """The bytes-to-bytes codecs of a chunk: ``compressor`` (if any), then its crc32c."""
+    return (Crc32cCodec(),) if compressor is None else (compressor, Crc32cCodec())
 
 
 def plan_digest(arrays: Mapping[str, np.ndarray]) -> str:
@@ -312,40 +347,46 @@ def done_shards(group: zarr.Group) -> np.ndarray:
     return np.asarray(group[_DONE][:], dtype=bool)
 
 
-def encode_shard(pixels: np.ndarray, shard_size: int, codec: str) -> bytes:
+def encode_shard(pixels: np.ndarray, shard_size: int, codec: str, *, checksums: bool = True) -> bytes:
     """Encode ``pixels`` (at most ``shard_size`` patches) as one Zarr v3 shard, in one piece.
 
     The bytes are exactly what zarr's ``sharding_indexed`` codec reads: the inner chunks (one
-    patch each, ``bytes`` then the compressor) back to back, then the index of
-    ``(offset, nbytes)`` uint64 pairs (absent chunks ``2**64-1``) and its crc32c. Encoding whole
-    shards here skips zarr's per-chunk pipeline, which costs more than the compression itself.
+    patch each: ``bytes`` or the image codec, the compressor, then with ``checksums`` the
+    chunk's crc32c) back to back, then the index (see ``INDEX_ENTRY_BYTES``) and its crc32c.
+    Encoding whole shards here skips zarr's per-chunk pipeline, which costs more than the
+    compression itself.
     """
     encoder = CODECS[codec].encoder()
-    index = np.full((shard_size, 2), _MAX_UINT64, dtype="<u8")
-    parts: list[bytes | memoryview] = []
+    index = np.full((shard_size, 2), MISSING_CHUNK, dtype="<u8")
+    parts: list[bytes] = []
     offset = 0
     for i, patch in enumerate(pixels):
         data = np.ascontiguousarray(patch)
-        encoded = data.tobytes() if encoder is None else encoder.encode(data)
+        encoded = data.tobytes() if encoder is None else bytes(encoder.encode(data))
         parts.append(encoded)
-        index[i] = (offset, len(encoded))
-        offset += len(encoded)
+        nbytes = len(encoded)
+        if checksums:
+            parts.append(checksum(encoded))
+            nbytes += CHECKSUM_BYTES
+        index[i] = (offset, nbytes)
+        offset += nbytes
     index_bytes = index.tobytes()
     parts.append(index_bytes)
-    parts.append(google_crc32c.value(index_bytes).to_bytes(4, "little"))
+    parts.append(checksum(index_bytes))
     return b"".join(parts)
 
 
 def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.ndarray]) -> None:
     """Write one whole shard of ``patches`` (and ``masks``), then mark it done.
 
-    Marking after writing makes a crash lose at most the shards in flight.
+    Marking after writing makes a crash lose at most the shards in flight. A store created
+    before chunk checksums existed keeps getting shards without them.
     """
     metadata = _metadata(group)
     for name, values in arrays.items():
         array = group[name]
         codec = metadata["codec"] if name == "patches" else MASK_CODEC
-        data = encode_shard(values, metadata["shard_size"], codec)
+        data = encode_shard(values, metadata["shard_size"], codec, checksums=has_chunk_checksums(array))
         chunk_coords = (shard_index,) + (0,) * (array.ndim - 1)
         key = f"{array.path}/{array.metadata.encode_chunk_key(chunk_coords)}"
         sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
