@@ -54,7 +54,7 @@ def test_altered_pixels_are_caught(store):
 def test_missing_shard_and_altered_coordinates_are_caught(store):
     (store / "patches" / "c" / "2" / "0" / "0" / "0").unlink()
     report = verify(store)
-    assert any("1 shard files missing (first: shard 2" in p for p in report.problems)
+    assert any("1 shard files of 'patches' missing (first: shard 2" in p for p in report.problems)
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     group["x"][0] = group["x"][0] + 4
     assert any("do not match the plan digest" in p for p in verify(store).problems)

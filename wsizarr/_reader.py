@@ -125,6 +125,10 @@ class PatchReader:
     def n_shards(self) -> int:
         return -(-self.n_patches // self.shard_size)
 
+    def shard_key(self, shard: int, name: str = "patches") -> str:
+        """The store key of ``shard`` of the image array ``name``."""
+        return self._layout_of(name).shard_key(shard)
+
     def shard_bounds(self, shard: int) -> tuple[int, int]:
         """The first patch of ``shard`` and one past its last."""
         start = shard * self.shard_size

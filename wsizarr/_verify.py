@@ -1,8 +1,10 @@
-"""Checking a store: completeness, metadata consistency, and patches re-read from their slides."""
+"""Checking a store: every checksum of every shard, the metadata, and patches re-read from their
+slides."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,14 +12,16 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._errors import SlideError
+from ._errors import CorruptStoreError, ParameterError, SlideError
 from ._locations import Location, list_keys, parse_location
+from ._reader import PatchReader
 from ._slide import open_slide, read_rgb, resize_patch
 from ._store import COORDINATE_ARRAYS, done_shards, open_store, plan_digest, store_metadata
 
 __all__ = ["VerifyReport", "verify"]
 
 _MIN_PSNR_DB = 30.0  # lossy codecs: JPEG q90 of H&E sits far above this
+_NAMED = 5  # patches named in one problem line
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class VerifyReport:
     store: str
     n_patches: int
     shards: int
+    patches_checked: int  # patches whose bytes were checked against their checksums
     patches_compared: int
     problems: tuple[str, ...]
 
@@ -37,7 +42,7 @@ class VerifyReport:
     def __str__(self) -> str:
         head = (
             f"{self.store}: {self.n_patches} patches in {self.shards} shards, "
-            f"{self.patches_compared} re-read from their slides: "
+            f"{self.patches_checked} checked, {self.patches_compared} re-read from their slides: "
         )
         return head + ("OK" if self.ok else f"{len(self.problems)} problems\n  " + "\n  ".join(self.problems))
 
@@ -46,9 +51,13 @@ def verify(
     store: str | Path | Location, *, sample: int = 64, seed: int = 0,
     storage_options: Mapping[str, str] | None = None,
 ) -> VerifyReport:
-    """Check a store: every shard present and marked, 1-D arrays consistent with the plan digest
-    and the slide and label tables, and ``sample`` random patches equal to their slide's
-    ``read_region`` (pixel for pixel; PSNR >= 30 dB for lossy codecs)."""
+    """Check a store: every shard of ``patches`` (and ``masks``) present, whole and matching
+    every checksum (its index's and each patch's), no stray files (such as a killed writer's
+    ``*.partial``), the 1-D arrays consistent with the plan digest and the slide and label
+    tables, and ``sample`` random patches equal to their slide's ``read_region`` (pixel for
+    pixel; PSNR >= 30 dB for lossy codecs; 0 skips the slides)."""
+    if sample < 0:
+        raise ParameterError(f"--sample {sample}: give the number of patches to re-read from the slides, 0 or more")
     location = parse_location(store, storage_options)
     group = open_store(location, require_complete=False)
     metadata = store_metadata(group)
@@ -58,10 +67,33 @@ def verify(
     n_shards = -(-n // shard_size)
     if not metadata.get("complete"):
         problems.append(f"incomplete: {int(done_shards(group).sum())} of {n_shards} shards marked done; resume it")
-    present = {key.split("/")[2] for key in list_keys(location, "patches/c/")}
-    missing = [i for i in range(n_shards) if str(i) not in present]
-    if missing:
-        problems.append(f"{len(missing)} shard files missing (first: shard {missing[0]}, patches {missing[0] * shard_size}..)")
+    keys = set(list_keys(location))
+    stray = sorted(keys - set(_expected_keys(group)))
+    if stray:
+        problems.append(
+            f"{len(stray)} stray files in the store (first: {stray[0]}), e.g. left by a killed "
+            "writer; delete them"
+        )
+    reader = PatchReader(location, group=group)
+    checked = 0
+    for name in reader.arrays:
+        present = [shard for shard in range(n_shards) if reader.shard_key(shard, name) in keys]
+        missing = sorted(set(range(n_shards)) - set(present))
+        if missing:
+            problems.append(
+                f"{len(missing)} shard files of '{name}' missing (first: shard {missing[0]}, "
+                f"patches {missing[0] * shard_size}..)"
+            )
+        for shard in present:
+            try:
+                damaged = reader.check_shard(shard, name)
+            except CorruptStoreError as exc:
+                problems.append(exc.detail)
+                continue
+            start, stop = reader.shard_bounds(shard)
+            checked += stop - start - len(damaged)
+            if damaged:
+                problems.append(f"shard {shard} of '{name}': {_damaged(damaged)}; re-extract the store")
     arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
     for name, values in arrays.items():
         if len(values) != n:
@@ -75,13 +107,31 @@ def verify(
     if arrays["slide"].size and arrays["slide"].max() >= len(metadata["slides"]):
         problems.append("slide indices beyond the slide table")
     compared = 0
-    if not problems:
-        compared = _compare_sample(group, metadata, arrays, sample, seed, problems)
-    return VerifyReport(str(location), n, n_shards, compared, tuple(problems))
+    if not problems and sample:
+        compared = _compare_sample(reader, group, metadata, arrays, sample, seed, problems)
+    return VerifyReport(str(location), n, n_shards, checked, compared, tuple(problems))
+
+
+def _damaged(patches: list[int]) -> str:
+    if len(patches) == 1:
+        return f"patch {patches[0]} fails its checksum (damaged bytes)"
+    more = f" and {len(patches) - _NAMED} more" if len(patches) > _NAMED else ""
+    return f"patches {', '.join(map(str, patches[:_NAMED]))}{more} fail their checksums (damaged bytes)"
+
+
+def _expected_keys(group: zarr.Group) -> Iterator[str]:
+    """Every key the store may hold: metadata documents and the chunk (or shard) keys of its
+    arrays' grids (a chunk of fill values may be absent)."""
+    yield "zarr.json"
+    for name, array in group.arrays():
+        yield f"{name}/zarr.json"
+        grid = [-(-size // step) for size, step in zip(array.shape, array.shards or array.chunks)]
+        for coords in itertools.product(*map(range, grid)):
+            yield f"{name}/{array.metadata.encode_chunk_key(coords)}"
 
 
 def _compare_sample(
-    group: zarr.Group, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+    reader: PatchReader, group: zarr.Group, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
     sample: int, seed: int, problems: list[str],
 ) -> int:
     """Re-read ``sample`` random patches from their slides; append a line per mismatch."""
@@ -100,10 +150,10 @@ def _compare_sample(
             problems.append(f"cannot re-read patches of slide {slide_index}: {exc}")
             continue
         with slide:
-            for i in picks[arrays["slide"][picks] == slide_index].tolist():
+            of_slide = picks[arrays["slide"][picks] == slide_index]
+            for i, stored in zip(of_slide.tolist(), reader.read_patches(of_slide)):
                 x, y, level = int(arrays["x"][i]), int(arrays["y"][i]), int(arrays["level"][i])
                 expected = resize_patch(read_rgb(slide, (x, y), level, (read_size, read_size)), patch_size)
-                stored = np.asarray(group["patches"][i])
                 compared += 1
                 if lossless and not np.array_equal(stored, expected):
                     diff = int(np.abs(stored.astype(int) - expected).max())
