@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,18 @@ if TYPE_CHECKING:
     from ._extract import ExtractionSummary
 
 __all__ = ["main"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: ESC, CR, BEL, CSI, ...
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters as ``\\x1b``-style escapes."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def _say(text: object) -> None:
+    """Print ``text`` line by line, each line's control characters escaped."""
+    print("\n".join(_printable(line) for line in str(text).split("\n")))
 
 
 class _ProgressBar:
@@ -146,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("dir", help="output folder")
     export.add_argument("--format", default="png", choices=("png", "jpg"))
     export.add_argument("--label", default=None, help="only the patches of this label")
+    export.add_argument("--overwrite", action="store_true", help="replace files of the same names in the folder")
     _add_storage_option(export)
     preview = commands.add_parser("preview", help="a PNG contact sheet of patches per label")
     preview.add_argument("store")
@@ -198,27 +212,27 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     from ._store import store_info
 
     info = store_info(parse_location(store, storage_options))
-    if as_json:
-        print(json.dumps(info, indent=2))
+    if as_json:  # json escapes every control character but DEL
+        print(json.dumps(info, indent=2).replace("\x7f", "\\u007f"))
         return
     state = "complete" if info["complete"] else f"INCOMPLETE ({info['shards_done']}/{info['n_shards']} shards; resume it)"
-    print(f"store       {info['store']}  [{state}]")
-    print(f"patches     {info['n_patches']} x {'x'.join(map(str, info['patch_shape']))} uint8")
-    print(f"chunks      {info['chunks']}  shards {info['shards']}  codec {info['codec']}")
-    print(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files")
-    print("per label   " + ", ".join(f"{k}: {v}" for k, v in info["per_label"].items()))
-    print("per slide   " + ", ".join(f"{k}: {v}" for k, v in info["per_slide"].items()))
-    print("parameters  " + ", ".join(f"{k}={v}" for k, v in info["parameters"].items()))
-    print(f"schema      {info['schema_version']} (wsizarr {info['wsizarr_version']})")
+    _say(f"store       {info['store']}  [{state}]")
+    _say(f"patches     {info['n_patches']} x {'x'.join(map(str, info['patch_shape']))} uint8")
+    _say(f"chunks      {info['chunks']}  shards {info['shards']}  codec {info['codec']}")
+    _say(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files")
+    _say("per label   " + ", ".join(f"{_printable(k)}: {v}" for k, v in info["per_label"].items()))
+    _say("per slide   " + ", ".join(f"{_printable(k)}: {v}" for k, v in info["per_slide"].items()))
+    _say("parameters  " + ", ".join(f"{k}={v}" for k, v in info["parameters"].items()))
+    _say(f"schema      {info['schema_version']} (wsizarr {info['wsizarr_version']})")
 
 
 def _report_cohort(summary: ExtractionSummary) -> None:
     for failure in summary.failed_slides:
-        print(f"wsizarr: skipped {failure.reason}", file=sys.stderr)
+        print(f"wsizarr: skipped {_printable(failure.reason)}", file=sys.stderr)
     for slide in summary.slides_without_annotations:
-        print(f"wsizarr: no annotations for {slide}", file=sys.stderr)
+        print(f"wsizarr: no annotations for {_printable(str(slide))}", file=sys.stderr)
     for orphan in summary.annotations_without_slides:
-        print(f"wsizarr: no slide for {orphan}", file=sys.stderr)
+        print(f"wsizarr: no slide for {_printable(str(orphan))}", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -252,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 exclude_detections=args.exclude_detections, storage_options=_storage_options(args), **_extract_kwargs(args),
             )
             _report_cohort(summary)
-            print(summary)
+            _say(summary)
             if args.report:
                 from ._preview import write_report
 
@@ -264,14 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             report = verify(args.store, sample=args.sample, seed=args.seed,
                             storage_options=_storage_options(args))
-            print(report)
+            _say(report)
             return 0 if report.ok else 1
         elif args.command == "export":
             from ._export import export
 
             count = export(args.store, args.dir, format=args.format, label=args.label,
-                           storage_options=_storage_options(args))
-            print(f"wrote {count} {args.format} files and metadata.csv to {args.dir}")
+                           overwrite=args.overwrite, storage_options=_storage_options(args))
+            _say(f"wrote {count} {args.format} files and metadata.csv to {args.dir}")
         elif args.command in ("preview", "overlay", "report"):
             from . import _preview
 
@@ -293,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _demo(args)
     except WsizarrError as exc:
-        print(f"wsizarr: error: {exc}", file=sys.stderr)
+        print(f"wsizarr: error: {_printable(str(exc))}", file=sys.stderr)  # one line, whatever it quotes
         return 1
     except KeyboardInterrupt:
         print("\nwsizarr: interrupted; finish the store with --resume", file=sys.stderr)

@@ -43,8 +43,10 @@ class IncompleteStoreError(StoreError):
 
 
 class CorruptStoreError(StoreError):
-    """A shard or patch whose bytes are missing, truncated or damaged; ``detail`` says which."""
+    """A shard or patch whose bytes are missing, truncated or damaged: ``detail`` says which
+    (without the advice), ``patch`` is the damaged patch (None: the whole shard)."""
 
-    def __init__(self, message: str, detail: str) -> None:
+    def __init__(self, message: str, detail: str, patch: int | None = None) -> None:
         super().__init__(message)
         self.detail = detail
+        self.patch = patch

@@ -12,65 +12,87 @@ from PIL import Image
 
 from ._errors import ParameterError
 from ._locations import Location, parse_location
+from ._reader import PatchReader
 from ._store import open_store, store_metadata
 
 __all__ = ["export"]
 
 _FORMATS = {"png": ("PNG", {}), "jpg": ("JPEG", {"quality": 95})}
+_TABLE = "metadata.csv"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 
 
 def _safe(text: str) -> str:
-    """A file-name part that cannot leave its folder: letters, digits, ``.-_`` only."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "_"
+    """A file-name part that cannot leave its folder nor pass for an option or a formula:
+    letters, digits, ``.-_`` only, never first ``.``, ``-`` or ``_``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._").lstrip("-") or "_"
     return cleaned[:80]
+
+
+def _cell(text: str) -> str:
+    """A CSV text cell (label, slide path, file) that a spreadsheet shows as text: control
+    characters dropped, a leading formula character neutralised with ``'``."""
+    cleaned = _CONTROL.sub("", text)
+    return "'" + cleaned if text.startswith(_FORMULA) or cleaned.startswith(_FORMULA) else cleaned
 
 
 def export(
     store: str | Path | Location, folder: str | Path, *, format: str = "png",
-    label: str | None = None, storage_options: Mapping[str, str] | None = None,
+    label: str | None = None, overwrite: bool = False,
+    storage_options: Mapping[str, str] | None = None,
 ) -> int:
     """Write every patch (or those of ``label``) as ``{slide}_{annotation}_{label}_L{level}_{x}_{y}``
     image files in ``folder``, plus ``metadata.csv``; returns the number of files written.
-    Reads whole shards at a time. ``ParameterError`` for an unknown format or label."""
+    Reads whole shards at a time, every checksum checked (``CorruptStoreError`` names a damaged
+    shard). ``ParameterError`` for an unknown format or label, and, unless ``overwrite``, when
+    ``folder`` already holds a file of those names."""
     if format not in _FORMATS:
         raise ParameterError(f"unknown export format {format!r}; choose png or jpg")
-    group = open_store(parse_location(store, storage_options))
+    location = parse_location(store, storage_options)
+    group = open_store(location)
+    reader = PatchReader(location, group=group)
     metadata = store_metadata(group)
     names = metadata["label_names"]
     if label is not None and label not in names:
         raise ParameterError(f"label {label!r} is not in the store; its labels are {', '.join(names)}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    root = folder.resolve()
     arrays = {name: np.asarray(group[name][:]) for name in ("x", "y", "level", "annotation_id", "label", "slide")}
+    wanted = np.arange(metadata["n_patches"]) if label is None else np.flatnonzero(arrays["label"] == names.index(label))
     slides = [_safe(Path(s["path"]).stem) for s in metadata["slides"]]
+    label_names = [names[code] if code >= 0 else "unlabelled" for code in arrays["label"][wanted].tolist()]
+    files = [
+        f"{slides[int(arrays['slide'][i])]}_{int(arrays['annotation_id'][i])}_{_safe(label_name)}"
+        f"_L{int(arrays['level'][i])}_{int(arrays['x'][i])}_{int(arrays['y'][i])}.{format}"
+        for i, label_name in zip(wanted.tolist(), label_names)
+    ]
+    folder = Path(folder)
+    _claim(folder, {_TABLE, *files}, overwrite)
     pil_format, options = _FORMATS[format]
-    shard_size, n = metadata["shard_size"], metadata["n_patches"]
-    written = 0
-    with (folder / "metadata.csv").open("w", newline="") as table:
+    shards = wanted // reader.shard_size
+    with (folder / _TABLE).open("w", newline="") as table:
         writer = csv.writer(table)
         writer.writerow(["file", "index", "slide", "annotation_id", "label", "level", "x", "y"])
-        for start in range(0, n, shard_size):
-            stop = min(start + shard_size, n)
-            codes = arrays["label"][start:stop]
-            wanted = np.flatnonzero(codes == names.index(label)) if label is not None else np.arange(stop - start)
-            if wanted.size == 0:
-                continue
-            shard = np.asarray(group["patches"][start:stop])  # one request for the whole shard
-            for k in wanted.tolist():
-                i = start + k
-                code = int(arrays["label"][i])
-                label_name = names[code] if code >= 0 else "unlabelled"
-                name = (
-                    f"{slides[int(arrays['slide'][i])]}_{int(arrays['annotation_id'][i])}_{_safe(label_name)}"
-                    f"_L{int(arrays['level'][i])}_{int(arrays['x'][i])}_{int(arrays['y'][i])}.{format}"
-                )
-                path = (folder / name).resolve()
-                if path.parent != root:  # _safe makes this impossible; checked all the same
-                    raise ParameterError(f"{name}: would be written outside {folder}")
-                Image.fromarray(shard[k]).save(path, pil_format, **options)
-                writer.writerow([name, i, metadata["slides"][int(arrays["slide"][i])]["path"],
-                                 int(arrays["annotation_id"][i]), label_name, int(arrays["level"][i]),
+        for shard in np.unique(shards).tolist():
+            pixels = reader.read_shard(shard)  # one request for the whole shard
+            first, _ = reader.shard_bounds(shard)
+            for k in np.flatnonzero(shards == shard).tolist():
+                i, name = int(wanted[k]), files[k]
+                Image.fromarray(pixels[i - first]).save(folder / name, pil_format, **options)
+                writer.writerow([_cell(name), i, _cell(metadata["slides"][int(arrays["slide"][i])]["path"]),
+                                 int(arrays["annotation_id"][i]), _cell(label_names[k]), int(arrays["level"][i]),
                                  int(arrays["x"][i]), int(arrays["y"][i])])
-                written += 1
-    return written
+    return len(files)
+
+
+def _claim(folder: Path, names: set[str], overwrite: bool) -> None:
+    """Create ``folder``; ``ParameterError`` if it holds a file of ``names`` and not ``overwrite``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        taken = sorted(names & {entry.name for entry in folder.iterdir()})
+    except OSError as exc:
+        raise ParameterError(f"{folder}: cannot write there ({exc.strerror}); choose another folder") from None
+    if taken and not overwrite:
+        raise ParameterError(
+            f"{folder}: already holds {len(taken)} of the files export writes (first: {taken[0]}); "
+            "pass --overwrite to replace them or choose an empty folder"
+        )

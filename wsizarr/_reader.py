@@ -159,8 +159,8 @@ class PatchReader:
         received = read_key(self.location, self._store, layout.shard_key(shard), reuse)
         return FetchedShard(self, layout, shard, stop - start, received, self._whole_shard_index(layout, shard, received))
 
-    def check_shard(self, shard: int, name: str = "patches") -> list[int]:
-        """The patches of ``shard`` whose bytes are damaged: every chunk's checksum is checked
+    def check_shard(self, shard: int, name: str = "patches") -> list[CorruptStoreError]:
+        """What is wrong with each damaged patch of ``shard``: every chunk's checksum is checked
         (stores without chunk checksums: every patch decoded). ``CorruptStoreError`` when the
         shard itself is missing, truncated or has a damaged index."""
         fetched = self.fetch_shard(shard, name)
@@ -169,8 +169,8 @@ class PatchReader:
         for row in range(fetched.n_patches):
             try:
                 fetched.check(row, scratch)
-            except CorruptStoreError:
-                damaged.append(fetched.first_patch + row)
+            except CorruptStoreError as exc:
+                damaged.append(exc)
         return damaged
 
     def read_patches(self, indices: Sequence[int] | np.ndarray, name: str = "patches") -> np.ndarray:
@@ -316,10 +316,10 @@ class PatchReader:
             raise self._corrupt(layout, shard, f"does not decode ({type(exc).__name__}: {exc})", row) from None
 
     def _corrupt(self, layout: _Layout, shard: int, why: str, row: int | None = None) -> CorruptStoreError:
-        what = why if row is None else f"patch {shard * self.shard_size + row} {why}"
-        detail = f"shard {shard} of '{layout.path}' is unreadable ({what})"
+        patch = None if row is None else shard * self.shard_size + row
+        detail = f"shard {shard} of '{layout.path}' is unreadable ({why if patch is None else f'patch {patch} {why}'})"
         return CorruptStoreError(
-            f"{self.location}: {detail}; run `wsizarr verify` and re-extract the store", detail
+            f"{self.location}: {detail}; run `wsizarr verify` and re-extract the store", detail, patch
         )
 
     def _read_with_zarr(self, layout: _Layout, selection: slice | int) -> np.ndarray:

@@ -31,7 +31,7 @@ class VerifyReport:
     store: str
     n_patches: int
     shards: int
-    patches_checked: int  # patches whose bytes were checked against their checksums
+    patches_checked: int  # patches whose bytes (and masks) matched their checksums
     patches_compared: int
     problems: tuple[str, ...]
 
@@ -90,10 +90,11 @@ def verify(
             except CorruptStoreError as exc:
                 problems.append(exc.detail)
                 continue
-            start, stop = reader.shard_bounds(shard)
-            checked += stop - start - len(damaged)
+            if name == "patches":
+                start, stop = reader.shard_bounds(shard)
+                checked += stop - start - len(damaged)
             if damaged:
-                problems.append(f"shard {shard} of '{name}': {_damaged(damaged)}; re-extract the store")
+                problems.append(_damaged(damaged))
     arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
     for name, values in arrays.items():
         if len(values) != n:
@@ -112,11 +113,12 @@ def verify(
     return VerifyReport(str(location), n, n_shards, checked, compared, tuple(problems))
 
 
-def _damaged(patches: list[int]) -> str:
-    if len(patches) == 1:
-        return f"patch {patches[0]} fails its checksum (damaged bytes)"
-    more = f" and {len(patches) - _NAMED} more" if len(patches) > _NAMED else ""
-    return f"patches {', '.join(map(str, patches[:_NAMED]))}{more} fail their checksums (damaged bytes)"
+def _damaged(errors: list[CorruptStoreError]) -> str:
+    """One line for the damaged patches of one shard: the first's detail, the others' numbers."""
+    others = [str(error.patch) for error in errors[1:]]
+    more = f" and {len(others) - _NAMED} more" if len(others) > _NAMED else ""
+    also = f"; so are patches {', '.join(others[:_NAMED])}{more}" if others else ""
+    return f"{errors[0].detail}{also}; re-extract the store"
 
 
 def _expected_keys(group: zarr.Group) -> Iterator[str]:
