@@ -30,7 +30,7 @@ from bench_write import real_patches  # noqa: E402  (a sibling script)
 
 from tests.s3server import S3Server, seaweedfs  # noqa: E402
 from wsizarr._locations import open_zarr_store, parse_location  # noqa: E402
-from wsizarr._store import CODECS, encode_shard  # noqa: E402
+from wsizarr._store import CODECS, checksummed, encode_shard  # noqa: E402
 
 PATCH = 256
 
@@ -59,7 +59,7 @@ def run(
     array = zarr.create_array(
         make(server, prefix), name="patches", shape=(n, PATCH, PATCH, 3), dtype="uint8",
         chunks=(1, PATCH, PATCH, 3), shards=(shard_size, PATCH, PATCH, 3),
-        compressors=CODECS["zstd"].compressor(), zarr_format=3,
+        compressors=checksummed(CODECS["zstd"].compressor()), zarr_format=3,
     )
     buffers = [default_buffer_prototype().buffer.from_bytes(data) for data in shards]
 

@@ -23,7 +23,7 @@ import openslide
 import zarr
 
 from wsizarr._slide import read_rgb
-from wsizarr._store import CODECS, encode_shard
+from wsizarr._store import CODECS, checksummed, encode_shard
 
 CMU = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 PATCH = 256
@@ -40,12 +40,10 @@ def real_patches(n: int) -> np.ndarray:
 
 
 def _array(root: Path, codec: str, n: int) -> zarr.Array:
-    spec = CODECS[codec]
-    compressor = spec.compressor()
     return zarr.create_array(
         zarr.storage.LocalStore(root), name="patches", shape=(n, PATCH, PATCH, 3), dtype="uint8",
         chunks=(1, PATCH, PATCH, 3), shards=(SHARD, PATCH, PATCH, 3),
-        compressors=() if compressor is None else compressor, zarr_format=3,
+        compressors=checksummed(CODECS[codec].compressor()), zarr_format=3,
     )
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "begin_run",
     "checksum",
+    "checksummed",
     "create_store",
     "done_shards",
     "encode_shard",
@@ -213,7 +214,7 @@ def create_store(
         chunks=(1, patch_size, patch_size, 3),
         shards=(shard_size, patch_size, patch_size, 3),
         serializer="auto" if spec.serializer is None else spec.serializer(),
-        compressors=_checksummed(compressor),
+        compressors=checksummed(compressor),
         fill_value=255,
         dimension_names=PATCH_DIMS,
         attributes=coordinates,
@@ -225,7 +226,7 @@ def create_store(
             dtype="uint8",
             chunks=(1, patch_size, patch_size),
             shards=(shard_size, patch_size, patch_size),
-            compressors=_checksummed(CODECS[MASK_CODEC].compressor()),
+            compressors=checksummed(CODECS[MASK_CODEC].compressor()),
             fill_value=0,
             dimension_names=MASK_DIMS,
             attributes={
@@ -236,12 +237,14 @@ def create_store(
     for name, dtype in COORDINATE_ARRAYS.items():
         group.create_array(
             name, shape=(0,), dtype=dtype, chunks=(_COORD_CHUNK,),
-            compressors=_checksummed(ZstdCodec(level=0)), fill_value=False if dtype == "bool" else -1, dimension_names=("patch",),
+            compressors=checksummed(ZstdCodec(level=0)),  # zarr's default, plus the checksum
+            fill_value=False if dtype == "bool" else -1,
+            dimension_names=("patch",),
         )
     return group
 
 
-def _checksummed(compressor: BytesBytesCodec | None) -> tuple[BytesBytesCodec, ...]:
+def checksummed(compressor: BytesBytesCodec | None) -> tuple[BytesBytesCodec, ...]:
     """The bytes-to-bytes codecs of a chunk: ``compressor`` (if any), then its crc32c."""
     return (Crc32cCodec(),) if compressor is None else (compressor, Crc32cCodec())
 
