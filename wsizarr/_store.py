@@ -3,7 +3,8 @@
 Layout (schema version 1), all arrays along the ``patch`` dimension of length N:
 
 * ``patches``  ``(N, H, W, 3)`` uint8, dims ``(patch, row, column, channel)``, one patch per
-  chunk, ``shard_size`` patches per shard, a standard lossless codec by default.
+  chunk, ``shard_size`` patches per shard, a standard lossless codec by default; every chunk of
+  ``patches``, ``masks`` and the 1-D arrays ends in its crc32c.
 * ``masks`` (optional) ``(N, H, W)`` uint8, label code + 1 of the annotation covering a pixel.
 * ``x``, ``y`` int64 level-0 top-left; ``level`` int32; ``annotation_id`` int64; ``label`` int32
   (names in its ``label_names`` attribute, -1 unlabelled); ``slide`` int32 (index into the slide
