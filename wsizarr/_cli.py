@@ -151,7 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_storage_option(pack)
     verify = commands.add_parser("verify", help="check a store against its plan and its slides")
     verify.add_argument("store")
-    verify.add_argument("--sample", type=int, default=64, help="patches re-read from the slides after every checksum is checked (default 64; 0: none)")
+    verify.add_argument(
+        "--sample", type=int, default=64,
+        help="patches re-read from the slides after every checksum is checked (default 64; 0: none)",
+    )
     verify.add_argument("--seed", type=int, default=0)
     _add_storage_option(verify)
     export = commands.add_parser("export", help="write the patches as image files plus metadata.csv")

@@ -202,7 +202,7 @@ class PatchReader:
         for out_row, (request, shard, row) in enumerate(zip(requests, shards.tolist(), rows.tolist())):
             data = None if request is None else next(received)
             if request is not None:
-                self._check_range(layout, shard, row, data, request[1])
+                self._check_range(layout, shard, data, request[1])
             self._decode(layout, shard, row, data, out[out_row])
         return out
 
@@ -279,14 +279,13 @@ class PatchReader:
         return index
 
     def _check_range(
-        self, layout: _Layout, shard: int, row: int | None, data: np.ndarray | None,
-        request: RangeByteRequest,
+        self, layout: _Layout, shard: int, data: np.ndarray | None, request: RangeByteRequest
     ) -> None:
-        """A ranged read of patch ``row``'s chunk (None: unknown) is present and whole."""
+        """A ranged read of one chunk of ``shard`` received every byte it asked for."""
         if data is None:
             raise self._corrupt(layout, shard, "the shard file is missing")
         if len(data) != request.end - request.start:
-            raise self._corrupt(layout, shard, "the shard file is truncated", row)
+            raise self._corrupt(layout, shard, "the shard file is truncated")
 
     def _payload(self, layout: _Layout, shard: int, row: int, chunk: np.ndarray) -> np.ndarray:
         """The encoded patch of a stored chunk, its checksum (if the layout has one) checked."""
@@ -342,6 +341,7 @@ class PatchReader:
 
 
 def _as_bytes(buffer: Buffer | None) -> np.ndarray | None:
+    """A zarr buffer as a flat uint8 array (no copy)."""
     return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
 
 
@@ -382,10 +382,9 @@ class _CheckedStore(WrapperStore[Store]):
         elif isinstance(byte_range, RangeByteRequest):  # one chunk, found in the index read before
             index = reader._indexes.get((layout.path, shard))
             rows = [] if index is None else np.flatnonzero(index[:, 0] == byte_range.start).tolist()
-            row = rows[0] if rows else None
-            reader._check_range(layout, shard, row, data, byte_range)
-            if row is not None and data is not None:
-                reader._payload(layout, shard, row, data)
+            reader._check_range(layout, shard, data, byte_range)
+            if rows and data is not None:
+                reader._payload(layout, shard, rows[0], data)
         return buffer
 
 
