@@ -182,6 +182,7 @@ def test_a_damaged_shard_fails_loudly_in_every_reader(store, kind):
     report = verify(store, sample=0)
     assert not report.ok and any("shard 1" in p for p in report.problems)
     assert_one_line_error(run("export", store, store.parent / "out"), "shard 1 of 'patches'")
+    assert_one_line_error(run("preview", store, "--out", store.parent / "p.png", "--per-label", "40"), "shard 1 of 'patches'")
     result = run("verify", store)
     assert result.returncode == 1 and "Traceback" not in result.stderr and "shard 1" in result.stdout
 

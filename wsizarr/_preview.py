@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ._annotations import read_annotations
 from ._errors import ParameterError
 from ._locations import Location, parse_location
+from ._reader import PatchReader
 from ._slide import open_slide
 from ._store import open_store, store_info, store_metadata
 
@@ -37,8 +38,11 @@ def preview(
     storage_options: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a PNG contact sheet: a block of up to ``per_label`` random patches per label, each
-    captioned ``s{slide} a{annotation} L{level} {x},{y}``. Returns the PNG's path."""
-    group = open_store(parse_location(store, storage_options))
+    captioned ``s{slide} a{annotation} L{level} {x},{y}``. Returns the PNG's path. Patches are
+    read through ``PatchReader``, so a damaged shard is a ``CorruptStoreError``."""
+    location = parse_location(store, storage_options)
+    group = open_store(location)
+    reader = PatchReader(location, group=group)
     metadata = store_metadata(group)
     labels = np.asarray(group["label"][:])
     rng = np.random.default_rng(seed)
@@ -58,9 +62,9 @@ def preview(
         draw.rectangle((0, top, sheet.width, top + 19), fill=_colour(code))
         draw.text((4, top + 4), f"{name}: {int((labels == code).sum())} patches", fill="white", font=font)
         top += 20
-        for k, i in enumerate(picks.tolist()):
+        for k, (i, pixels) in enumerate(zip(picks.tolist(), reader.read_patches(picks))):
             left, row_top = (k % _COLUMNS) * _TILE_PX, top + (k // _COLUMNS) * cell
-            tile = Image.fromarray(np.asarray(group["patches"][i])).resize((_TILE_PX, _TILE_PX))
+            tile = Image.fromarray(pixels).resize((_TILE_PX, _TILE_PX))
             sheet.paste(tile, (left, row_top))
             caption = (f"s{coords['slide'][i]} a{coords['annotation_id'][i]} L{coords['level'][i]} "
                        f"{coords['x'][i]},{coords['y'][i]}")
