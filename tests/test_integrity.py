@@ -21,8 +21,8 @@ import zarr
 from wsizarr import CorruptStoreError, ParameterError, export, extract, open_dataset, verify
 from wsizarr._reader import PatchReader
 from wsizarr._store import (
-    CODECS, COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, encode_shard, finalize_store, has_chunk_checksums,
-    index_size, write_shard,
+    CHECKSUM_BYTES, CODECS, COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, encode_shard,
+    finalize_store, has_chunk_checksums, index_size, write_shard,
 )
 
 from .test_cli import assert_one_line_error, run
@@ -55,7 +55,7 @@ def shard_file(store: Path, shard: int, name: str = "patches") -> Path:
 
 def patch_at(data: bytes, position: int, first_patch: int) -> int | None:
     """The patch whose chunk holds byte ``position`` of a shard file (None: the index)."""
-    index = np.frombuffer(data[-index_size(SHARD):-4], "<u8").reshape(SHARD, 2)
+    index = np.frombuffer(data[-index_size(SHARD):-CHECKSUM_BYTES], "<u8").reshape(SHARD, 2)
     for row, (offset, nbytes) in enumerate(index.tolist()):
         if offset <= position < offset + nbytes:
             return first_patch + row
@@ -150,7 +150,7 @@ def _damage(path: Path, kind: str) -> str:
     if kind == "cut":  # the index survives, the bytes it points at do not
         path.write_bytes(data[: len(data) // 2] + data[-index_size(SHARD):])
         return "the shard file is truncated"
-    index = np.frombuffer(data[-index_size(SHARD):-4], "<u8").reshape(SHARD, 2)
+    index = np.frombuffer(data[-index_size(SHARD):-CHECKSUM_BYTES], "<u8").reshape(SHARD, 2)
     offset, nbytes = index[-1].tolist()
     damaged = bytearray(data)
     damaged[offset + nbytes // 2] ^= 0x80  # inside patch 31, the shard's last

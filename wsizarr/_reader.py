@@ -35,7 +35,7 @@ from zarr.storage import WrapperStore
 from ._errors import CorruptStoreError, ParameterError
 from ._locations import Location, open_zarr_store, parse_location, read_key
 from ._store import (
-    CHECKSUM_BYTES, CODECS, INDEX_ENTRY_BYTES, MASK_CODEC, MISSING_CHUNK, checksum,
+    CHECKSUM_BYTES, CODECS, MASK_CODEC, MISSING_CHUNK, checksum,
     has_chunk_checksums, index_size, open_store, store_metadata,
 )
 
@@ -266,7 +266,7 @@ class PatchReader:
         index_bytes, stored = data[-size:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
         if checksum(index_bytes) != stored.tobytes():
             raise self._corrupt(layout, shard, "its index fails its checksum: the file is damaged or truncated")
-        return np.frombuffer(index_bytes.tobytes(), "<u8").reshape(self.shard_size, INDEX_ENTRY_BYTES // 8)
+        return np.frombuffer(index_bytes.tobytes(), "<u8").reshape(-1, 2)  # (offset, nbytes) rows
 
     def _whole_shard_index(self, layout: _Layout, shard: int, data: np.ndarray | None) -> np.ndarray:
         """The index of a whole shard file, checked to address only bytes before the index."""

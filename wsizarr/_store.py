@@ -43,6 +43,7 @@ __all__ = [
     "CHECKSUM_BYTES",
     "CODECS",
     "COORDINATE_ARRAYS",
+    "INDEX_ENTRY_BYTES",
     "MASK_CODEC",
     "MASK_DIMS",
     "MISSING_CHUNK",
