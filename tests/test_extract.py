@@ -82,7 +82,7 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
     assert patches.metadata.dimension_names == ("patch", "row", "column", "channel")
     codecs = json.loads((store / "patches" / "zarr.json").read_text())["codecs"]
     assert codecs[0]["name"] == "sharding_indexed"
-    assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes", "zstd"]
+    assert [c["name"] for c in codecs[0]["configuration"]["codecs"]] == ["bytes", "zstd", "crc32c"]
     for name, dtype in [("x", "int64"), ("y", "int64"), ("level", "int32"),
                         ("annotation_id", "int64"), ("label", "int32"), ("slide", "int32"),
                         ("padded", "bool")]:
