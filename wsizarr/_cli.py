@@ -61,7 +61,7 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--codec", default="zstd",
         help="patch codec: zstd (default, lossless), blosc-lz4 (lossless, fastest), none, "
-        "jpegxl (lossless, smallest; needs imagecodecs), jpeg (lossy q90; needs imagecodecs)",
+        "jpegxl (lossless, smallest), jpeg (lossy q90)",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
     parser.add_argument(

@@ -101,7 +101,7 @@ def _image_encoder(name: str, **config: Any) -> Callable[[], numcodecs.abc.Codec
 
 
 _JPEG_QUALITY = 90
-_IMAGE_REQUIRES = ("wsizarr[codecs]", "imagecodecs")
+_IMAGE_REQUIRES = ("wsizarr", "imagecodecs")
 CODECS: dict[str, _Codec] = {
     # level 1: on H&E about 1 % larger than level 3 but 2-3x faster to encode
     "zstd": _Codec(lambda: ZstdCodec(level=1), lambda: numcodecs.Zstd(level=1)),
