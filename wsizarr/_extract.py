@@ -27,7 +27,8 @@ from ._slide import (
 )
 from ._store import (
     begin_run, create_store, delete_store, done_shards, ensure_own_store, finalize_store,
-    open_for_writing, open_store, partial_location, plan_digest, store_metadata, write_shard,
+    open_for_writing, open_store, partial_location, plan_digest, store_metadata, store_writes,
+    write_shard,
 )
 from ._version import __version__
 
@@ -150,12 +151,13 @@ def run_shard_task(store: Location, job: ShardJob, task: ShardTask) -> int:
     """
     group = open_for_writing(store)
     arrays = read_shard(job, task)
-    if task.start < job.first_patch:
-        arrays = {
-            name: np.concatenate([np.asarray(group[name][task.start : job.first_patch]), values])
-            for name, values in arrays.items()
-        }
-    write_shard(group, task.index, arrays)
+    with store_writes(store):
+        if task.start < job.first_patch:
+            arrays = {
+                name: np.concatenate([np.asarray(group[name][task.start : job.first_patch]), values])
+                for name, values in arrays.items()
+            }
+        write_shard(group, task.index, arrays)
     return task.stop - task.start
 
 
@@ -461,6 +463,11 @@ def extract(
         building, building_exists = partial, partial_exists
     else:
         building, building_exists = target, target_exists
+    if partial_exists and not (overwrite or resume):
+        raise StoreError(
+            f"{target}: an earlier run left an unfinished store at {partial}; rerun it with "
+            "--resume (or --overwrite to start again)"
+        )
     if (target_exists or building_exists) and not (overwrite or resume or append):
         raise StoreExistsError(
             f"{target}: already exists; pass --overwrite to replace it, --resume to finish it "
@@ -554,27 +561,28 @@ def extract(
     digest = _store_digest(group, first_patch, new_arrays)
     if resuming_run:
         _check_same_run(building, existing, slides_table, digest)
-    if group is None:
-        if building_exists:  # our own unfinished build beside the target: start it again
-            delete_store(building)
-        group = create_store(
-            building, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
-            metadata={"wsizarr_version": __version__, "parameters": parameters},
+    with store_writes(building):
+        if group is None:
+            if building_exists:  # our own unfinished build beside the target: start it again
+                delete_store(building)
+            group = create_store(
+                building, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
+                metadata={"wsizarr_version": __version__, "parameters": parameters},
+            )
+        begin_run(
+            group, new_arrays, first_patch=first_patch, slides=slides_table,
+            label_names=label_names, plan_digest=digest,
         )
-    begin_run(
-        group, new_arrays, first_patch=first_patch, slides=slides_table,
-        label_names=label_names, plan_digest=digest,
-    )
-    job = ShardJob(
-        {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
-        first_patch, masks, labels,
-    )
-    tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
-    _run_tasks(building, job, tasks, workers=workers, executor=executor, client=client, progress=progress)
-    finalize_store(group)
-    metadata = store_metadata(group)
-    if building != target:
-        _publish(building, target)
+        job = ShardJob(
+            {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
+            first_patch, masks, labels,
+        )
+        tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
+        _run_tasks(building, job, tasks, workers=workers, executor=executor, client=client, progress=progress)
+        finalize_store(group, building)
+        metadata = store_metadata(group)
+        if building != target:
+            _publish(building, target)
     return summarise(metadata, len(tasks), plan=plan)
 
 
@@ -716,6 +724,11 @@ def _execute(
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:
+            # stop now (a resume redoes unfinished shards); worker processes are ended, not
+            # orphaned. ProcessPoolExecutor has no public way to end them before Python 3.14.
+            if isinstance(pool, ProcessPoolExecutor):
+                for process in list((pool._processes or {}).values()):
+                    process.terminate()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 

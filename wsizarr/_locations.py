@@ -14,6 +14,7 @@ environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_S
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -49,6 +50,7 @@ __all__ = [
     "parse_location",
     "publish",
     "read_key",
+    "remove_partial_writes",
     "size_bytes",
 ]
 
@@ -58,6 +60,7 @@ STORAGE_OPTIONS = ("access_key_id", "secret_access_key", "session_token", "endpo
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # listing and deleting give up within a second when the endpoint is down (obstore: 10 retries)
 _FEW_RETRIES: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
+_PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary files
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: packing the same store gives the same zip
 
 
@@ -148,6 +151,13 @@ def list_keys(location: Location, prefix: str = "") -> list[str]:
     return sorted(key for key, _ in listing)
 
 
+def remove_partial_writes(location: Location) -> None:
+    """Remove the temporary files of writes that never finished (zarr's local store writes
+    ``<key>.<uuid hex>.partial`` and renames it; a killed writer leaves it behind). Only a
+    store's own writer, holding it, may call this."""
+    _BACKENDS[location.kind].remove_partial_writes(location)
+
+
 def size_bytes(location: Location) -> tuple[int, int]:
     """Bytes stored and the number of files (or objects) that hold them."""
     return _BACKENDS[location.kind].usage(location)
@@ -230,6 +240,9 @@ class _Backend(ABC):
         sizes = [size for _, size in self.listing(location, "")]
         return sum(sizes), len(sizes)
 
+    def remove_partial_writes(self, location: Location) -> None:
+        """Nothing to do where a write is atomic (S3 PUTs, a zip written whole)."""
+
 
 class _Local(_Backend):
     def open(self, location: Location, mode: Mode) -> Store:
@@ -253,6 +266,11 @@ class _Local(_Backend):
                 return buffer[: file.readinto(memoryview(buffer[:size]))]
         except FileNotFoundError:
             return None
+
+    def remove_partial_writes(self, location: Location) -> None:
+        for file in Path(location.path).rglob("*.partial"):
+            if _PARTIAL_WRITE.search(file.name):
+                file.unlink(missing_ok=True)
 
     def publish(self, source: Location, target: Location) -> None:
         replaced = Path(f"{target.path}.{os.getpid()}.replaced")

@@ -18,11 +18,13 @@ it is removed once the store is complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,12 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ._errors import IncompleteStoreError, ParameterError, StoreError, StoreExistsError
+from ._errors import (
+    IncompleteStoreError, ParameterError, StoreError, StoreExistsError, WsizarrError,
+)
 from ._locations import (
-    Location, delete, exists, list_keys, open_zarr_store, parse_location, size_bytes,
+    Location, delete, exists, list_keys, open_zarr_store, parse_location, remove_partial_writes,
+    size_bytes,
 )
 
 __all__ = [
@@ -62,6 +67,7 @@ __all__ = [
     "plan_digest",
     "store_info",
     "store_metadata",
+    "store_writes",
     "why_not_a_store",
     "write_shard",
 ]
@@ -423,13 +429,31 @@ def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.nda
     group[_DONE][shard_index] = 1
 
 
-def finalize_store(group: zarr.Group) -> None:
-    """Mark the store complete once every shard is written; ``IncompleteStoreError`` otherwise."""
+@contextmanager
+def store_writes(location: Location) -> Iterator[None]:
+    """Turn an OS error while writing the store (a full disk, lost permissions) into a one-line
+    ``StoreError``: the shards already written stay, so the run can be resumed."""
+    try:
+        yield
+    except WsizarrError:
+        raise
+    except OSError as exc:
+        cause = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise StoreError(
+            f"{location}: writing the store failed ({cause}); fix that, then rerun the same "
+            "command with --resume (finished shards are kept)"
+        ) from None
+
+
+def finalize_store(group: zarr.Group, location: Location) -> None:
+    """Mark the store at ``location`` complete once every shard is written (removing what
+    killed writers left half-written); ``IncompleteStoreError`` otherwise."""
     done = done_shards(group)
     if not done.all():
         raise IncompleteStoreError(
             f"{group.store}: {int((~done).sum())} shards are missing; resume the extraction"
         )
+    remove_partial_writes(location)
     metadata = {k: v for k, v in _metadata(group).items() if k != "run"}
     group.attrs[_ATTRS] = {**metadata, "complete": True}
     if _DONE in group:
