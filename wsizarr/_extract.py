@@ -459,7 +459,7 @@ def extract(
         ensure_own_store(target)
     # Where this run builds: a zip, or a store being overwritten, is built beside the target
     # (`partial`) and swapped in only once complete, so a failed run leaves the old one intact.
-    if target.kind == "zip" or (overwrite and target_exists) or (resume and partial_exists):
+    if target.kind == "zip" or (overwrite and (target_exists or partial_exists)) or (resume and partial_exists):
         building, building_exists = partial, partial_exists
     else:
         building, building_exists = target, target_exists
