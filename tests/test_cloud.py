@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from wsizarr import IncompleteStoreError, StoreError, StoreExistsError, extract, open_dataset, store_info
+from wsizarr import IncompleteStoreError, ParameterError, StoreError, StoreExistsError, extract, open_dataset, store_info
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import list_keys, open_zarr_store, parse_location
 
@@ -155,3 +155,33 @@ def test_torch_datasets_read_s3_through_spawned_workers(s3_server, aperio_even_c
     # obstore's runtime does not survive fork: a forked worker says so at once instead of hanging
     with pytest.raises(StoreError, match="S3 cannot be used in a process forked after its parent used S3.*'spawn'"):
         next(iter(DataLoader(mapped, batch_size=8, num_workers=1, multiprocessing_context="fork")))
+
+
+def test_overwrite_on_s3_builds_beside_and_refuses_foreign_prefixes(s3_server, aperio_even_case, local_reference):
+    import obstore
+    from obstore.store import S3Store
+
+    url = s3_server.url("replaced.zarr")
+    options = s3_server.options
+    extract(aperio_even_case.slide, aperio_even_case.annotations, url, storage_options=options,
+            **{**KWARGS, "per_annotation": 2})
+    with pytest.raises(ParameterError, match="more than the whole level"):  # the old store stays
+        extract(aperio_even_case.slide, aperio_even_case.annotations, url, storage_options=options,
+                overwrite=True, **{**KWARGS, "patch_size": 5000})
+    assert len(open_dataset(url, storage_options=options).patch) == 16
+    extract(aperio_even_case.slide, aperio_even_case.annotations, url, storage_options=options,
+            overwrite=True, **KWARGS)
+    location = parse_location(url, options)
+    _assert_same(zarr.open_group(local_reference, mode="r"), _group(location))
+    assert not list_keys(parse_location(s3_server.url("replaced.zarr.partial.zarr"), options))
+    assert len(open_dataset(url, storage_options=options).patch) == 200
+
+    foreign = s3_server.url("someone-elses")
+    bucket = S3Store(location.bucket, prefix="someone-elses", endpoint=options["endpoint_url"],
+                     access_key_id=options["access_key_id"], secret_access_key=options["secret_access_key"],
+                     region="us-east-1", client_options={"allow_http": True})
+    obstore.put(bucket, "data.csv", b"a,b\n1,2\n")
+    with pytest.raises(StoreError, match="is not a wsizarr store"):
+        extract(aperio_even_case.slide, aperio_even_case.annotations, foreign, storage_options=options,
+                overwrite=True, **KWARGS)
+    assert list_keys(parse_location(foreign, options)) == ["data.csv"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,7 +76,7 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--codec", default="zstd",
         help="patch codec: zstd (default, lossless), blosc-lz4 (lossless, fastest), none, "
-        "jpegxl (lossless, smallest; needs imagecodecs), jpeg (lossy q90; needs imagecodecs)",
+        "jpegxl (lossless, smallest), jpeg (lossy q90)",
     )
     parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
     parser.add_argument(
@@ -93,6 +95,10 @@ def _add_storage_option(parser: argparse.ArgumentParser) -> None:
         help="S3 option (endpoint_url, access_key_id, secret_access_key, session_token, region); "
         "default: the AWS_* environment variables",
     )
+
+
+def _add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
 
 
 def _storage_options(args: argparse.Namespace) -> dict[str, str] | None:
@@ -136,7 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--exclude-detections", action="store_true", help="GeoJSON: leave out QuPath detections")
     extract.add_argument("--strict", action="store_true", help="fail on the first unreadable slide")
-    extract.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    extract.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing wsizarr store (and --report's file); the old store stays until the new one is complete",
+    )
     extract.add_argument("--resume", action="store_true", help="finish an interrupted extraction")
     extract.add_argument("--append", action="store_true", help="add the slides to an existing store")
     extract.add_argument("--report", default=None, metavar="HTML", help="also write an HTML report of the store")
@@ -169,15 +178,18 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", required=True, help="PNG file to write")
     preview.add_argument("--per-label", type=int, default=16)
     preview.add_argument("--seed", type=int, default=0)
+    _add_overwrite_option(preview)
     _add_storage_option(preview)
     overlay = commands.add_parser("overlay", help="the slide thumbnail with annotations and patch boxes")
     overlay.add_argument("store")
     overlay.add_argument("--slide", default=None, help="slide index, file name or stem (default: the only one)")
     overlay.add_argument("--out", required=True, help="PNG file to write")
+    _add_overwrite_option(overlay)
     _add_storage_option(overlay)
     report = commands.add_parser("report", help="a self-contained HTML report of a store")
     report.add_argument("store")
     report.add_argument("--out", required=True, help="HTML file to write")
+    _add_overwrite_option(report)
     _add_storage_option(report)
     demo = commands.add_parser("demo", help="generate a synthetic slide with annotations and extract it")
     demo.add_argument("dir", nargs="?", default="wsizarr-demo", help="output folder (default ./wsizarr-demo)")
@@ -251,15 +263,38 @@ def _demo(args: argparse.Namespace) -> None:
     print(summary)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops where it is and can be resumed."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 success, 1 a user error, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 success, 1 a user error, 130 interrupted
+    by Ctrl-C, 143 by SIGTERM)."""
     args = _parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "extract":
             from ._annotations import parse_label_map
             from ._extract import extract
 
             slides = args.slides[0] if len(args.slides) == 1 else args.slides
+            if args.report:
+                from ._output import check_output_file
+
+                check_output_file(args.report, overwrite=args.overwrite)  # not after an hour's work
             summary = extract(
                 slides, args.annotations, args.out, overwrite=args.overwrite,
                 resume=args.resume, append=args.append, strict=args.strict,
@@ -273,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.report:
                 from ._preview import write_report
 
-                print(f"report: {write_report(summary.store, args.report, storage_options=_storage_options(args))}")
+                print(f"report: {write_report(summary.store, args.report, overwrite=args.overwrite, storage_options=_storage_options(args))}")
         elif args.command == "info":
             _print_info(args.store, args.json, _storage_options(args))
         elif args.command == "verify":
@@ -293,12 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import _preview
 
             options = _storage_options(args)
+            common = {"overwrite": args.overwrite, "storage_options": options}
             if args.command == "preview":
-                path = _preview.preview(args.store, args.out, per_label=args.per_label, seed=args.seed, storage_options=options)
+                path = _preview.preview(args.store, args.out, per_label=args.per_label, seed=args.seed, **common)
             elif args.command == "overlay":
-                path = _preview.overlay(args.store, args.out, slide=args.slide, storage_options=options)
+                path = _preview.overlay(args.store, args.out, slide=args.slide, **common)
             else:
-                path = _preview.write_report(args.store, args.out, storage_options=options)
+                path = _preview.write_report(args.store, args.out, **common)
             print(f"wrote {path}")
         elif args.command == "pack":
             from ._locations import pack_zip, parse_location
@@ -312,9 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WsizarrError as exc:
         print(f"wsizarr: error: {_printable(str(exc))}", file=sys.stderr)  # one line, whatever it quotes
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("\nwsizarr: interrupted; finish the store with --resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(interrupt, _Terminated) else 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
     return 0

@@ -17,7 +17,7 @@ from ._errors import ParameterError
 
 __all__ = ["ImagecodecsJpeg", "ImagecodecsJpegXL", "imagecodecs_codec"]
 
-_INSTALL_HINT = "pip install 'wsizarr[codecs]' (imagecodecs)"
+_INSTALL_HINT = "reinstall wsizarr, which requires imagecodecs"
 
 
 def imagecodecs_codec(name: str, **config: Any) -> Any:

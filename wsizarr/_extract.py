@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,15 +19,16 @@ import openslide
 from ._annotations import Annotation, apply_label_map, read_annotations
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
-from ._locations import Location, delete, exists, pack_zip, parse_location, size_bytes
+from ._locations import Location, exists, parse_location, publish, size_bytes
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, read_rgb, resize_patch,
     resolve_resolution, slide_info, tissue_mask,
 )
 from ._store import (
-    begin_run, create_store, done_shards, finalize_store, open_for_writing, open_store,
-    plan_digest, store_metadata, write_shard,
+    begin_run, create_store, delete_store, done_shards, ensure_own_store, finalize_store,
+    open_for_writing, open_store, partial_location, plan_digest, store_metadata, store_writes,
+    write_shard,
 )
 from ._version import __version__
 
@@ -40,6 +43,7 @@ ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 # A neighbourhood read covers at most this many pixels (64 MiB of RGBA); larger unions fall
 # back to one read per patch, so memory stays bounded whatever the annotation size.
 _MAX_REGION_PX = 4096 * 4096
+_MAX_SHARD_BYTES = 2 << 30  # one shard's pixels, held in memory by each task
 _UNLABELLED_MASK = 255
 
 ProgressCallback = Callable[[int, int], None]
@@ -147,12 +151,13 @@ def run_shard_task(store: Location, job: ShardJob, task: ShardTask) -> int:
     """
     group = open_for_writing(store)
     arrays = read_shard(job, task)
-    if task.start < job.first_patch:
-        arrays = {
-            name: np.concatenate([np.asarray(group[name][task.start : job.first_patch]), values])
-            for name, values in arrays.items()
-        }
-    write_shard(group, task.index, arrays)
+    with store_writes(store):
+        if task.start < job.first_patch:
+            arrays = {
+                name: np.concatenate([np.asarray(group[name][task.start : job.first_patch]), values])
+                for name, values in arrays.items()
+            }
+        write_shard(group, task.index, arrays)
     return task.stop - task.start
 
 
@@ -324,6 +329,7 @@ class _Prepared:
     tissue: TissueMask | None
     source: str | None
     content_hash: str
+    annotations_sha256: str
 
 
 @dataclass(frozen=True)
@@ -365,7 +371,22 @@ def _prepare(
     records, source = reading.read(annotations)
     if not records:
         raise ParameterError(f"{source or 'annotations'}: no annotations to extract around")
-    return _Prepared(SlideJob(str(slide), info, resolution, tuple(records)), tissue, source, content_hash)
+    return _Prepared(
+        SlideJob(str(slide), info, resolution, tuple(records)), tissue, source, content_hash,
+        _annotations_digest(records),
+    )
+
+
+def _annotations_digest(records: Sequence[Annotation]) -> str:
+    """SHA-256 of the annotations as read (names, labels, types, every vertex): a resume
+    compares it, so an annotation file edited after a crash is caught."""
+    digest = hashlib.sha256()
+    for a in records:
+        rings = (a.vertices, *a.holes)
+        digest.update(json.dumps([a.id, a.name, a.label, a.type, [len(r) for r in rings]]).encode())
+        for ring in rings:
+            digest.update(np.ascontiguousarray(ring, "<f8").tobytes())
+    return digest.hexdigest()
 
 
 def extract(
@@ -427,25 +448,33 @@ def extract(
     """
     started = time.perf_counter()
     target = parse_location(out, storage_options)
-    out = target if target.kind != "zip" else parse_location(f"{target.path}.partial.zarr")
-    if target.kind == "zip" and append:
-        raise ParameterError(
-            f"{target}: a zip cannot be appended to; append to a directory store, then `wsizarr pack` it"
-        )
+    partial = partial_location(target)
     workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise ParameterError(f"workers must be at least 1, got {workers}")
-    if executor not in _EXECUTORS:
-        raise ParameterError(f"unknown executor {executor!r}; choose one of {', '.join(_EXECUTORS)}")
-    if overwrite and (resume or append):
-        raise ParameterError("--overwrite excludes --resume and --append; choose one")
-    if (exists(target) or exists(out)) and not (overwrite or resume or append):
+    _check_options(
+        target, workers=workers, executor=executor, overwrite=overwrite, resume=resume,
+        append=append, patch_size=patch_size, shard_size=shard_size,
+    )
+    target_exists, partial_exists = exists(target), exists(partial)
+    if overwrite and target_exists:
+        ensure_own_store(target)
+    # Where this run builds: a zip, or a store being overwritten, is built beside the target
+    # (`partial`) and swapped in only once complete, so a failed run leaves the old one intact.
+    if target.kind == "zip" or (overwrite and (target_exists or partial_exists)) or (resume and partial_exists):
+        building, building_exists = partial, partial_exists
+    else:
+        building, building_exists = target, target_exists
+    if partial_exists and not (overwrite or resume):
+        raise StoreError(
+            f"{target}: an earlier run left an unfinished store at {partial}; rerun it with "
+            "--resume (or --overwrite to start again)"
+        )
+    if (target_exists or building_exists) and not (overwrite or resume or append):
         raise StoreExistsError(
             f"{target}: already exists; pass --overwrite to replace it, --resume to finish it "
             "or --append to add slides to it"
         )
-    if append and not exists(out):
-        raise StoreError(f"{out}: store not found, nothing to append to; drop --append to create it")
+    if append and not building_exists:
+        raise StoreError(f"{building}: store not found, nothing to append to; drop --append to create it")
     pairs, unmatched_slides, unmatched_annotations = match_annotations(slide, annotations)
     if not pairs:
         raise ParameterError(
@@ -459,28 +488,34 @@ def extract(
         wants_background=wants_background,
     )
     parameters: dict[str, Any] = {
-        "sampler": sampler, "level": level, "mpp": mpp, "magnification": magnification,
+        "sampler": sampler, "level": 0 if level is None and mpp is None and magnification is None else level,
+        "mpp": mpp, "magnification": magnification,
         "patch_size": patch_size, "per_annotation": per_annotation, "stride": stride,
         "min_overlap": min_overlap, "background": background, "masks": masks,
         "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
         "label_map": None if label_map is None else dict(label_map), "keep_only": keep_only,
         "label_from": label_from, "exclude_detections": exclude_detections,
     }
-    if target.kind == "zip" and exists(target) and not overwrite:
-        return _summary(target, store_metadata(open_store(target)), 0, started, prepared,
-                        failures, unmatched_slides, unmatched_annotations)
-    group = open_for_writing(out) if exists(out) and not overwrite else None
+    summarise = functools.partial(
+        _summary, target, started=started, prepared=prepared, failures=failures,
+        unmatched_slides=unmatched_slides, unmatched_annotations=unmatched_annotations,
+    )
+    if building != target and not building_exists and target_exists and not overwrite:
+        return summarise(store_metadata(open_store(target)), 0)  # resumed after it was published
+    group = open_for_writing(building) if building_exists and not overwrite else None
     existing = store_metadata(group) if group is not None else None
     if existing is not None and existing.get("parameters") != parameters:
         raise StoreError(
-            f"{out}: was made with other parameters ({existing.get('parameters')}); use the "
+            f"{building}: was made with other parameters ({existing.get('parameters')}); use the "
             "same ones to resume or append, or --overwrite"
         )
     resuming_run = existing is not None and not existing.get("complete") and "run" in existing
     if existing is not None and not existing.get("complete") and not resume:
-        raise StoreError(f"{out}: an earlier extraction did not finish; rerun it with --resume")
+        raise StoreError(f"{building}: an earlier extraction did not finish; rerun it with --resume")
     if existing is not None and existing.get("complete") and not append:
-        return _summary(out, existing, 0, started, prepared, failures, unmatched_slides, unmatched_annotations)
+        if building != target:
+            _publish(building, target)
+        return summarise(existing, 0)
     if resuming_run:
         first_slide, first_patch = existing["run"]["first_slide"], existing["run"]["first_patch"]
         earlier = existing["slides"][:first_slide]
@@ -493,7 +528,7 @@ def extract(
     for p in prepared:
         if p.content_hash in known:
             raise StoreError(
-                f"{p.job.path}: this slide (same content) is already in {out}; remove it from the "
+                f"{p.job.path}: this slide (same content) is already in {building}; remove it from the "
                 "list of slides to append"
             )
     labels = {name: code for code, name in enumerate(label_names)}
@@ -515,48 +550,107 @@ def extract(
     slides_table = earlier + [
         {
             **p.job.info.to_attrs(), "annotations": p.source, "content_hash": p.content_hash,
+            "annotations_sha256": p.annotations_sha256,
             "level": p.job.resolution.level, "read_size_px": p.job.resolution.read_size_px,
             "effective_mpp": p.job.resolution.mpp,
             "annotation_names": [a.name for a in p.job.annotations],
         }
         for p in prepared
     ]
-    if resuming_run and slides_table != existing["slides"]:
-        raise StoreError(
-            f"{out}: the interrupted run had other slides or annotations; rerun it with the "
-            "same ones, or use --overwrite"
-        )
-    if group is None:
-        group = create_store(
-            out, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
-            metadata={"wsizarr_version": __version__, "parameters": parameters},
-            overwrite=overwrite,
-        )
     new_arrays = plan.arrays()
-    all_arrays = {
+    digest = _store_digest(group, first_patch, new_arrays)
+    if resuming_run:
+        _check_same_run(building, existing, slides_table, digest)
+    with store_writes(building):
+        if group is None:
+            if building_exists:  # our own unfinished build beside the target: start it again
+                delete_store(building)
+            group = create_store(
+                building, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
+                metadata={"wsizarr_version": __version__, "parameters": parameters},
+            )
+        begin_run(
+            group, new_arrays, first_patch=first_patch, slides=slides_table,
+            label_names=label_names, plan_digest=digest,
+        )
+        job = ShardJob(
+            {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
+            first_patch, masks, labels,
+        )
+        tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
+        _run_tasks(building, job, tasks, workers=workers, executor=executor, client=client, progress=progress)
+        finalize_store(group, building)
+        metadata = store_metadata(group)
+        if building != target:
+            _publish(building, target)
+    return summarise(metadata, len(tasks), plan=plan)
+
+
+def _check_options(
+    target: Location, *, workers: int, executor: str, overwrite: bool, resume: bool,
+    append: bool, patch_size: int, shard_size: int,
+) -> None:
+    """Refuse option combinations no run can satisfy, before any slide is opened."""
+    if target.kind == "zip" and append:
+        raise ParameterError(
+            f"{target}: a zip cannot be appended to; append to a directory store, then `wsizarr pack` it"
+        )
+    if workers < 1:
+        raise ParameterError(f"workers must be at least 1, got {workers}")
+    if executor not in _EXECUTORS:
+        raise ParameterError(f"unknown executor {executor!r}; choose one of {', '.join(_EXECUTORS)}")
+    if overwrite and (resume or append):
+        raise ParameterError("--overwrite excludes --resume and --append; choose one")
+    if patch_size < 1 or shard_size < 1:
+        raise ParameterError(
+            f"patch size and shard size must be at least 1, got {patch_size} px and {shard_size} patches"
+        )
+    shard_bytes = shard_size * patch_size * patch_size * 3
+    if shard_bytes > _MAX_SHARD_BYTES:
+        raise ParameterError(
+            f"a shard of {shard_size} patches of {patch_size} px is {shard_bytes / 2**30:.1f} GiB in "
+            f"memory (at most {_MAX_SHARD_BYTES / 2**30:.0f} GiB); lower the shard size or the patch size"
+        )
+
+
+def _store_digest(group: Any, first_patch: int, new_arrays: Mapping[str, np.ndarray]) -> str:
+    """The plan digest of the store once the run's patches follow its first ``first_patch``."""
+    if group is None:
+        return plan_digest(new_arrays)
+    return plan_digest({
         name: np.concatenate([np.asarray(group[name][:first_patch]), values])
         for name, values in new_arrays.items()
-    }
-    begin_run(
-        group, new_arrays, first_patch=first_patch, slides=slides_table,
-        label_names=label_names, plan_digest=plan_digest(all_arrays),
-    )
-    job = ShardJob(
-        {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
-        first_patch, masks, labels,
-    )
-    tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
-    _run_tasks(out, job, tasks, workers=workers, executor=executor, client=client, progress=progress)
-    finalize_store(group)
-    metadata = store_metadata(group)
-    if target.kind == "zip":  # pack beside the target, then rename over it: never no zip
-        packed = pack_zip(out, f"{target.path}.{os.getpid()}.new.zip")
-        os.replace(packed.path, target.path)
-        delete(out)
-    return _summary(
-        target, metadata, len(tasks), started, prepared, failures, unmatched_slides,
-        unmatched_annotations, plan,
-    )
+    })
+
+
+def _check_same_run(
+    store: Location, existing: Mapping[str, Any], slides_table: Sequence[Mapping[str, Any]],
+    digest: str,
+) -> None:
+    """Refuse to resume when the slides, the annotations or the plan changed since the
+    interrupted run: the shards it wrote would not match the recorded coordinates."""
+    fix = "resume with the same inputs, or start again with --overwrite"
+    if [s["path"] for s in slides_table] != [s["path"] for s in existing["slides"]]:
+        raise StoreError(f"{store}: the interrupted run had other slides or annotations; {fix}")
+    for before, now in zip(existing["slides"], slides_table):
+        if before.get("content_hash") != now["content_hash"]:
+            raise StoreError(f"{store}: the slide {now['path']} changed since the interrupted run; {fix}")
+        if before.get("annotations_sha256") != now["annotations_sha256"]:
+            raise StoreError(
+                f"{store}: the annotations of {now['path']} ({now['annotations'] or 'records'}) "
+                f"changed since the interrupted run; {fix}"
+            )
+    if list(slides_table) != existing["slides"]:
+        raise StoreError(f"{store}: the interrupted run had other slides or annotations; {fix}")
+    if digest != existing.get("plan_digest"):
+        raise StoreError(f"{store}: the patch plan differs from the interrupted run's; {fix}")
+
+
+def _publish(building: Location, target: Location) -> None:
+    """Swap the finished store built beside ``target`` into its place."""
+    if exists(target):
+        ensure_own_store(target)
+    publish(building, target)
 
 
 def _prepare_slides(
@@ -630,6 +724,11 @@ def _execute(
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:
+            # stop now (a resume redoes unfinished shards); worker processes are ended, not
+            # orphaned. ProcessPoolExecutor has no public way to end them before Python 3.14.
+            if isinstance(pool, ProcessPoolExecutor):
+                for process in list((pool._processes or {}).values()):
+                    process.terminate()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 
@@ -660,7 +759,7 @@ def _label_names(
 
 
 def _summary(
-    out: Location, metadata: Mapping[str, Any], shards_written: int, started: float,
+    out: Location, metadata: Mapping[str, Any], shards_written: int, *, started: float,
     prepared: Sequence[_Prepared], failures: Sequence[SlideFailure],
     unmatched_slides: Sequence[str], unmatched_annotations: Sequence[str],
     plan: PatchPlan | None = None,

@@ -14,6 +14,7 @@ environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_S
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -47,7 +48,9 @@ __all__ = [
     "open_zarr_store",
     "pack_zip",
     "parse_location",
+    "publish",
     "read_key",
+    "remove_partial_writes",
     "size_bytes",
 ]
 
@@ -57,6 +60,7 @@ STORAGE_OPTIONS = ("access_key_id", "secret_access_key", "session_token", "endpo
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # listing and deleting give up within a second when the endpoint is down (obstore: 10 retries)
 _FEW_RETRIES: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
+_PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary files
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: packing the same store gives the same zip
 
 
@@ -147,6 +151,13 @@ def list_keys(location: Location, prefix: str = "") -> list[str]:
     return sorted(key for key, _ in listing)
 
 
+def remove_partial_writes(location: Location) -> None:
+    """Remove the temporary files of writes that never finished (zarr's local store writes
+    ``<key>.<uuid hex>.partial`` and renames it; a killed writer leaves it behind). Only a
+    store's own writer, holding it, may call this."""
+    _BACKENDS[location.kind].remove_partial_writes(location)
+
+
 def size_bytes(location: Location) -> tuple[int, int]:
     """Bytes stored and the number of files (or objects) that hold them."""
     return _BACKENDS[location.kind].usage(location)
@@ -166,6 +177,23 @@ def pack_zip(source: Location, zip_path: str | os.PathLike[str]) -> Location:
         raise StoreError(f"{path}: its directory does not exist; create it first")
     if path.exists():
         raise StoreExistsError(f"{path}: exists; delete it or choose another name")
+    _write_zip(source, path)
+    return target
+
+
+def publish(source: Location, target: Location) -> None:
+    """Make the finished store built at ``source`` the store at ``target``, replacing what is
+    there only now that the new store is whole; ``source`` is gone afterwards.
+
+    A directory is swapped in by two renames; a zip is packed beside and renamed over the old
+    one; on S3 the old store's root metadata goes first (so a half-copied prefix never looks
+    complete), then its keys, then the new keys are copied server-side, root metadata last.
+    """
+    _BACKENDS[target.kind].publish(source, target)
+
+
+def _write_zip(source: Location, path: Path) -> None:
+    """Pack ``source`` into a zip written beside ``path`` and renamed over it when complete."""
     store = open_zarr_store(source, "r")
     prototype = default_buffer_prototype()
     fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -182,7 +210,6 @@ def pack_zip(source: Location, zip_path: str | os.PathLike[str]) -> Location:
         raise
     finally:
         store.close()
-    return target
 
 
 class _Backend(ABC):
@@ -205,9 +232,16 @@ class _Backend(ABC):
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
         """``(key, size in bytes)`` of every key under ``prefix`` ("" or "a/b", no slashes)."""
 
+    @abstractmethod
+    def publish(self, source: Location, target: Location) -> None:
+        """Replace ``target`` by the finished store at ``source`` (see ``publish``)."""
+
     def usage(self, location: Location) -> tuple[int, int]:
         sizes = [size for _, size in self.listing(location, "")]
         return sum(sizes), len(sizes)
+
+    def remove_partial_writes(self, location: Location) -> None:
+        """Nothing to do where a write is atomic (S3 PUTs, a zip written whole)."""
 
 
 class _Local(_Backend):
@@ -232,6 +266,20 @@ class _Local(_Backend):
                 return buffer[: file.readinto(memoryview(buffer[:size]))]
         except FileNotFoundError:
             return None
+
+    def remove_partial_writes(self, location: Location) -> None:
+        for file in Path(location.path).rglob("*.partial"):
+            if _PARTIAL_WRITE.search(file.name):
+                file.unlink(missing_ok=True)
+
+    def publish(self, source: Location, target: Location) -> None:
+        replaced = Path(f"{target.path}.{os.getpid()}.replaced")
+        had_target = self.exists(target)
+        if had_target:
+            os.rename(target.path, replaced)
+        os.rename(source.path, target.path)
+        if had_target:
+            self.delete(Location("local", str(replaced)))
 
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
         root = Path(location.path)
@@ -263,6 +311,10 @@ class _Zip(_Local):
     def usage(self, location: Location) -> tuple[int, int]:
         return Path(location.path).stat().st_size, 1
 
+    def publish(self, source: Location, target: Location) -> None:
+        _write_zip(source, Path(target.path))
+        _BACKENDS[source.kind].delete(source)
+
 
 class _S3(_Backend):
     def open(self, location: Location, mode: Mode) -> Store:
@@ -276,6 +328,19 @@ class _S3(_Backend):
         if keys:
             with _s3_errors(location):
                 _obstore(location).delete(_s3_store(location, _FEW_RETRIES), keys)
+
+    def publish(self, source: Location, target: Location) -> None:
+        new = [key for key, _ in self.listing(source, "")]
+        old = [key for key, _ in self.listing(target, "")]
+        obstore = _obstore(target)
+        bucket = _s3_store(Location("s3", "", target.bucket, target.storage_options))
+        with _s3_errors(target):
+            if "zarr.json" in old:
+                obstore.delete(bucket, f"{target.path}/zarr.json")
+            obstore.delete(bucket, [f"{target.path}/{key}" for key in old if key != "zarr.json"])
+            for key in sorted(new, key=lambda key: key == "zarr.json"):  # root metadata last
+                obstore.copy(bucket, f"{source.path}/{key}", f"{target.path}/{key}")
+        self.delete(source)
 
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
         with _s3_errors(location):
@@ -329,7 +394,7 @@ def _s3_store(location: Location, retry_config: RetryConfig | None = None) -> S3
         config["endpoint"] = endpoint
     return _obstore(location).store.S3Store(
         location.bucket,
-        prefix=location.path,
+        prefix=location.path or None,  # "": the bucket root
         client_options={"allow_http": bool(endpoint and endpoint.startswith("http://"))},
         retry_config=retry_config,
         **config,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ._annotations import read_annotations
 from ._errors import ParameterError
 from ._locations import Location, parse_location
+from ._output import check_output_file, output_file
 from ._reader import PatchReader
 from ._slide import open_slide
 from ._store import open_store, store_info, store_metadata
@@ -27,23 +29,36 @@ _UNLABELLED = (90, 90, 90)
 _TILE_PX = 128
 _CAPTION_PX = 14
 _COLUMNS = 8
+_PER_LABEL = 16  # patches per label on a contact sheet
+_THUMBNAIL_PX = 1600  # the longer side of an overlay
 
 
 def _colour(code: int) -> tuple[int, int, int]:
     return _UNLABELLED if code < 0 else LABEL_COLOURS[code % len(LABEL_COLOURS)]
 
 
+def _save_png(image: Image.Image, out: str | Path, overwrite: bool) -> Path:
+    with output_file(out, overwrite=overwrite) as partial:
+        image.save(partial, "PNG")
+    return Path(out)
+
+
 def preview(
-    store: str | Path | Location, out: str | Path, *, per_label: int = 16, seed: int = 0,
-    storage_options: Mapping[str, str] | None = None,
+    store: str | Path | Location, out: str | Path, *, per_label: int = _PER_LABEL, seed: int = 0,
+    overwrite: bool = False, storage_options: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a PNG contact sheet: a block of up to ``per_label`` random patches per label, each
-    captioned ``s{slide} a{annotation} L{level} {x},{y}``. Returns the PNG's path. Patches are
-    read through ``PatchReader``, so a damaged shard is a ``CorruptStoreError``."""
-    location = parse_location(store, storage_options)
+    captioned ``s{slide} a{annotation} L{level} {x},{y}``. Returns the PNG's path.
+    ``ParameterError`` when ``out`` exists (unless ``overwrite``) or its folder does not."""
+    if per_label < 1:
+        raise ParameterError(f"patches per label must be at least 1, got {per_label}")
+    return _save_png(_contact_sheet(parse_location(store, storage_options), per_label, seed), out, overwrite)
+
+
+def _contact_sheet(location: Location, per_label: int, seed: int) -> Image.Image:
     group = open_store(location)
-    reader = PatchReader(location, group=group)
     metadata = store_metadata(group)
+    reader = PatchReader(location, group=group)
     labels = np.asarray(group["label"][:])
     rng = np.random.default_rng(seed)
     blocks = []
@@ -62,27 +77,32 @@ def preview(
         draw.rectangle((0, top, sheet.width, top + 19), fill=_colour(code))
         draw.text((4, top + 4), f"{name}: {int((labels == code).sum())} patches", fill="white", font=font)
         top += 20
-        for k, (i, pixels) in enumerate(zip(picks.tolist(), reader.read_patches(picks))):
+        for k, (i, patch) in enumerate(zip(picks.tolist(), reader.read_patches(picks))):
             left, row_top = (k % _COLUMNS) * _TILE_PX, top + (k // _COLUMNS) * cell
-            tile = Image.fromarray(pixels).resize((_TILE_PX, _TILE_PX))
+            tile = Image.fromarray(patch).resize((_TILE_PX, _TILE_PX))
             sheet.paste(tile, (left, row_top))
             caption = (f"s{coords['slide'][i]} a{coords['annotation_id'][i]} L{coords['level'][i]} "
                        f"{coords['x'][i]},{coords['y'][i]}")
             draw.text((left + 2, row_top + _TILE_PX + 1), caption, fill="black", font=font)
         top += cell * -(-len(picks) // _COLUMNS)
-    out = Path(out)
-    sheet.save(out)
-    return out
+    return sheet
 
 
 def overlay(
     store: str | Path | Location, out: str | Path, *, slide: str | int | None = None,
-    max_px: int = 1600, storage_options: Mapping[str, str] | None = None,
+    max_px: int = _THUMBNAIL_PX, overwrite: bool = False, storage_options: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the slide's thumbnail with its annotation outlines and the patch boxes in each
     label's colour, and a legend. ``slide`` is an index or a file name or stem (default: the
-    only slide). Returns the PNG's path."""
-    group = open_store(parse_location(store, storage_options))
+    only slide). Returns the PNG's path. ``ParameterError`` when ``out`` exists (unless
+    ``overwrite``) or its folder does not."""
+    if max_px < 1:
+        raise ParameterError(f"the thumbnail size must be at least 1 px, got {max_px}")
+    return _save_png(_overlay_image(parse_location(store, storage_options), slide, max_px), out, overwrite)
+
+
+def _overlay_image(location: Location, slide: str | int | None, max_px: int) -> Image.Image:
+    group = open_store(location)
     metadata = store_metadata(group)
     index = _slide_index(metadata["slides"], slide)
     entry = metadata["slides"][index]
@@ -111,9 +131,7 @@ def overlay(
         name = metadata["label_names"][code] if code >= 0 else "(unlabelled)"
         draw.rectangle((10, 9 + 16 * row, 20, 19 + 16 * row), fill=_colour(code))
         draw.text((26, 8 + 16 * row), f"{name} ({int((labels == code).sum())})", fill="black", font=font)
-    out = Path(out)
-    thumbnail.save(out)
-    return out
+    return thumbnail
 
 
 def _slide_index(slides: list[dict], slide: str | int | None) -> int:
@@ -133,23 +151,26 @@ def _slide_index(slides: list[dict], slide: str | int | None) -> int:
     )
 
 
-def _png_data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+def _png_data_uri(image: Image.Image) -> str:
+    data = io.BytesIO()
+    image.save(data, "PNG")
+    return "data:image/png;base64," + base64.b64encode(data.getvalue()).decode()
 
 
 def write_report(
-    store: str | Path | Location, out: str | Path, *, storage_options: Mapping[str, str] | None = None
+    store: str | Path | Location, out: str | Path, *, overwrite: bool = False,
+    storage_options: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a self-contained HTML report (parameters, counts per label and slide, the contact
-    sheet and every slide's overlay, images embedded) viewable offline."""
+    sheet and every slide's overlay, images embedded) viewable offline. ``ParameterError`` when
+    ``out`` exists (unless ``overwrite``) or its folder does not."""
+    check_output_file(out, overwrite=overwrite)  # before the slow part
     location = parse_location(store, storage_options)
     info = store_info(location)
     metadata = store_metadata(open_store(location))
-    out = Path(out)
-    images = [("Patches per label", preview(location, out.with_suffix(".montage.png")))]
+    images = [("Patches per label", _contact_sheet(location, _PER_LABEL, 0))]
     for index, entry in enumerate(metadata["slides"]):
-        path = overlay(location, out.with_suffix(f".slide{index}.png"), slide=index)
-        images.append((f"Slide {index}: {Path(entry['path']).name}", path))
+        images.append((f"Slide {index}: {Path(entry['path']).name}", _overlay_image(location, index, _THUMBNAIL_PX)))
 
     def table(rows: Mapping[str, object]) -> str:
         return "<table>" + "".join(
@@ -165,10 +186,10 @@ def write_report(
         "<h2>Patches per slide</h2>", table(info["per_slide"]),
         "<h2>Parameters</h2>", table(info["parameters"]),
     ]
-    for title, path in images:
-        body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{_png_data_uri(path)}'>")
-        path.unlink()
+    for title, image in images:
+        body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{_png_data_uri(image)}'>")
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}img{max-width:100%}"
-    out.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>wsizarr report</title>"
-                   f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-    return out
+    with output_file(out, overwrite=overwrite) as partial:
+        partial.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>wsizarr report</title>"
+                           f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    return Path(out)

@@ -235,6 +235,8 @@ def plan_patches(
         )
     if per_annotation < 1:
         raise ParameterError(f"patches per annotation must be at least 1, got {per_annotation}")
+    if seed < 0:
+        raise ParameterError(f"--seed must be a whole number >= 0, got {seed}")
     if not 0 < min_overlap <= 1:
         raise ParameterError(f"--min-overlap is a fraction in (0, 1], got {min_overlap}")
     if stride is not None and stride < 1:

@@ -97,9 +97,11 @@ def resolve_resolution(
     if mpp is None and magnification is None:
         level = 0 if level is None else level
         info.check_level(level)
-        return Resolution(level, patch_size, None if base_mpp is None else base_mpp * info.level_downsamples[level])
+        return _fitting(info, Resolution(
+            level, patch_size, None if base_mpp is None else base_mpp * info.level_downsamples[level]
+        ), patch_size)
     if mpp is not None:
-        if not mpp > 0:
+        if not 0 < mpp < math.inf:
             raise ParameterError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
         if base_mpp is None:
             raise ParameterError(
@@ -108,7 +110,7 @@ def resolve_resolution(
             )
         target = mpp / base_mpp
     else:
-        if not magnification > 0:
+        if not 0 < magnification < math.inf:
             raise ParameterError(f"--magnification must be positive, got {magnification}")
         if info.objective_power is None:
             raise ParameterError(
@@ -133,7 +135,19 @@ def resolve_resolution(
     effective = None
     if base_mpp is not None:
         effective = base_mpp * downsamples[chosen] * read_size / patch_size
-    return Resolution(chosen, read_size, effective)
+    return _fitting(info, Resolution(chosen, read_size, effective), patch_size)
+
+
+def _fitting(info: SlideInfo, resolution: Resolution, patch_size: int) -> Resolution:
+    """``resolution``, unless one patch would cover more than the whole level."""
+    width, height = info.level_dimensions[resolution.level]
+    if resolution.read_size_px > max(width, height):
+        raise ParameterError(
+            f"{info.path}: a {patch_size}-px patch covers {resolution.read_size_px} px of level "
+            f"{resolution.level}, more than the whole level ({width}x{height}); choose a smaller "
+            "patch size or a finer resolution"
+        )
+    return resolution
 
 
 def resize_patch(rgb: np.ndarray, patch_size: int) -> np.ndarray:

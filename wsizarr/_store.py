@@ -19,10 +19,14 @@ it is removed once the store is complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +40,13 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ._errors import IncompleteStoreError, ParameterError, StoreError, StoreExistsError
-from ._locations import Location, delete, exists, open_zarr_store, parse_location, size_bytes
+from ._errors import (
+    IncompleteStoreError, ParameterError, StoreError, StoreExistsError, WsizarrError,
+)
+from ._locations import (
+    Location, delete, exists, list_keys, open_zarr_store, parse_location, remove_partial_writes,
+    size_bytes,
+)
 
 __all__ = [
     "CHECKSUM_BYTES",
@@ -53,16 +62,21 @@ __all__ = [
     "checksum",
     "checksummed",
     "create_store",
+    "delete_store",
     "done_shards",
     "encode_shard",
+    "ensure_own_store",
     "finalize_store",
     "has_chunk_checksums",
     "index_size",
     "open_store",
     "open_for_writing",
+    "partial_location",
     "plan_digest",
     "store_info",
     "store_metadata",
+    "store_writes",
+    "why_not_a_store",
     "write_shard",
 ]
 
@@ -109,7 +123,7 @@ def _image_encoder(name: str, **config: Any) -> Callable[[], numcodecs.abc.Codec
 
 
 _JPEG_QUALITY = 90
-_IMAGE_REQUIRES = ("wsizarr[codecs]", "imagecodecs")
+_IMAGE_REQUIRES = ("wsizarr", "imagecodecs")
 CODECS: dict[str, _Codec] = {
     # level 1: on H&E about 1 % larger than level 3 but 2-3x faster to encode
     "zstd": _Codec(lambda: ZstdCodec(level=1), lambda: numcodecs.Zstd(level=1)),
@@ -157,6 +171,9 @@ def has_chunk_checksums(array: zarr.Array) -> bool:
 _DONE = "_shards_done"
 _ATTRS = "wsizarr"
 _COORD_CHUNK = 1 << 16
+# the top-level names of a store; a location holding anything else is not only a wsizarr store
+_STORE_NAMES = frozenset({"zarr.json", "patches", "masks", _DONE, *COORDINATE_ARRAYS})
+_PARTIAL_SUFFIX = ".partial.zarr"
 
 
 def _metadata(group: zarr.Group) -> dict[str, Any]:
@@ -177,13 +194,12 @@ def create_store(
     codec: str,
     metadata: Mapping[str, Any],
     masks: bool = False,
-    overwrite: bool = False,
 ) -> zarr.Group:
     """Create an empty, incomplete store (no patches yet); ``begin_run`` then sizes it.
 
     ``location`` is a directory or an ``s3://`` URL (see ``parse_location``). ``masks`` adds the
     ``(N, H, W)`` uint8 ``masks`` array. Raises ``StoreExistsError`` when the location holds
-    something and ``overwrite`` is false.
+    anything (``delete_store`` first to replace a store).
     """
     if codec not in CODECS:
         raise ParameterError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -193,11 +209,9 @@ def create_store(
     spec.encoder()  # fails now, with the fix, when an optional codec is not installed
     location = parse_location(location)
     if exists(location):
-        if not overwrite:
-            raise StoreExistsError(
-                f"{location}: already exists; pass --overwrite to replace it or --resume to finish it"
-            )
-        delete(location)
+        raise StoreExistsError(
+            f"{location}: already exists; pass --overwrite to replace it or --resume to finish it"
+        )
     try:
         group = zarr.create_group(open_zarr_store(location, "w"), zarr_format=3)
     except OSError as exc:
@@ -249,6 +263,59 @@ def create_store(
 def checksummed(compressor: BytesBytesCodec | None) -> tuple[BytesBytesCodec, ...]:
     """The bytes-to-bytes codecs of a chunk: ``compressor`` (if any), then its crc32c."""
     return (Crc32cCodec(),) if compressor is None else (compressor, Crc32cCodec())
+
+
+def partial_location(location: Location) -> Location:
+    """Where a store is built before it replaces ``location`` (a zip, or a store being
+    overwritten): the directory or S3 prefix ``<location>.partial.zarr`` beside it."""
+    kind = "local" if location.kind == "zip" else location.kind
+    return replace(location, kind=kind, path=f"{location.path}{_PARTIAL_SUFFIX}")
+
+
+def why_not_a_store(location: Location) -> str | None:
+    """Why ``location`` is not recognisably a wsizarr store; None when it is one.
+
+    A store is a root ``zarr.json`` with ``wsizarr`` attributes and nothing at its top level but
+    the schema's names: a folder that merely contains a store-like ``zarr.json`` is not one.
+    """
+    try:
+        store = open_zarr_store(location, "r")
+        try:
+            raw = sync(store.get("zarr.json", default_buffer_prototype()))
+        finally:
+            store.close()
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return "it is not a Zarr store"
+    if raw is None:
+        return "it has no zarr.json"
+    try:
+        document = json.loads(raw.to_bytes())
+    except ValueError:
+        return "its zarr.json is not JSON"
+    attributes = document.get("attributes") if isinstance(document, dict) else None
+    if not isinstance(attributes, dict) or not isinstance(attributes.get(_ATTRS), dict):
+        return "its zarr.json has no wsizarr attributes"
+    foreign = sorted({key.split("/")[0] for key in list_keys(location)} - _STORE_NAMES)
+    if foreign:
+        return f"it also holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+    return None
+
+
+def ensure_own_store(location: Location) -> None:
+    """``StoreError`` unless ``location`` is a wsizarr store (which wsizarr may replace), so a
+    mistyped output location never costs a user their files."""
+    problem = why_not_a_store(location)
+    if problem is not None:
+        raise StoreError(
+            f"{location}: is not a wsizarr store ({problem}); wsizarr only replaces its own "
+            "stores: choose another output location"
+        )
+
+
+def delete_store(location: Location) -> None:
+    """Delete the wsizarr store at ``location``; anything else is refused (``ensure_own_store``)."""
+    ensure_own_store(location)
+    delete(location)
 
 
 def plan_digest(arrays: Mapping[str, np.ndarray]) -> str:
@@ -311,7 +378,17 @@ def open_store(location: StoreLocation, *, require_complete: bool = True) -> zar
     """
     location = parse_location(location)
     try:
-        group = zarr.open_group(open_zarr_store(location, "r"), mode="r", zarr_format=3)
+        zarr_store = open_zarr_store(location, "r")
+    except StoreError:
+        partial = partial_location(location)
+        if not location.path.endswith(_PARTIAL_SUFFIX) and exists(partial):
+            raise IncompleteStoreError(
+                f"{location}: not written yet; an unfinished extraction is at {partial}: rerun "
+                "the same extract command with --resume"
+            ) from None
+        raise
+    try:
+        group = zarr.open_group(zarr_store, mode="r", zarr_format=3)
     except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
         raise StoreError(f"{location}: not a Zarr v3 group ({exc}); is this a wsizarr store?") from None
     metadata = _metadata(group)
@@ -398,13 +475,31 @@ def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.nda
     group[_DONE][shard_index] = 1
 
 
-def finalize_store(group: zarr.Group) -> None:
-    """Mark the store complete once every shard is written; ``IncompleteStoreError`` otherwise."""
+@contextmanager
+def store_writes(location: Location) -> Iterator[None]:
+    """Turn an OS error while writing the store (a full disk, lost permissions) into a one-line
+    ``StoreError``: the shards already written stay, so the run can be resumed."""
+    try:
+        yield
+    except WsizarrError:
+        raise
+    except OSError as exc:
+        cause = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise StoreError(
+            f"{location}: writing the store failed ({cause}); fix that, then rerun the same "
+            "command with --resume (finished shards are kept)"
+        ) from None
+
+
+def finalize_store(group: zarr.Group, location: Location) -> None:
+    """Mark the store at ``location`` complete once every shard is written (removing what
+    killed writers left half-written); ``IncompleteStoreError`` otherwise."""
     done = done_shards(group)
     if not done.all():
         raise IncompleteStoreError(
             f"{group.store}: {int((~done).sum())} shards are missing; resume the extraction"
         )
+    remove_partial_writes(location)
     metadata = {k: v for k, v in _metadata(group).items() if k != "run"}
     group.attrs[_ATTRS] = {**metadata, "complete": True}
     if _DONE in group:
