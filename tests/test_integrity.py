@@ -19,6 +19,7 @@ import xarray as xr
 import zarr
 
 from wsizarr import CorruptStoreError, ParameterError, export, extract, open_dataset, verify
+from wsizarr._locations import parse_location
 from wsizarr._reader import PatchReader
 from wsizarr._store import (
     CHECKSUM_BYTES, CODECS, COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, encode_shard,
@@ -73,7 +74,7 @@ def _write(path: Path, pixels: np.ndarray, codec: str) -> None:
     begin_run(group, arrays, first_patch=0, slides=[], label_names=[], plan_digest="")
     for shard in range(-(-n // SHARD)):
         write_shard(group, shard, {"patches": pixels[shard * SHARD:(shard + 1) * SHARD]})
-    finalize_store(group)
+    finalize_store(group, parse_location(path))
 
 
 @pytest.mark.parametrize("codec", sorted(CODECS))
