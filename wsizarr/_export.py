@@ -12,6 +12,7 @@ from PIL import Image
 
 from ._errors import ParameterError
 from ._locations import Location, parse_location
+from ._output import output_file
 from ._reader import PatchReader
 from ._store import open_store, store_metadata
 
@@ -45,7 +46,7 @@ def export(
     """Write every patch (or those of ``label``) as ``{slide}_{annotation}_{label}_L{level}_{x}_{y}``
     image files in ``folder``, plus ``metadata.csv``; returns the number of files written.
     Reads whole shards at a time, every checksum checked (``CorruptStoreError`` names a damaged
-    shard). ``ParameterError`` for an unknown format or label, and, unless ``overwrite``, when
+    shard); every file is written under a temporary name and renamed into place. ``ParameterError`` for an unknown format or label, and, unless ``overwrite``, when
     ``folder`` already holds a file of those names."""
     if format not in _FORMATS:
         raise ParameterError(f"unknown export format {format!r}; choose png or jpg")
@@ -69,7 +70,7 @@ def export(
     _claim(folder, {_TABLE, *files}, overwrite)
     pil_format, options = _FORMATS[format]
     shards = wanted // reader.shard_size
-    with (folder / _TABLE).open("w", newline="") as table:
+    with output_file(folder / _TABLE, overwrite=True) as partial, partial.open("w", newline="") as table:
         writer = csv.writer(table)
         writer.writerow(["file", "index", "slide", "annotation_id", "label", "level", "x", "y"])
         for shard in np.unique(shards).tolist():
@@ -77,7 +78,8 @@ def export(
             first, _ = reader.shard_bounds(shard)
             for k in np.flatnonzero(shards == shard).tolist():
                 i, name = int(wanted[k]), files[k]
-                Image.fromarray(pixels[i - first]).save(folder / name, pil_format, **options)
+                with output_file(folder / name, overwrite=True) as image:
+                    Image.fromarray(pixels[i - first]).save(image, pil_format, **options)
                 writer.writerow([_cell(name), i, _cell(metadata["slides"][int(arrays["slide"][i])]["path"]),
                                  int(arrays["annotation_id"][i]), _cell(label_names[k]), int(arrays["level"][i]),
                                  int(arrays["x"][i]), int(arrays["y"][i])])
