@@ -188,6 +188,19 @@ def test_a_damaged_shard_fails_loudly_in_every_reader(store, kind):
     assert result.returncode == 1 and "Traceback" not in result.stderr and "shard 1" in result.stdout
 
 
+@pytest.mark.parametrize("kind", ["missing", "flipped"])
+def test_append_never_rewrites_a_damaged_last_shard(store, aperio_case, kind):
+    path = shard_file(store, 2)  # patches 32..39: the partial last shard an append rewrites
+    if kind == "missing":
+        path.unlink()
+    else:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 4] ^= 0x80
+        path.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="shard 2 of 'patches' is unreadable"):
+        extract(aperio_case.slide, aperio_case.annotations, store, append=True, **KWARGS)
+
+
 # --- stores written before the checksums ----------------------------------------------------
 
 

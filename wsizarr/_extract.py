@@ -20,6 +20,7 @@ from ._annotations import Annotation, apply_label_map, read_annotations
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
 from ._locations import Location, exists, parse_location, publish, size_bytes
+from ._reader import PatchReader
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, read_rgb, resize_patch,
@@ -147,14 +148,16 @@ def run_shard_task(store: Location, job: ShardJob, task: ShardTask) -> int:
     """Produce and write one whole shard (any executor calls this); returns its patch count.
 
     A shard that starts before ``job.first_patch`` (the store's last, partial shard when
-    appending) keeps its earlier patches: they are read back and written with the new ones.
+    appending) keeps its earlier patches: they are read back, checksums checked (a damaged or
+    missing shard is a ``CorruptStoreError``, never white patches), and written with the new ones.
     """
     group = open_for_writing(store)
     arrays = read_shard(job, task)
     with store_writes(store):
         if task.start < job.first_patch:
+            earlier = PatchReader(store, group=group)
             arrays = {
-                name: np.concatenate([np.asarray(group[name][task.start : job.first_patch]), values])
+                name: np.concatenate([earlier.read_shard(task.index, name)[: job.first_patch - task.start], values])
                 for name, values in arrays.items()
             }
         write_shard(group, task.index, arrays)
