@@ -18,6 +18,7 @@ from ._annotations import Annotation, apply_label_map, read_annotations
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
 from ._locations import Location, delete, exists, pack_zip, parse_location, size_bytes
+from ._lock import writer_lock
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, read_rgb, resize_patch,
@@ -439,124 +440,126 @@ def extract(
         raise ParameterError(f"unknown executor {executor!r}; choose one of {', '.join(_EXECUTORS)}")
     if overwrite and (resume or append):
         raise ParameterError("--overwrite excludes --resume and --append; choose one")
-    if (exists(target) or exists(out)) and not (overwrite or resume or append):
-        raise StoreExistsError(
-            f"{target}: already exists; pass --overwrite to replace it, --resume to finish it "
-            "or --append to add slides to it"
-        )
-    if append and not exists(out):
-        raise StoreError(f"{out}: store not found, nothing to append to; drop --append to create it")
-    pairs, unmatched_slides, unmatched_annotations = match_annotations(slide, annotations)
-    if not pairs:
-        raise ParameterError(
-            f"{annotations}: no annotation file matches any slide by name "
-            f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
-        )
-    wants_background = background > 0 or sampler == BACKGROUND_LABEL
-    prepared, failures = _prepare_slides(
-        pairs, _Reading(label_from, exclude_detections, label_map, keep_only), strict=strict,
-        level=level, mpp=mpp, magnification=magnification, patch_size=patch_size,
-        wants_background=wants_background,
-    )
-    parameters: dict[str, Any] = {
-        "sampler": sampler, "level": level, "mpp": mpp, "magnification": magnification,
-        "patch_size": patch_size, "per_annotation": per_annotation, "stride": stride,
-        "min_overlap": min_overlap, "background": background, "masks": masks,
-        "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
-        "label_map": None if label_map is None else dict(label_map), "keep_only": keep_only,
-        "label_from": label_from, "exclude_detections": exclude_detections,
-    }
-    if target.kind == "zip" and exists(target) and not overwrite:
-        return _summary(target, store_metadata(open_store(target)), 0, started, prepared,
-                        failures, unmatched_slides, unmatched_annotations)
-    group = open_for_writing(out) if exists(out) and not overwrite else None
-    existing = store_metadata(group) if group is not None else None
-    if existing is not None and existing.get("parameters") != parameters:
-        raise StoreError(
-            f"{out}: was made with other parameters ({existing.get('parameters')}); use the "
-            "same ones to resume or append, or --overwrite"
-        )
-    resuming_run = existing is not None and not existing.get("complete") and "run" in existing
-    if existing is not None and not existing.get("complete") and not resume:
-        raise StoreError(f"{out}: an earlier extraction did not finish; rerun it with --resume")
-    if existing is not None and existing.get("complete") and not append:
-        return _summary(out, existing, 0, started, prepared, failures, unmatched_slides, unmatched_annotations)
-    if resuming_run:
-        first_slide, first_patch = existing["run"]["first_slide"], existing["run"]["first_patch"]
-        earlier = existing["slides"][:first_slide]
-        label_names = list(existing["label_names"])
-    else:
-        earlier = existing["slides"] if existing else []
-        first_slide, first_patch = len(earlier), existing["n_patches"] if existing else 0
-        label_names = _label_names(existing, prepared, wants_background, label_order)
-    known = {s.get("content_hash") for s in earlier}
-    for p in prepared:
-        if p.content_hash in known:
-            raise StoreError(
-                f"{p.job.path}: this slide (same content) is already in {out}; remove it from the "
-                "list of slides to append"
+    with writer_lock(target) as lock:  # one writer per store, until it is finalised
+        if (exists(target) or exists(out)) and not (overwrite or resume or append):
+            raise StoreExistsError(
+                f"{target}: already exists; pass --overwrite to replace it, --resume to finish it "
+                "or --append to add slides to it"
             )
-    labels = {name: code for code, name in enumerate(label_names)}
-    plans = [
-        plan_patches(
-            list(p.job.annotations), p.job.info, sampler=sampler, resolution=p.job.resolution,
-            patch_size=patch_size, per_annotation=per_annotation, seed=seed, stride=stride,
-            min_overlap=min_overlap, background=background, tissue=p.tissue,
-            drop_partial=drop_partial, slide_index=first_slide + i, labels=labels,
+        if append and not exists(out):
+            raise StoreError(f"{out}: store not found, nothing to append to; drop --append to create it")
+        pairs, unmatched_slides, unmatched_annotations = match_annotations(slide, annotations)
+        if not pairs:
+            raise ParameterError(
+                f"{annotations}: no annotation file matches any slide by name "
+                f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
+            )
+        wants_background = background > 0 or sampler == BACKGROUND_LABEL
+        prepared, failures = _prepare_slides(
+            pairs, _Reading(label_from, exclude_detections, label_map, keep_only), strict=strict,
+            level=level, mpp=mpp, magnification=magnification, patch_size=patch_size,
+            wants_background=wants_background,
         )
-        for i, p in enumerate(prepared)
-    ]
-    plan = concat_plans(plans)
-    if len(plan) == 0:
-        raise ParameterError(
-            "the plan has no patches (annotations outside the slides, or every patch dropped); "
-            "check the annotations belong to these slides"
-        )
-    slides_table = earlier + [
-        {
-            **p.job.info.to_attrs(), "annotations": p.source, "content_hash": p.content_hash,
-            "level": p.job.resolution.level, "read_size_px": p.job.resolution.read_size_px,
-            "effective_mpp": p.job.resolution.mpp,
-            "annotation_names": [a.name for a in p.job.annotations],
+        parameters: dict[str, Any] = {
+            "sampler": sampler, "level": level, "mpp": mpp, "magnification": magnification,
+            "patch_size": patch_size, "per_annotation": per_annotation, "stride": stride,
+            "min_overlap": min_overlap, "background": background, "masks": masks,
+            "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
+            "label_map": None if label_map is None else dict(label_map), "keep_only": keep_only,
+            "label_from": label_from, "exclude_detections": exclude_detections,
         }
-        for p in prepared
-    ]
-    if resuming_run and slides_table != existing["slides"]:
-        raise StoreError(
-            f"{out}: the interrupted run had other slides or annotations; rerun it with the "
-            "same ones, or use --overwrite"
+        if target.kind == "zip" and exists(target) and not overwrite:
+            return _summary(target, store_metadata(open_store(target)), 0, started, prepared,
+                            failures, unmatched_slides, unmatched_annotations)
+        group = open_for_writing(out) if exists(out) and not overwrite else None
+        existing = store_metadata(group) if group is not None else None
+        if existing is not None and existing.get("parameters") != parameters:
+            raise StoreError(
+                f"{out}: was made with other parameters ({existing.get('parameters')}); use the "
+                "same ones to resume or append, or --overwrite"
+            )
+        resuming_run = existing is not None and not existing.get("complete") and "run" in existing
+        if existing is not None and not existing.get("complete") and not resume:
+            raise StoreError(f"{out}: an earlier extraction did not finish; rerun it with --resume")
+        if existing is not None and existing.get("complete") and not append:
+            return _summary(out, existing, 0, started, prepared, failures, unmatched_slides, unmatched_annotations)
+        if resuming_run:
+            first_slide, first_patch = existing["run"]["first_slide"], existing["run"]["first_patch"]
+            earlier = existing["slides"][:first_slide]
+            label_names = list(existing["label_names"])
+        else:
+            earlier = existing["slides"] if existing else []
+            first_slide, first_patch = len(earlier), existing["n_patches"] if existing else 0
+            label_names = _label_names(existing, prepared, wants_background, label_order)
+        known = {s.get("content_hash") for s in earlier}
+        for p in prepared:
+            if p.content_hash in known:
+                raise StoreError(
+                    f"{p.job.path}: this slide (same content) is already in {out}; remove it from the "
+                    "list of slides to append"
+                )
+        labels = {name: code for code, name in enumerate(label_names)}
+        plans = [
+            plan_patches(
+                list(p.job.annotations), p.job.info, sampler=sampler, resolution=p.job.resolution,
+                patch_size=patch_size, per_annotation=per_annotation, seed=seed, stride=stride,
+                min_overlap=min_overlap, background=background, tissue=p.tissue,
+                drop_partial=drop_partial, slide_index=first_slide + i, labels=labels,
+            )
+            for i, p in enumerate(prepared)
+        ]
+        plan = concat_plans(plans)
+        if len(plan) == 0:
+            raise ParameterError(
+                "the plan has no patches (annotations outside the slides, or every patch dropped); "
+                "check the annotations belong to these slides"
+            )
+        slides_table = earlier + [
+            {
+                **p.job.info.to_attrs(), "annotations": p.source, "content_hash": p.content_hash,
+                "level": p.job.resolution.level, "read_size_px": p.job.resolution.read_size_px,
+                "effective_mpp": p.job.resolution.mpp,
+                "annotation_names": [a.name for a in p.job.annotations],
+            }
+            for p in prepared
+        ]
+        if resuming_run and slides_table != existing["slides"]:
+            raise StoreError(
+                f"{out}: the interrupted run had other slides or annotations; rerun it with the "
+                "same ones, or use --overwrite"
+            )
+        if group is None:
+            group = create_store(
+                out, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
+                metadata={"wsizarr_version": __version__, "parameters": parameters},
+                overwrite=overwrite,
+            )
+        new_arrays = plan.arrays()
+        all_arrays = {
+            name: np.concatenate([np.asarray(group[name][:first_patch]), values])
+            for name, values in new_arrays.items()
+        }
+        begin_run(
+            group, new_arrays, first_patch=first_patch, slides=slides_table,
+            label_names=label_names, plan_digest=plan_digest(all_arrays),
         )
-    if group is None:
-        group = create_store(
-            out, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
-            metadata={"wsizarr_version": __version__, "parameters": parameters},
-            overwrite=overwrite,
+        job = ShardJob(
+            {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
+            first_patch, masks, labels,
         )
-    new_arrays = plan.arrays()
-    all_arrays = {
-        name: np.concatenate([np.asarray(group[name][:first_patch]), values])
-        for name, values in new_arrays.items()
-    }
-    begin_run(
-        group, new_arrays, first_patch=first_patch, slides=slides_table,
-        label_names=label_names, plan_digest=plan_digest(all_arrays),
-    )
-    job = ShardJob(
-        {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
-        first_patch, masks, labels,
-    )
-    tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
-    _run_tasks(out, job, tasks, workers=workers, executor=executor, client=client, progress=progress)
-    finalize_store(group)
-    metadata = store_metadata(group)
-    if target.kind == "zip":  # pack beside the target, then rename over it: never no zip
-        packed = pack_zip(out, f"{target.path}.{os.getpid()}.new.zip")
-        os.replace(packed.path, target.path)
-        delete(out)
-    return _summary(
-        target, metadata, len(tasks), started, prepared, failures, unmatched_slides,
-        unmatched_annotations, plan,
-    )
+        tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
+        _run_tasks(out, job, tasks, workers=workers, executor=executor, client=client, progress=progress)
+        lock.check()  # still this writer's store: finalise it
+        finalize_store(group)
+        metadata = store_metadata(group)
+        if target.kind == "zip":  # pack beside the target, then rename over it: never no zip
+            packed = pack_zip(out, f"{target.path}.{os.getpid()}.new.zip")
+            os.replace(packed.path, target.path)
+            delete(out)
+        return _summary(
+            target, metadata, len(tasks), started, prepared, failures, unmatched_slides,
+            unmatched_annotations, plan,
+        )
 
 
 def _prepare_slides(
