@@ -424,10 +424,11 @@ class _S3Lock(WriterLock):
             if current is not None and current[0] is not None and current[0].token == self.holder.token:
                 obs.delete(self._store, self._key)
         except (StoreError, obs.exceptions.BaseError, OSError) as error:
+            cause = str(error).removeprefix(f"{self.location}: ").split(";")[0]
             warnings.warn(
-                f"{self.location}: could not remove its lock {lock_name(self.location)} ({error}); "
-                f"the next writer takes it over after {self.lease:g} s, or run `wsizarr unlock`",
-                StaleLockWarning, stacklevel=3,
+                f"{self.location}: could not remove its lock {lock_name(self.location)} ({cause}); "
+                "the next writer on this host takes it over at once, elsewhere after "
+                f"{self.lease:g} s; or run `wsizarr unlock`", StaleLockWarning, stacklevel=3,
             )
 
     @classmethod
