@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import warnings
 
@@ -175,7 +176,7 @@ def test_unlock_local(tmp_path):
     out = tmp_path / "u.zarr"
     script = ("import os, sys; from wsizarr._lock import writer_lock; from wsizarr._locations import "
               "parse_location\nwith writer_lock(parse_location(sys.argv[1])): os._exit(0)")
-    subprocess.run(["python", "-c", script, str(out)], check=True)  # dies holding it: file stays
+    subprocess.run([sys.executable, "-c", script, str(out)], check=True)  # dies holding it: file stays
     assert (tmp_path / "u.zarr.lock").exists()
     result = run("unlock", out)
     assert result.returncode == 0, result.stderr
@@ -223,7 +224,7 @@ def test_a_killed_s3_writer_does_not_block_resume(s3_server, aperio_even_case, r
     start_and_kill(_extract_args(aperio_even_case, url, "--workers", "1"), env,
                    when=lambda: len(list_keys(location, "_shards_done/c/")) >= 2, interval=0.02)
     left = _lock_object(location)
-    assert left["host"] == socket.gethostname()  # same host, dead pid: stale at once
+    assert left["host"] == socket.gethostname() and left["machine"]  # same host, dead pid: stale at once
     args = _extract_args(aperio_even_case, url, "--resume", "--workers", "1")
     winner = _one_winner(_together(args, args, env=env), url)
     assert "Traceback" not in winner.stderr
@@ -321,3 +322,25 @@ def test_holder_parse_refuses_foreign_content():
     assert Holder.parse(b"{}") is None and Holder.parse(b"not json") is None and Holder.parse(b"[1]") is None
     mine = Holder.me()
     assert Holder.parse(mine.to_bytes()) == mine
+
+
+def test_a_dead_pid_in_another_container_with_our_host_name_is_not_stale_at_once(s3_server):
+    location = parse_location(s3_server.url("container.zarr"), s3_server.options)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(gone.stdout)
+    _put_lock(location, host=socket.gethostname(), pid=dead_pid, machine="another-boot/4026531836")
+    with pytest.raises(StoreLockedError, match=f"pid {dead_pid}"):
+        with writer_lock(location):
+            pass
+    _put_lock(location, host=socket.gethostname(), pid=dead_pid, machine=Holder.me().machine)
+    with pytest.warns(StaleLockWarning, match=f"process {dead_pid} on this host is gone"):
+        with writer_lock(location) as lock:
+            lock.check()
+
+
+def test_a_local_lock_creates_missing_folders_like_the_store(tmp_path):
+    location = parse_location(tmp_path / "new" / "folder" / "x.zarr")
+    with writer_lock(location):
+        assert (tmp_path / "new" / "folder" / "x.zarr.lock").is_file()
+    assert list((tmp_path / "new" / "folder").iterdir()) == []

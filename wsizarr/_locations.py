@@ -318,9 +318,17 @@ class _S3ZarrStore(zarr.storage.ObjectStore):  # type: ignore[type-arg]
         with self._errors():
             await super().delete(key)
 
+    async def delete_dir(self, prefix: str) -> None:
+        with self._errors():
+            await super().delete_dir(prefix)
+
     async def getsize(self, key: str) -> int:
         with self._errors():
             return await super().getsize(key)
+
+    async def getsize_prefix(self, prefix: str) -> int:
+        with self._errors():
+            return await super().getsize_prefix(prefix)
 
     def list(self) -> AsyncIterator[str]:  # type: ignore[override]
         return self._listing(super().list())

@@ -52,6 +52,17 @@ class StaleLockWarning(UserWarning):
     """A writer took over the lock of a writer that is gone."""
 
 
+def _machine() -> str:
+    """This boot of this machine and this pid namespace: where a pid means one process (two
+    containers may share a host name, never both)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who holds a lock."""
@@ -61,11 +72,13 @@ class Holder:
     pid: int
     started: float  # seconds since the epoch
     heartbeat: float
+    machine: str = ""  # ``_machine()`` of the holder
 
     @classmethod
     def me(cls, token: str | None = None, started: float | None = None) -> Holder:
         now = time.time()
-        return cls(token or uuid.uuid4().hex, socket.gethostname(), os.getpid(), started or now, now)
+        return cls(token or uuid.uuid4().hex, socket.gethostname(), os.getpid(), started or now,
+                   now, _machine())
 
     def to_bytes(self) -> bytes:
         return json.dumps({"lock": _MARK, **asdict(self)}).encode()
@@ -78,7 +91,7 @@ class Holder:
             if fields.get("lock") != _MARK:
                 return None
             return cls(str(fields["token"]), str(fields["host"]), int(fields["pid"]),
-                       float(fields["started"]), float(fields["heartbeat"]))
+                       float(fields["started"]), float(fields["heartbeat"]), str(fields.get("machine", "")))
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
@@ -172,8 +185,10 @@ class _LocalLock(WriterLock):
     @classmethod
     def acquire(cls, location: Location) -> _LocalLock:
         path = _lock_path(location)
-        if not path.parent.is_dir():
-            raise StoreError(f"{location}: its directory {path.parent} does not exist; create it first")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # as the store itself would be
+        except OSError as error:
+            raise StoreError(f"{location}: cannot create {path.parent} ({error.strerror}); check the path") from None
         for _ in range(_ATTEMPTS):
             opened = _open(location, path, create=True)
             if opened is None:
@@ -307,7 +322,8 @@ def _alive(pid: int) -> bool:
 
 def _stale(holder: Holder, lease: float) -> str | None:
     """Why ``holder``'s lock is stale, or None if it is live."""
-    if holder.host == socket.gethostname() and not _alive(holder.pid):
+    here = holder.host == socket.gethostname() and holder.machine == _machine()
+    if here and not _alive(holder.pid):
         return f"process {holder.pid} on this host is gone"
     age = time.time() - holder.heartbeat
     if age > lease:
@@ -345,6 +361,8 @@ class _S3Lock(WriterLock):
             if current is None:
                 continue  # released meanwhile
             holder, e_tag = current
+            if holder is not None and holder.token == mine.token:  # our PUT landed, its answer was lost
+                return cls(location, store, mine, e_tag, lease)
             if holder is None:
                 raise StoreLockedError(
                     f"{location}: {lock_name(location)} is not a wsizarr lock; remove it with "
