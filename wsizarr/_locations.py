@@ -464,7 +464,11 @@ def _s3_store(location: Location, retries: int = _FEW_RETRIES, *, root: bool = F
     retry: RetryConfig = {
         "max_retries": retries,
         "retry_timeout": 2 * timeout,
-        "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": min(timeout, timedelta(seconds=5)), "base": 2},
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=100),
+            "max_backoff": min(timeout, timedelta(seconds=5)),
+            "base": 2,
+        },
     }
     return _obstore(location).store.S3Store(
         location.bucket,

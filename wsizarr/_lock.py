@@ -180,7 +180,6 @@ def _read(fd: int) -> bytes:
 class _LocalLock(WriterLock):
     def __init__(self, location: Location, path: Path, fd: int) -> None:
         self.location, self.path, self._fd = location, path, fd
-        self._inode = os.fstat(fd).st_ino, os.fstat(fd).st_dev
 
     @classmethod
     def acquire(cls, location: Location) -> _LocalLock:
