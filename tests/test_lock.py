@@ -201,7 +201,7 @@ def test_check_fails_once_the_lock_file_is_gone(tmp_path):
 
 
 def test_two_overwrites_at_once_on_s3(s3_server, aperio_even_case, reference, reference_seed_12):
-    url = s3_server.url("both.zarr")
+    url = s3_server.url("lock-both.zarr")
     results = _together(*_two_plans(aperio_even_case, url), env=_s3_env(s3_server))
     winner = _one_winner(results, url, "wsizarr unlock")
     assert "800 patches" in winner.stdout
@@ -218,7 +218,7 @@ def _open(location):
 
 
 def test_a_killed_s3_writer_does_not_block_resume(s3_server, aperio_even_case, reference):
-    url = s3_server.url("killed.zarr")
+    url = s3_server.url("lock-killed.zarr")
     location = parse_location(url, s3_server.options)
     env = _s3_env(s3_server)
     start_and_kill(_extract_args(aperio_even_case, url, "--workers", "1"), env,
@@ -235,7 +235,7 @@ def test_a_killed_s3_writer_does_not_block_resume(s3_server, aperio_even_case, r
 
 
 def test_a_live_lock_on_s3_blocks_and_an_expired_lease_is_taken_over(s3_server, aperio_even_case):
-    url = s3_server.url("leased.zarr")
+    url = s3_server.url("lock-leased.zarr")
     location = parse_location(url, s3_server.options)
     args = [*_extract_args(aperio_even_case, url), "--per-annotation", "2"]
     _put_lock(location, heartbeat=time.time() - 10)  # another host, heartbeat 10 s ago
@@ -252,7 +252,7 @@ def test_a_live_lock_on_s3_blocks_and_an_expired_lease_is_taken_over(s3_server, 
 
 
 def test_a_live_process_holding_the_s3_lock_blocks_the_cli(s3_server, aperio_even_case):
-    url = s3_server.url("live.zarr")
+    url = s3_server.url("lock-live.zarr")
     location = parse_location(url, s3_server.options)
     with writer_lock(location) as lock:
         held = _lock_object(location)
@@ -266,7 +266,7 @@ def test_a_live_process_holding_the_s3_lock_blocks_the_cli(s3_server, aperio_eve
 
 def test_heartbeat_and_a_lost_lock_on_s3(s3_server, monkeypatch):
     monkeypatch.setenv("WSIZARR_LOCK_LEASE_SECONDS", "0.8")
-    location = parse_location(s3_server.url("beat.zarr"), s3_server.options)
+    location = parse_location(s3_server.url("lock-beat.zarr"), s3_server.options)
     with writer_lock(location) as lock:
         first = _lock_object(location)["heartbeat"]
         time.sleep(0.6)
@@ -285,7 +285,7 @@ def test_heartbeat_and_a_lost_lock_on_s3(s3_server, monkeypatch):
 
 
 def test_unlock_on_s3(s3_server):
-    url = s3_server.url("unlock.zarr")
+    url = s3_server.url("lock-unlock.zarr")
     location = parse_location(url, s3_server.options)
     options = [f"--storage-option={k}={v}" for k, v in s3_server.options.items()]
     _put_lock(location, host="gone-host", pid=4242)
@@ -303,8 +303,8 @@ def test_unlock_on_s3(s3_server):
 def test_a_lock_object_that_is_not_a_wsizarr_lock_is_refused(s3_server):
     import obstore
 
-    location = parse_location(s3_server.url("foreign.zarr"), s3_server.options)
-    obstore.put(_s3_store(location, root=True), "foreign.zarr.lock", b"someone's data")
+    location = parse_location(s3_server.url("lock-foreign.zarr"), s3_server.options)
+    obstore.put(_s3_store(location, root=True), "lock-foreign.zarr.lock", b"someone's data")
     with pytest.raises(StoreLockedError, match="is not a wsizarr lock; remove it with `wsizarr unlock"):
         with writer_lock(location):
             pass
@@ -314,7 +314,7 @@ def test_a_lock_object_that_is_not_a_wsizarr_lock_is_refused(s3_server):
 def test_lease_must_be_a_positive_number(s3_server, monkeypatch):
     monkeypatch.setenv("WSIZARR_LOCK_LEASE_SECONDS", "soon")
     with pytest.raises(WsizarrError, match="WSIZARR_LOCK_LEASE_SECONDS='soon'"):
-        with writer_lock(parse_location(s3_server.url("lease.zarr"), s3_server.options)):
+        with writer_lock(parse_location(s3_server.url("lock-lease.zarr"), s3_server.options)):
             pass
 
 
@@ -325,7 +325,7 @@ def test_holder_parse_refuses_foreign_content():
 
 
 def test_a_dead_pid_in_another_container_with_our_host_name_is_not_stale_at_once(s3_server):
-    location = parse_location(s3_server.url("container.zarr"), s3_server.options)
+    location = parse_location(s3_server.url("lock-container.zarr"), s3_server.options)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     dead_pid = int(gone.stdout)
