@@ -18,6 +18,7 @@ from ._errors import (
     SlideError,
     StoreError,
     StoreExistsError,
+    StoreLockedError,
     WsizarrError,
 )
 from ._export import export
@@ -45,6 +46,7 @@ __all__ = [
     "SlideInfo",
     "StoreError",
     "StoreExistsError",
+    "StoreLockedError",
     "VerifyReport",
     "WsizarrError",
     "__version__",
