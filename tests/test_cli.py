@@ -24,7 +24,7 @@ def run(*args, cwd=None):
 def assert_one_line_error(result, *fragments):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("wsizarr: warning: ")]
     assert len(lines) == 1 and lines[0].startswith("wsizarr: error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]

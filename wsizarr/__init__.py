@@ -19,6 +19,7 @@ from ._errors import (
     SlideError,
     StoreError,
     StoreExistsError,
+    StoreLockedError,
     WsizarrError,
 )
 from ._export import export
@@ -47,6 +48,7 @@ __all__ = [
     "SlideInfo",
     "StoreError",
     "StoreExistsError",
+    "StoreLockedError",
     "VerifyReport",
     "WsizarrError",
     "__version__",

@@ -1,4 +1,4 @@
-"""The ``wsizarr`` command line: ``extract``, ``info`` and ``demo``."""
+"""The ``wsizarr`` command line: ``extract``, ``info``, ``unlock``, ``demo`` and the rest."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,8 +93,8 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage-option", action="append", default=[], metavar="KEY=VALUE",
-        help="S3 option (endpoint_url, access_key_id, secret_access_key, session_token, region); "
-        "default: the AWS_* environment variables",
+        help="S3 option (endpoint_url, access_key_id, secret_access_key, session_token, region, "
+        "timeout: seconds per request, default 30); default: the AWS_* environment variables",
     )
 
 
@@ -158,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("store", help="a directory or s3://bucket/prefix.zarr")
     pack.add_argument("zip", help="the .zip file to write")
     _add_storage_option(pack)
+    unlock = commands.add_parser(
+        "unlock", help="remove a store's writer lock left by a writer that is gone",
+        description="Remove the writer lock of STORE (<store>.lock beside it, or the S3 object "
+        "<prefix>.lock) and print whom it named. Only for a writer that is gone: a running "
+        "writer keeps its lock on a local disk, and loses it on S3 (it then stops unfinished).",
+    )
+    unlock.add_argument("store", help="the --out of the extraction: a directory, a .zip file or s3://bucket/prefix.zarr")
+    _add_storage_option(unlock)
     verify = commands.add_parser("verify", help="check a store against its plan and its slides")
     verify.add_argument("store")
     verify.add_argument(
@@ -271,15 +280,30 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """wsizarr's own warnings (a stale lock taken over) as one line on stderr."""
+    from ._lock import StaleLockWarning
+
+    if issubclass(category, StaleLockWarning):
+        print(f"wsizarr: warning: {message}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 1 a user error, 130 interrupted
     by Ctrl-C, 143 by SIGTERM)."""
     args = _parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    previous_show_warning, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return _run(args)
     finally:
+        warnings.showwarning = previous_show_warning
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -340,9 +364,22 @@ def _run(args: argparse.Namespace) -> int:
             from ._locations import pack_zip, parse_location
             from ._store import open_store
 
+            from ._lock import writer_lock
+
             source = parse_location(args.store, _storage_options(args))
             open_store(source)  # only a finished store is packed
-            print(f"packed {source} into {pack_zip(source, args.zip)}")
+            with writer_lock(parse_location(args.zip)):  # parse_location refuses a non-zip
+                print(f"packed {source} into {pack_zip(source, args.zip)}")
+        elif args.command == "unlock":
+            from ._locations import parse_location
+            from ._lock import break_lock, lock_name
+
+            location = parse_location(args.store, _storage_options(args))
+            holder = break_lock(location)
+            if holder is None:
+                print(f"{location}: no writer lock ({lock_name(location)} does not exist)")
+            else:
+                print(f"{location}: removed the writer lock {lock_name(location)} ({holder})")
         else:
             _demo(args)
     except WsizarrError as exc:

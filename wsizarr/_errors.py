@@ -10,6 +10,7 @@ __all__ = [
     "SlideError",
     "StoreError",
     "StoreExistsError",
+    "StoreLockedError",
     "WsizarrError",
 ]
 
@@ -36,6 +37,10 @@ class StoreError(WsizarrError, OSError):
 
 class StoreExistsError(StoreError, FileExistsError):
     """The output store exists and neither overwrite nor resume was asked for."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the store's lock (or took it over): one writer per store at a time."""
 
 
 class IncompleteStoreError(StoreError):

@@ -20,6 +20,7 @@ from ._annotations import Annotation, apply_label_map, read_annotations
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
 from ._locations import Location, exists, parse_location, publish, size_bytes
+from ._lock import writer_lock
 from ._reader import PatchReader
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
@@ -457,136 +458,143 @@ def extract(
         target, workers=workers, executor=executor, overwrite=overwrite, resume=resume,
         append=append, patch_size=patch_size, shard_size=shard_size,
     )
-    target_exists, partial_exists = exists(target), exists(partial)
-    if overwrite and target_exists:
-        ensure_own_store(target)
-    # Where this run builds: a zip, or a store being overwritten, is built beside the target
-    # (`partial`) and swapped in only once complete, so a failed run leaves the old one intact.
-    if target.kind == "zip" or (overwrite and (target_exists or partial_exists)) or (resume and partial_exists):
-        building, building_exists = partial, partial_exists
-    else:
-        building, building_exists = target, target_exists
-    if partial_exists and not (overwrite or resume):
-        raise StoreError(
-            f"{target}: an earlier run left an unfinished store at {partial}; rerun it with "
-            "--resume (or --overwrite to start again)"
-        )
-    if (target_exists or building_exists) and not (overwrite or resume or append):
-        raise StoreExistsError(
-            f"{target}: already exists; pass --overwrite to replace it, --resume to finish it "
-            "or --append to add slides to it"
-        )
-    if append and not building_exists:
-        raise StoreError(f"{building}: store not found, nothing to append to; drop --append to create it")
-    pairs, unmatched_slides, unmatched_annotations = match_annotations(slide, annotations)
-    if not pairs:
-        raise ParameterError(
-            f"{annotations}: no annotation file matches any slide by name "
-            f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
-        )
-    wants_background = background > 0 or sampler == BACKGROUND_LABEL
-    prepared, failures = _prepare_slides(
-        pairs, _Reading(label_from, exclude_detections, label_map, keep_only), strict=strict,
-        level=level, mpp=mpp, magnification=magnification, patch_size=patch_size,
-        wants_background=wants_background,
-    )
-    parameters: dict[str, Any] = {
-        "sampler": sampler, "level": 0 if level is None and mpp is None and magnification is None else level,
-        "mpp": mpp, "magnification": magnification,
-        "patch_size": patch_size, "per_annotation": per_annotation, "stride": stride,
-        "min_overlap": min_overlap, "background": background, "masks": masks,
-        "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
-        "label_map": None if label_map is None else dict(label_map), "keep_only": keep_only,
-        "label_from": label_from, "exclude_detections": exclude_detections,
-    }
-    summarise = functools.partial(
-        _summary, target, started=started, prepared=prepared, failures=failures,
-        unmatched_slides=unmatched_slides, unmatched_annotations=unmatched_annotations,
-    )
-    if building != target and not building_exists and target_exists and not overwrite:
-        return summarise(store_metadata(open_store(target)), 0)  # resumed after it was published
-    group = open_for_writing(building) if building_exists and not overwrite else None
-    existing = store_metadata(group) if group is not None else None
-    if existing is not None and existing.get("parameters") != parameters:
-        raise StoreError(
-            f"{building}: was made with other parameters ({existing.get('parameters')}); use the "
-            "same ones to resume or append, or --overwrite"
-        )
-    resuming_run = existing is not None and not existing.get("complete") and "run" in existing
-    if existing is not None and not existing.get("complete") and not resume:
-        raise StoreError(f"{building}: an earlier extraction did not finish; rerun it with --resume")
-    if existing is not None and existing.get("complete") and not append:
-        if building != target:
-            _publish(building, target)
-        return summarise(existing, 0)
-    if resuming_run:
-        first_slide, first_patch = existing["run"]["first_slide"], existing["run"]["first_patch"]
-        earlier = existing["slides"][:first_slide]
-        label_names = list(existing["label_names"])
-    else:
-        earlier = existing["slides"] if existing else []
-        first_slide, first_patch = len(earlier), existing["n_patches"] if existing else 0
-        label_names = _label_names(existing, prepared, wants_background, label_order)
-    known = {s.get("content_hash") for s in earlier}
-    for p in prepared:
-        if p.content_hash in known:
+    with writer_lock(target) as lock:  # one writer per store, from the first check to the swap
+        target_exists, partial_exists = exists(target), exists(partial)
+        if overwrite and target_exists:
+            ensure_own_store(target)
+        # Where this run builds: a zip, or a store being overwritten, is built beside the target
+        # (`partial`) and swapped in only once complete, so a failed run leaves the old one intact.
+        beside = (overwrite and target_exists) or (partial_exists and (overwrite or resume))
+        if target.kind == "zip" or beside:
+            building, building_exists = partial, partial_exists
+        else:
+            building, building_exists = target, target_exists
+        if partial_exists and not (overwrite or resume):
             raise StoreError(
-                f"{p.job.path}: this slide (same content) is already in {building}; remove it from the "
-                "list of slides to append"
+                f"{target}: an earlier run left an unfinished store at {partial}; rerun it with "
+                "--resume (or --overwrite to start again)"
             )
-    labels = {name: code for code, name in enumerate(label_names)}
-    plans = [
-        plan_patches(
-            list(p.job.annotations), p.job.info, sampler=sampler, resolution=p.job.resolution,
-            patch_size=patch_size, per_annotation=per_annotation, seed=seed, stride=stride,
-            min_overlap=min_overlap, background=background, tissue=p.tissue,
-            drop_partial=drop_partial, slide_index=first_slide + i, labels=labels,
+        if (target_exists or building_exists) and not (overwrite or resume or append):
+            raise StoreExistsError(
+                f"{target}: already exists; pass --overwrite to replace it, --resume to finish it "
+                "or --append to add slides to it"
+            )
+        if append and not building_exists:
+            raise StoreError(f"{building}: store not found, nothing to append to; drop --append to create it")
+        pairs, unmatched_slides, unmatched_annotations = match_annotations(slide, annotations)
+        if not pairs:
+            raise ParameterError(
+                f"{annotations}: no annotation file matches any slide by name "
+                f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
+            )
+        wants_background = background > 0 or sampler == BACKGROUND_LABEL
+        prepared, failures = _prepare_slides(
+            pairs, _Reading(label_from, exclude_detections, label_map, keep_only), strict=strict,
+            level=level, mpp=mpp, magnification=magnification, patch_size=patch_size,
+            wants_background=wants_background,
         )
-        for i, p in enumerate(prepared)
-    ]
-    plan = concat_plans(plans)
-    if len(plan) == 0:
-        raise ParameterError(
-            "the plan has no patches (annotations outside the slides, or every patch dropped); "
-            "check the annotations belong to these slides"
-        )
-    slides_table = earlier + [
-        {
-            **p.job.info.to_attrs(), "annotations": p.source, "content_hash": p.content_hash,
-            "annotations_sha256": p.annotations_sha256,
-            "level": p.job.resolution.level, "read_size_px": p.job.resolution.read_size_px,
-            "effective_mpp": p.job.resolution.mpp,
-            "annotation_names": [a.name for a in p.job.annotations],
+        parameters: dict[str, Any] = {
+            "sampler": sampler,
+            "level": 0 if level is None and mpp is None and magnification is None else level,
+            "mpp": mpp, "magnification": magnification,
+            "patch_size": patch_size, "per_annotation": per_annotation, "stride": stride,
+            "min_overlap": min_overlap, "background": background, "masks": masks,
+            "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
+            "label_map": None if label_map is None else dict(label_map), "keep_only": keep_only,
+            "label_from": label_from, "exclude_detections": exclude_detections,
         }
-        for p in prepared
-    ]
-    new_arrays = plan.arrays()
-    digest = _store_digest(group, first_patch, new_arrays)
-    if resuming_run:
-        _check_same_run(building, existing, slides_table, digest)
-    with store_writes(building):
-        if group is None:
-            if building_exists:  # our own unfinished build beside the target: start it again
-                delete_store(building)
-            group = create_store(
-                building, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
-                metadata={"wsizarr_version": __version__, "parameters": parameters},
+        summarise = functools.partial(
+            _summary, target, started=started, prepared=prepared, failures=failures,
+            unmatched_slides=unmatched_slides, unmatched_annotations=unmatched_annotations,
+        )
+        if building != target and not building_exists and target_exists and not overwrite:
+            return summarise(store_metadata(open_store(target)), 0)  # resumed after it was published
+        group = open_for_writing(building) if building_exists and not overwrite else None
+        existing = store_metadata(group) if group is not None else None
+        if existing is not None and existing.get("parameters") != parameters:
+            raise StoreError(
+                f"{building}: was made with other parameters ({existing.get('parameters')}); use the "
+                "same ones to resume or append, or --overwrite"
             )
-        begin_run(
-            group, new_arrays, first_patch=first_patch, slides=slides_table,
-            label_names=label_names, plan_digest=digest,
-        )
-        job = ShardJob(
-            {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
-            first_patch, masks, labels,
-        )
-        tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
-        _run_tasks(building, job, tasks, workers=workers, executor=executor, client=client, progress=progress)
-        finalize_store(group, building)
-        metadata = store_metadata(group)
-        if building != target:
-            _publish(building, target)
-    return summarise(metadata, len(tasks), plan=plan)
+        resuming_run = existing is not None and not existing.get("complete") and "run" in existing
+        if existing is not None and not existing.get("complete") and not resume:
+            raise StoreError(f"{building}: an earlier extraction did not finish; rerun it with --resume")
+        if existing is not None and existing.get("complete") and not append:
+            if building != target:
+                _publish(building, target)
+            return summarise(existing, 0)
+        if resuming_run:
+            first_slide, first_patch = existing["run"]["first_slide"], existing["run"]["first_patch"]
+            earlier = existing["slides"][:first_slide]
+            label_names = list(existing["label_names"])
+        else:
+            earlier = existing["slides"] if existing else []
+            first_slide, first_patch = len(earlier), existing["n_patches"] if existing else 0
+            label_names = _label_names(existing, prepared, wants_background, label_order)
+        known = {s.get("content_hash") for s in earlier}
+        for p in prepared:
+            if p.content_hash in known:
+                raise StoreError(
+                    f"{p.job.path}: this slide (same content) is already in {building}; remove it from the "
+                    "list of slides to append"
+                )
+        labels = {name: code for code, name in enumerate(label_names)}
+        plans = [
+            plan_patches(
+                list(p.job.annotations), p.job.info, sampler=sampler, resolution=p.job.resolution,
+                patch_size=patch_size, per_annotation=per_annotation, seed=seed, stride=stride,
+                min_overlap=min_overlap, background=background, tissue=p.tissue,
+                drop_partial=drop_partial, slide_index=first_slide + i, labels=labels,
+            )
+            for i, p in enumerate(prepared)
+        ]
+        plan = concat_plans(plans)
+        if len(plan) == 0:
+            raise ParameterError(
+                "the plan has no patches (annotations outside the slides, or every patch dropped); "
+                "check the annotations belong to these slides"
+            )
+        slides_table = earlier + [
+            {
+                **p.job.info.to_attrs(), "annotations": p.source, "content_hash": p.content_hash,
+                "annotations_sha256": p.annotations_sha256,
+                "level": p.job.resolution.level, "read_size_px": p.job.resolution.read_size_px,
+                "effective_mpp": p.job.resolution.mpp,
+                "annotation_names": [a.name for a in p.job.annotations],
+            }
+            for p in prepared
+        ]
+        new_arrays = plan.arrays()
+        digest = _store_digest(group, first_patch, new_arrays)
+        if resuming_run:
+            _check_same_run(building, existing, slides_table, digest)
+        with store_writes(building):
+            if group is None:
+                if building_exists:  # our own unfinished build beside the target: start it again
+                    delete_store(building)
+                group = create_store(
+                    building, patch_size=patch_size, shard_size=shard_size, codec=codec, masks=masks,
+                    metadata={"wsizarr_version": __version__, "parameters": parameters},
+                )
+            begin_run(
+                group, new_arrays, first_patch=first_patch, slides=slides_table,
+                label_names=label_names, plan_digest=digest,
+            )
+            job = ShardJob(
+                {first_slide + i: p.job for i, p in enumerate(prepared)}, patch_size, plan,
+                first_patch, masks, labels,
+            )
+            tasks = shard_tasks(first_patch + len(plan), shard_size, done_shards(group))
+            _run_tasks(
+                building, job, tasks, workers=workers, executor=executor, client=client,
+                progress=progress,
+            )
+            lock.check()  # still this writer's store: finalise it
+            finalize_store(group, building)
+            metadata = store_metadata(group)
+            if building != target:
+                _publish(building, target)
+        return summarise(metadata, len(tasks), plan=plan)
 
 
 def _check_options(

@@ -8,7 +8,9 @@ fills in :class:`_Backend`; callers never branch on the kind.
 S3 goes through zarr's own ``ObjectStore`` over obstore (``pip install 'wsizarr[cloud]'``).
 Credentials, endpoint and region come from the storage options, else from the usual AWS
 environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-``AWS_ENDPOINT_URL``, ``AWS_REGION``).
+``AWS_ENDPOINT_URL``, ``AWS_REGION``). Every S3 request has a timeout (the ``timeout`` storage
+option, seconds, default 30) and a bounded number of retries, so a server that stops answering
+gives a ``StoreError`` within about three timeouts instead of a hang.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import re
 import shutil
 import tempfile
 import zipfile
+from urllib.parse import urlsplit
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -56,10 +59,17 @@ __all__ = [
 
 Kind = Literal["local", "zip", "s3"]
 Mode = Literal["r", "w", "a"]  # read only; create; add to an existing store (resume)
-STORAGE_OPTIONS = ("access_key_id", "secret_access_key", "session_token", "endpoint_url", "region")
+STORAGE_OPTIONS = (
+    "access_key_id", "secret_access_key", "session_token", "endpoint_url", "region", "timeout",
+)
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-# listing and deleting give up within a second when the endpoint is down (obstore: 10 retries)
-_FEW_RETRIES: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=30)}
+DEFAULT_TIMEOUT_SECONDS = 30.0  # one S3 request, connecting to the end of the body
+# Retries stop once twice the timeout has passed since the first try, so a server that accepts
+# connections and never answers costs about three timeouts (90 s by default), never a hang.
+# Listing and deleting retry 3 times (they give up within a second when the endpoint is down);
+# the data path 10 times, riding out a busy server's 5xx answers (backoff up to 5 s).
+_FEW_RETRIES = 3
+_DATA_RETRIES = 10
 _PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary files
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: packing the same store gives the same zip
 
@@ -94,6 +104,10 @@ def parse_location(
             f"{os.fspath(text)}: unknown storage options {unknown}; use {list(STORAGE_OPTIONS)}"
         )
     text = os.fspath(text)
+    if "timeout" in options:
+        _timeout_seconds(text, options["timeout"])
+    if options.get("endpoint_url"):
+        _check_endpoint(text, options["endpoint_url"], "the endpoint_url option")
     scheme, sep, rest = text.partition("://")
     if sep and scheme != "s3":
         raise ParameterError(
@@ -104,10 +118,15 @@ def parse_location(
         raise ParameterError(f"{text}: storage options apply to s3:// locations only; drop them")
     if sep:
         bucket, _, prefix = rest.partition("/")
-        prefix = prefix.strip("/")
+        prefix = prefix.rstrip("/")
         if not bucket or not prefix:
             raise ParameterError(
                 f"{text}: name a bucket and a prefix, e.g. s3://bucket/cohort.zarr"
+            )
+        if any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ParameterError(
+                f"{text}: S3 keys are not paths, so '.', '..' and '//' would name other objects "
+                "than they seem to; write the prefix plainly, e.g. s3://bucket/a/b.zarr"
             )
         return Location("s3", prefix, bucket, options)
     return Location("zip" if text.lower().endswith(".zip") else "local", text)
@@ -316,9 +335,85 @@ class _Zip(_Local):
         _BACKENDS[source.kind].delete(source)
 
 
+class _S3ZarrStore(zarr.storage.ObjectStore):  # type: ignore[type-arg]
+    """zarr's ``ObjectStore`` whose S3 failures (a timeout, a refused connection, ...) come out
+    as one-line ``StoreError``s, as they do from listing; a missing key stays what zarr expects."""
+
+    def __init__(self, store: Any, *, read_only: bool = False, location: Location | None = None) -> None:
+        super().__init__(store, read_only=read_only)
+        self.location = location
+
+    def with_read_only(self, read_only: bool = False) -> _S3ZarrStore:
+        return type(self)(self.store, read_only=read_only, location=self.location)
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        with self._errors():
+            return await super().get(*args, **kwargs)
+
+    async def get_partial_values(self, *args: Any, **kwargs: Any) -> Any:
+        with self._errors():
+            return await super().get_partial_values(*args, **kwargs)
+
+    async def exists(self, key: str) -> bool:
+        with self._errors():
+            return await super().exists(key)
+
+    async def set(self, *args: Any, **kwargs: Any) -> None:
+        with self._errors():
+            await super().set(*args, **kwargs)
+
+    async def set_if_not_exists(self, *args: Any, **kwargs: Any) -> None:
+        with self._errors():
+            await super().set_if_not_exists(*args, **kwargs)
+
+    async def delete(self, key: str) -> None:
+        with self._errors():
+            await super().delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        with self._errors():
+            await super().delete_dir(prefix)
+
+    async def getsize(self, key: str) -> int:
+        with self._errors():
+            return await super().getsize(key)
+
+    async def getsize_prefix(self, prefix: str) -> int:
+        with self._errors():
+            return await super().getsize_prefix(prefix)
+
+    def list(self) -> AsyncIterator[str]:  # type: ignore[override]
+        return self._listing(super().list())
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        return self._listing(super().list_prefix(prefix))
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        return self._listing(super().list_dir(prefix))
+
+    async def _listing(self, keys: AsyncIterator[str]) -> AsyncIterator[str]:
+        with self._errors():
+            async for key in keys:
+                yield key
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except Exception as error:
+            exceptions = _obstore(self.location).exceptions
+            if isinstance(error, exceptions.NotFoundError) or not isinstance(
+                error, (exceptions.BaseError, OSError)
+            ):
+                raise
+            raise _s3_error(self.location, error) from None
+
+
 class _S3(_Backend):
     def open(self, location: Location, mode: Mode) -> Store:
-        return zarr.storage.ObjectStore(_s3_store(location), read_only=mode == "r")
+        return _S3ZarrStore(_s3_store(location, _DATA_RETRIES), read_only=mode == "r", location=location)
 
     def exists(self, location: Location) -> bool:
         return any(True for _ in self.listing(location, ""))
@@ -327,13 +422,13 @@ class _S3(_Backend):
         keys = [key for key, _ in self.listing(location, "")]
         if keys:
             with _s3_errors(location):
-                _obstore(location).delete(_s3_store(location, _FEW_RETRIES), keys)
+                _obstore(location).delete(_s3_store(location), keys)
 
     def publish(self, source: Location, target: Location) -> None:
         new = [key for key, _ in self.listing(source, "")]
         old = [key for key, _ in self.listing(target, "")]
         obstore = _obstore(target)
-        bucket = _s3_store(Location("s3", "", target.bucket, target.storage_options))
+        bucket = _s3_store(target, root=True)
         with _s3_errors(target):
             if "zarr.json" in old:
                 obstore.delete(bucket, f"{target.path}/zarr.json")
@@ -344,17 +439,53 @@ class _S3(_Backend):
 
     def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
         with _s3_errors(location):
-            store = _s3_store(location, _FEW_RETRIES)
+            store = _s3_store(location)
             for batch in _obstore(location).list(store, prefix or None, chunk_size=1000):
                 for meta in batch:
                     yield meta["path"], meta["size"]
 
 
 def _endpoint(location: Location) -> str | None:
-    """The endpoint from the storage options, else from the environment; None: AWS itself."""
-    return location.storage_options.get("endpoint_url") or next(
-        (os.environ[name] for name in _ENDPOINT_VARIABLES if os.environ.get(name)), None
-    )
+    """The endpoint from the storage options, else from the environment; None: AWS itself.
+
+    ``ParameterError`` for one that is not an http(s) URL with a host (obstore would panic)."""
+    endpoint = location.storage_options.get("endpoint_url")
+    if endpoint:
+        return _check_endpoint(str(location), endpoint, "the endpoint_url option")
+    for name in _ENDPOINT_VARIABLES:
+        if os.environ.get(name):
+            return _check_endpoint(str(location), os.environ[name], name)
+    return None
+
+
+def _check_endpoint(where: str, endpoint: str, source: str) -> str:
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ParameterError(
+            f"{where}: the S3 endpoint {endpoint!r} (from {source}) is not an http(s) URL with a "
+            "host; write it like http://host:9000 or https://s3.example.com"
+        )
+    return endpoint
+
+
+def _timeout_seconds(where: str, value: str | None) -> float:
+    """The ``timeout`` storage option in seconds (default ``DEFAULT_TIMEOUT_SECONDS``)."""
+    if value is None:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ParameterError(
+            f"{where}: the timeout storage option must be a positive number of seconds, "
+            f"got {value!r}; e.g. timeout=30"
+        )
+    return seconds
 
 
 def _obstore(location: Location) -> ModuleType:
@@ -372,8 +503,9 @@ def _obstore(location: Location) -> ModuleType:
 _obstore_pid: int | None = None  # the process whose obstore (tokio) runtime is running
 
 
-def _s3_store(location: Location, retry_config: RetryConfig | None = None) -> S3Store:
-    """obstore's S3 client; zarr's data path keeps obstore's patient default retries.
+def _s3_store(location: Location, retries: int = _FEW_RETRIES, *, root: bool = False) -> S3Store:
+    """obstore's S3 client on the store's prefix (``root``: on the bucket), every request limited
+    by the ``timeout`` option and retried at most ``retries`` times within twice that.
 
     obstore's runtime does not survive ``fork``: a child of a process that used S3 would hang
     on its first request, so it gets a ``StoreError`` with the fix instead.
@@ -387,16 +519,31 @@ def _s3_store(location: Location, retry_config: RetryConfig | None = None) -> S3
         )
     _obstore_pid = os.getpid()
     config: dict[str, Any] = {
-        name: value for name, value in location.storage_options.items() if name != "endpoint_url"
+        name: value for name, value in location.storage_options.items()
+        if name not in ("endpoint_url", "timeout")
     }
     endpoint = _endpoint(location)
     if endpoint:
         config["endpoint"] = endpoint
+    timeout = timedelta(seconds=_timeout_seconds(str(location), location.storage_options.get("timeout")))
+    retry: RetryConfig = {
+        "max_retries": retries,
+        "retry_timeout": 2 * timeout,
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=100),
+            "max_backoff": min(timeout, timedelta(seconds=5)),
+            "base": 2,
+        },
+    }
     return _obstore(location).store.S3Store(
         location.bucket,
-        prefix=location.path or None,  # "": the bucket root
-        client_options={"allow_http": bool(endpoint and endpoint.startswith("http://"))},
-        retry_config=retry_config,
+        prefix=None if root else location.path,
+        client_options={
+            "allow_http": bool(endpoint and endpoint.startswith("http://")),
+            "timeout": timeout,
+            "connect_timeout": min(timeout, timedelta(seconds=5)),
+        },
+        retry_config=retry,
         **config,
     )
 
@@ -414,23 +561,38 @@ def _s3_errors(location: Location) -> Iterator[None]:
     try:
         yield
     except (exceptions.BaseError, OSError) as error:
-        message = str(error)
-        if "NoSuchBucket" in message:
-            raise StoreError(
-                f"{location}: bucket '{location.bucket}' does not exist; create it or fix the URL"
-            ) from None
-        refused = (exceptions.PermissionDeniedError, exceptions.UnauthenticatedError)
-        if isinstance(error, refused) or any(code in message for code in _CREDENTIAL_CODES):
-            raise StoreError(
-                f"{location}: the S3 server refused the credentials; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or the storage options) to a key allowed on this bucket"
-            ) from None
-        if "error sending request" in message:
-            raise StoreError(
-                f"{location}: cannot reach {_endpoint(location) or 'the AWS endpoint'}; check the "
-                "endpoint (AWS_ENDPOINT_URL or the endpoint_url option) and that the server runs"
-            ) from None
-        raise StoreError(f"{location}: {message.splitlines()[0]}") from None
+        raise _s3_error(location, error) from None
+
+
+def _s3_error(location: Location, error: BaseException) -> StoreError:
+    """The one-line ``StoreError`` for an obstore error."""
+    exceptions = _obstore(location).exceptions
+    message = str(error)
+    if "NoSuchBucket" in message:
+        return StoreError(
+            f"{location}: bucket '{location.bucket}' does not exist; create it or fix the URL"
+        )
+    refused = (exceptions.PermissionDeniedError, exceptions.UnauthenticatedError)
+    if isinstance(error, refused) or any(code in message for code in _CREDENTIAL_CODES):
+        return StoreError(
+            f"{location}: the S3 server refused the credentials; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or the storage options) to a key allowed on this bucket"
+        )
+    endpoint = _endpoint(location) or "the AWS endpoint"
+    if "kind: Timeout" in message or "TimedOut" in message:
+        seconds = _timeout_seconds(str(location), location.storage_options.get("timeout"))
+        return StoreError(
+            f"{location}: the S3 server at {endpoint} did not answer within {seconds:g} s "
+            "(tried again, in vain); check the server is up and not overloaded, or raise the "
+            "timeout storage option (--storage-option timeout=SECONDS); rerun with --resume "
+            "if an extraction stopped"
+        )
+    if "error sending request" in message:
+        return StoreError(
+            f"{location}: cannot reach {endpoint}; check the "
+            "endpoint (AWS_ENDPOINT_URL or the endpoint_url option) and that the server runs"
+        )
+    return StoreError(f"{location}: {message.splitlines()[0] if message else type(error).__name__}")
 
 
 _BACKENDS: dict[Kind, _Backend] = {"local": _Local(), "zip": _Zip(), "s3": _S3()}
