@@ -736,11 +736,12 @@ def format_description(description: Mapping[str, Any]) -> str:
         f"{d['file']}: {_FORMAT_NAMES[d['format']]}, {d['annotations']} annotations, "
         f"{sum(1 for entry in d['labels'] if entry['label'] is not None)} labels"
     ]
-    for entry in d["labels"]:
-        label = "(unlabelled)" if entry["label"] is None else entry["label"]
+    names = ["(unlabelled)" if entry["label"] is None else entry["label"] for entry in d["labels"]]
+    width = max(map(len, names), default=0)
+    for name, entry in zip(names, d["labels"]):
         types = ", ".join(f"{kind} {n}" for kind, n in entry["types"].items())
         source = f"  from {entry['source']}" if entry["source"] else ""
-        lines.append(f"  {label:<24} {entry['count']:>6}  {types}{source}")
+        lines.append(f"  {name:<{width}} {entry['count']:>6}  {types}{source}")
     skipped = sum(d["skipped"].values())
     lines.append(
         f"repaired {d['repaired']}, skipped {skipped}"

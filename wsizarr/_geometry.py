@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import shapely
 from PIL import Image, ImageDraw
 
 __all__ = [
-    "centroid", "ellipse", "has_area", "points_in_polygon", "rasterize", "rotate", "window_sums",
+    "centroid", "ellipse", "has_area", "point_inside", "points_in_polygon", "rasterize", "rotate",
+    "window_sums",
 ]
 
 # An inscribed 64-gon has n/(2*pi)*sin(2*pi/n) = 99.84 % of the ellipse's area (pi*a*b).
@@ -70,6 +72,19 @@ def points_in_polygon(
     for hole in holes:
         inside &= ~_in_ring(points, hole)
     return inside
+
+
+def point_inside(exterior: np.ndarray, holes: Sequence[np.ndarray] = ()) -> tuple[float, float] | None:
+    """A point inside ``exterior`` and outside every hole (holes may cross the exterior, like
+    exclusions that overlap an annotation); None when the holes cover it all."""
+    with np.errstate(all="ignore"):  # GEOS may divide by zero on near-degenerate input
+        area = shapely.make_valid(shapely.Polygon(exterior))
+        for hole in holes:
+            area = area.difference(shapely.make_valid(shapely.Polygon(hole)))
+    if area.is_empty or area.area == 0:
+        return None
+    point = area.point_on_surface()
+    return float(point.x), float(point.y)
 
 
 def rasterize(
