@@ -23,7 +23,7 @@ import shapely
 from lxml import etree
 
 from ._errors import AnnotationError, ParameterError
-from ._geometry import ellipse, points_in_polygon
+from ._geometry import ellipse, points_in_polygon, rotate
 
 __all__ = [
     "ANNOTATION_TYPES", "Annotation", "AnnotationFile", "Skipped", "annotation_notes",
