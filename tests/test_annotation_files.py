@@ -340,3 +340,19 @@ def test_real_asap_dot_with_four_coordinates_is_a_point_set():
     result = read_annotation_file(ANNOTATIONS / "wsiprocess_CMU-1_detection.xml")
     (point_set,) = [a for a in result.annotations if a.label == "cell"]
     assert point_set.type == "PointSet" and point_set.vertices.shape == (4, 2)
+
+
+def test_asap_measurement_is_a_line_and_the_rest_is_kept(tmp_path):
+    # the structure of ASAP's own files: a Dot, a Rectangle, a Polygon, a Spline and a ruler
+    shapes = [("Dot", [(10, 10)]), ("Rectangle", _square(100, 100)), ("Polygon", [(300, 0), (400, 50), (350, 90)]),
+              ("Spline", [(500, 0), (600, 50), (550, 90)]), ("Measurement", [(0, 500), (300, 520)])]
+    body = "".join(
+        f'<Annotation Name="Annotation {k}" Type="{kind}" PartOfGroup="None" Color="#F4FA58">'
+        f"<Coordinates>{_coordinates(points)}</Coordinates></Annotation>\n" for k, (kind, points) in enumerate(shapes)
+    )
+    path = tmp_path / "asap.xml"
+    path.write_text(f'<?xml version="1.0"?>\n<ASAP_Annotations>\n<Annotations>\n{body}</Annotations>\n'
+                    "<AnnotationGroups />\n</ASAP_Annotations>\n")
+    result = read_annotation_file(path)
+    assert [a.type for a in result.annotations] == ["Dot", "Rectangle", "Polygon", "Spline"]
+    assert [(s.where, s.reason) for s in result.skipped] == [("8: annotation 'Annotation 4'", "line")]

@@ -367,6 +367,9 @@ def _read_asap(builder: _Builder, root: etree._Element) -> dict[str, str | None]
         name = element.get("Name") or f"Annotation {index}"
         where = f"{element.sourceline}: annotation {name!r}"
         kind = element.get("Type", "Polygon")
+        if kind == "Measurement":
+            builder.skip(where, "line", "a Measurement (ASAP's ruler) measures a length and outlines no area")
+            continue
         if kind not in ANNOTATION_TYPES:
             builder.skip(
                 where, f"unsupported type {kind!r}",
