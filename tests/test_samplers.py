@@ -246,8 +246,11 @@ def test_masks_show_exclusions_as_none(tmp_path, aperio_even_case):
                           other=[(2500, 1000), (2700, 1000), (2700, 1200), (2500, 1200)],
                           hole=[(1400, 1400), (1600, 1400), (1600, 1600), (1400, 1600)])
     store = tmp_path / "cut.zarr"
-    extract(aperio_even_case.slide, path, store, level=0, patch_size=256, sampler="grid", stride=128,
-            min_overlap=0.25, masks=True, exclude_labels=["_2"])
+    summary = extract(aperio_even_case.slide, path, store, level=0, patch_size=256, sampler="grid", stride=128,
+                      min_overlap=0.25, masks=True, exclude_labels=["_2"])
+    # grid tiles a quarter inside the tumour but centred in the 200-px cut are left out, and said so
+    assert summary.dropped_excluded > 0
+    assert f"{summary.dropped_excluded} patches centred in exclusions dropped" in str(summary)
     dataset = open_dataset(store)
     assert set(dataset.label.values.tolist()) == {"_0", "_1"}
     xs, ys, masks = dataset.x.values, dataset.y.values, dataset["masks"].values

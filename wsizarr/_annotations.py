@@ -283,13 +283,15 @@ class _Builder:
 
     def add(
         self, where: str, name: str, label: str | None, kind: str, vertices: np.ndarray | None,
-        holes: Sequence[np.ndarray] = (), *, origin: str = "", exclusion: bool = False,
+        holes: Sequence[np.ndarray | None] = (), *, origin: str = "", exclusion: bool = False,
     ) -> None:
         """Add an annotation (or, for an excluded label, an exclusion); ``origin`` says where
-        its label came from. A ring that was skipped (None) adds nothing."""
+        its label came from. Rings that were skipped (None) are left out: an exterior, with
+        the whole annotation."""
         if vertices is None:
             return
-        parts = [(vertices, tuple(holes))]
+        holes = tuple(h for h in holes if h is not None)
+        parts = [(vertices, holes)]
         if kind in ("Polygon", "Spline", "Rectangle"):
             polygon = shapely.Polygon(vertices, holes)
             if not polygon.is_valid:  # what make_valid gives back is a plain polygon
@@ -440,7 +442,8 @@ def _imagescope_shape(
         return "Rectangle", builder.ring(where, corners, "Rectangle")
     if kind == "2" and len(points) >= 2:
         (x0, y0), (x1, y1) = np.min(points, axis=0), np.max(points, axis=0)
-        return "Polygon", builder.ring(where, ellipse((x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2), "Polygon")
+        outline = ellipse((x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2)
+        return "Polygon", builder.ring(where, outline, "Polygon")
     if kind == "3" and points:
         builder.warn(where, "an arrow (Type 3), read as a Dot at its head (its first vertex)")
         return "Dot", builder.ring(where, points[:1], "Dot")
@@ -483,7 +486,9 @@ def _read_imagescope(builder: _Builder, root: etree._Element, label_from: _Label
                 if vertices is not None:
                     negative.append((where, name, vertices))
             else:
-                builder.skip(where, "too few points", f"a negative region needs an area, found {len(points)} vertices")
+                builder.skip(
+                    where, "too few points", f"a negative region needs an area, found {len(points)} vertices"
+                )
         used: set[int] = set()
         for where, name, kind, vertices in positive:
             inside = [] if len(vertices) < 3 else [
@@ -607,7 +612,7 @@ def _add_geometry(
             exterior = builder.ring(where, [c[:2] for c in rings[0]], "Polygon")
             holes = [builder.ring(where, [c[:2] for c in ring], "Polygon") for ring in rings[1:]]
             part = name if len(polygons) == 1 else f"{name} #{k + 1}"
-            builder.add(where, part, label, "Polygon", exterior, [h for h in holes if h is not None], origin=origin)
+            builder.add(where, part, label, "Polygon", exterior, holes, origin=origin)
     elif kind in ("LineString", "MultiLineString"):
         builder.skip(where, "line", f"a {kind} outlines no area")
     else:
@@ -622,7 +627,7 @@ def _dsa_documents(document: Any) -> list[tuple[str, list[Any]]] | None:
     or the bare ``annotation`` object, alone or in a list); None when this is not DSA JSON."""
     documents = []
     for item in document if isinstance(document, list) else [document]:
-        body = item.get("annotation") if isinstance(item, dict) and isinstance(item.get("annotation"), dict) else item
+        body = item.get("annotation") if isinstance(item, dict) and "annotation" in item else item
         if not isinstance(body, dict) or not isinstance(body.get("elements"), list):
             return None
         documents.append((body["name"] if isinstance(body.get("name"), str) else "", body["elements"]))
@@ -667,7 +672,7 @@ def _add_dsa_element(
             return
         exterior = builder.ring(where, [p[:2] for p in element["points"]], "Polygon")
         holes = [builder.ring(where, [p[:2] for p in hole], "Polygon") for hole in element.get("holes") or ()]
-        builder.add(where, where, label, "Polygon", exterior, [h for h in holes if h is not None], origin=origin)
+        builder.add(where, where, label, "Polygon", exterior, holes, origin=origin)
         return
     if kind not in ("rectangle", "ellipse", "circle", "point"):
         builder.skip(where, f"unsupported element {kind!r}", f"a DSA {kind!r} element is not a shape to sample")

@@ -70,6 +70,7 @@ class ExtractionSummary:
     skipped_annotations: int = 0
     padded: int = 0
     dropped_partial: int = 0
+    dropped_excluded: int = 0
     failed_slides: tuple[SlideFailure, ...] = ()
     slides_without_annotations: tuple[str, ...] = ()
     annotations_without_slides: tuple[str, ...] = ()
@@ -87,6 +88,7 @@ class ExtractionSummary:
                 (self.skipped_annotations, "annotations outside the slide skipped"),
                 (self.padded, "edge patches padded with white"),
                 (self.dropped_partial, "edge patches dropped"),
+                (self.dropped_excluded, "patches centred in exclusions dropped"),
             ] if count
         )
         slides = f" from {self.n_slides} slides" if self.n_slides > 1 else ""
@@ -786,6 +788,7 @@ def _summary(
         skipped_annotations=0 if plan is None else len(plan.skipped_annotations),
         padded=0 if plan is None else int(plan.padded.sum()),
         dropped_partial=0 if plan is None else plan.dropped_partial,
+        dropped_excluded=0 if plan is None else plan.dropped_excluded,
         failed_slides=tuple(failures), slides_without_annotations=tuple(unmatched_slides),
         annotations_without_slides=tuple(unmatched_annotations),
     )

@@ -228,7 +228,7 @@ def _sample(
     elif sampler == "centroid" and len(xs) == 0 and has_area(annotation.vertices):
         point = point_inside(annotation.vertices, cut.holes)
         if point is not None:
-            xs, ys = _centred(np.array([point[0]]) / ctx.downsample, np.array([point[1]]) / ctx.downsample, ctx)
+            xs, ys = _centred(*(np.array([v / ctx.downsample]) for v in point), ctx)
             keep = ~_centred_in(exclusions, xs, ys, ctx)
             xs, ys = xs[keep], ys[keep]
     return xs, ys, wanted - len(xs)
