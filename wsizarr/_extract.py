@@ -445,9 +445,9 @@ def extract(
     patches crossing the slide edge (otherwise padded with white and flagged). ``label_map``
     renames or merges labels (``keep_only``: drop the labels it does not name), ``label_order``
     fixes the label codes (stable across stores); ``label_from``, ``exclude_detections``,
-    ``exclude_labels`` (labels whose annotations become areas to leave out) and
-    ``strict_annotations`` (refuse degenerate objects instead of skipping them) are passed to
-    ``read_annotation_file``; no patch is centred in an exclusion. ``resume`` finishes an interrupted run of the
+    ``exclude_labels`` (labels whose annotations become areas to leave out: no patch is centred
+    in one) and ``strict_annotations`` (refuse degenerate objects instead of skipping them) are
+    passed to ``read_annotation_file``. ``resume`` finishes an interrupted run of the
     same command, writing only missing shards; ``append`` adds the slides to an existing store.
     In a cohort an unreadable slide is reported and skipped unless ``strict``. Shard tasks run
     on ``workers`` threads (``executor="threads"``, the default: OpenSlide and the codecs
@@ -494,10 +494,11 @@ def extract(
             f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
         )
     wants_background = background > 0 or sampler == BACKGROUND_LABEL
+    reading = _Reading(
+        label_from, exclude_detections, label_map, keep_only, tuple(exclude_labels), strict_annotations
+    )
     prepared, failures = _prepare_slides(
-        pairs, _Reading(
-            label_from, exclude_detections, label_map, keep_only, tuple(exclude_labels), strict_annotations
-        ), strict=strict,
+        pairs, reading, strict=strict,
         level=level, mpp=mpp, magnification=magnification, patch_size=patch_size,
         wants_background=wants_background,
     )
