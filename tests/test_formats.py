@@ -350,6 +350,12 @@ def _geojson(rings, labels):
     ]})
 
 
+def _dsa(rings, labels):
+    return json.dumps([{"_id": f"doc{i}", "annotation": {"name": f"layer {i}", "elements": [
+        {"type": "polyline", "closed": True, "points": [[x, y, 0] for x, y in r],
+         **({"label": {"value": lab}} if lab else {})}]}} for i, (r, lab) in enumerate(zip(rings, labels))])
+
+
 def _imagescope(rings, labels):
     return "<Annotations>" + "".join(
         f'<Annotation Id="{i}" Name="{lab or ""}"><Regions><Region Id="1"><Vertices>'
@@ -359,7 +365,7 @@ def _imagescope(rings, labels):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(ring, label), min_size=1, max_size=4), st.sampled_from([_asap, _geojson, _imagescope]))
+@given(st.lists(st.tuples(ring, label), min_size=1, max_size=4), st.sampled_from([_asap, _geojson, _imagescope, _dsa]))
 def test_valid_files_round_trip(tmp_path, shapes, writer):
     rings = [r for r, _ in shapes]
     labels = [lab for _, lab in shapes]
@@ -370,9 +376,10 @@ def test_valid_files_round_trip(tmp_path, shapes, writer):
     result = read_annotation_file(path)
     if result.repaired == 0:  # a valid polygon comes back exactly
         assert len(result.annotations) == len(rings)
-        for annotation, r, lab in zip(result.annotations, rings, labels):
+        for i, (annotation, r, lab) in enumerate(zip(result.annotations, rings, labels)):
             np.testing.assert_array_equal(annotation.vertices, np.array(r, dtype=float)[: len(annotation.vertices)])
-            assert annotation.label == lab
+            # an unnamed ImageScope layer is "layer <Id>"; an unlabelled DSA element takes its document's name
+            assert annotation.label == (lab or (None if writer in (_asap, _geojson) else f"layer {i}"))
     for annotation in result.annotations:
         assert np.isfinite(annotation.vertices).all()
 
@@ -424,7 +431,7 @@ def test_arbitrary_bytes_raise_only_wsizarr_errors(tmp_path, data):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(ring, label), min_size=1, max_size=3), st.sampled_from([_asap, _geojson, _imagescope]),
+@given(st.lists(st.tuples(ring, label), min_size=1, max_size=3), st.sampled_from([_asap, _geojson, _imagescope, _dsa]),
        st.integers(0, 10_000), st.integers(1, 50))
 def test_damaged_files_raise_only_wsizarr_errors(tmp_path, shapes, writer, cut, garbage):
     text = writer([r for r, _ in shapes], [lab for _, lab in shapes])
