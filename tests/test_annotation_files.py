@@ -356,3 +356,13 @@ def test_asap_measurement_is_a_line_and_the_rest_is_kept(tmp_path):
     result = read_annotation_file(path)
     assert [a.type for a in result.annotations] == ["Dot", "Rectangle", "Polygon", "Spline"]
     assert [(s.where, s.reason) for s in result.skipped] == [("8: annotation 'Annotation 4'", "line")]
+
+
+def test_a_bare_geojson_geometry_is_one_unnamed_feature(tmp_path):
+    # QuPath's own test data holds a MultiPolygon written without a Feature around it
+    path = tmp_path / "polygon.geojson"
+    path.write_text(json.dumps({"type": "MultiPolygon", "coordinates": [[SQUARE_RING], [[[20, 20], [30, 20], [30, 30], [20, 20]]]]}))
+    result = read_annotation_file(path)
+    assert [(a.name, a.type, a.label) for a in result.annotations] == [
+        ("Feature 0 #1", "Polygon", None), ("Feature 0 #2", "Polygon", None),
+    ]

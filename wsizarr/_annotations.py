@@ -1,8 +1,9 @@
 """Annotation files -> ``Annotation`` records (level-0 pixel coordinates).
 
 Formats are recognised from the content: ASAP XML (``<ASAP_Annotations>``), Aperio ImageScope
-XML (``<Annotations>``), QuPath GeoJSON (a FeatureCollection, a Feature or an array of them) and
-DSA / HistomicsUI annotation JSON (a document, or a list of documents, with ``elements``).
+XML (``<Annotations>``), QuPath GeoJSON (a FeatureCollection, a Feature, an array of them or a bare
+geometry) and DSA / HistomicsUI annotation JSON (a document, or a list of documents, with
+``elements``).
 Objects that hold nothing usable (too few points, no area, lines) are skipped and counted; a file
 is refused only when nothing usable is left, or at the first one with ``strict``.
 """
@@ -40,6 +41,9 @@ _Format = Literal["asap", "imagescope", "geojson", "dsa"]
 _LabelFrom = Literal["name", "attribute"]
 _XML_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")  # ASCII-compatible + wide
 _IMAGESCOPE_DEFAULT_ATTRIBUTE = "Description"  # what ImageScope puts in every new layer
+_GEOJSON_GEOMETRIES = (
+    "Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -516,9 +520,11 @@ def _geojson_features(path: Path, document: Any) -> list[Any]:
             return features
     if isinstance(document, dict) and document.get("type") == "Feature":
         return [document]
+    if isinstance(document, dict) and document.get("type") in _GEOJSON_GEOMETRIES:
+        return [{"type": "Feature", "geometry": document}]  # a bare geometry: one unnamed feature
     raise AnnotationError(
-        f"{path}: neither QuPath GeoJSON (a FeatureCollection, a Feature or an array of Features) "
-        "nor DSA annotation JSON (documents with elements); export the annotations again"
+        f"{path}: neither QuPath GeoJSON (a FeatureCollection, a Feature, an array of Features or "
+        "a geometry) nor DSA annotation JSON (documents with elements); export the annotations again"
     )
 
 
