@@ -483,12 +483,12 @@ def _read_imagescope(builder: _Builder, root: etree._Element, label_from: _Label
                 for v in region.iterfind("Vertices/Vertex")
             ]
             kind, vertices = _imagescope_shape(builder, region, where, points)
+            if vertices is None:  # skipped
+                continue
             if region.get("NegativeROA") != "1":
-                if vertices is not None:
-                    positive.append((where, name, kind, vertices))
+                positive.append((where, name, kind, vertices))
             elif kind in ("Polygon", "Rectangle"):
-                if vertices is not None:
-                    negative.append((where, name, vertices))
+                negative.append((where, name, vertices))
             else:
                 builder.skip(
                     where, "too few points", f"a negative region needs an area, found {len(points)} vertices"
