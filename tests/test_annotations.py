@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsizarr import AnnotationError, read_annotations
+from wsizarr import AnnotationError, read_annotation_file, read_annotations
 
 from .conftest import ANNOTATIONS
 
@@ -55,9 +55,12 @@ def test_wsiprocess_classification():
 
 
 def test_wsiprocess_detection_and_segmentation():
-    detection = read_annotations(ANNOTATIONS / "wsiprocess_CMU-1_detection.xml")
+    result = read_annotation_file(ANNOTATIONS / "wsiprocess_CMU-1_detection.xml")
+    detection = result.annotations
     assert len(detection) == 24
-    assert {a.type for a in detection} == {"Rectangle", "Dot"}
+    assert {a.type for a in detection} == {"Rectangle", "PointSet"}  # its one "Dot" has 4 coordinates
+    (warning,) = result.warnings
+    assert warning == "188: annotation 'Annotation 24': a Dot with several coordinates, read as a PointSet"
     assert {a.label for a in detection} == {"malignant", "benign", "cell"}
     assert all(a.vertices.shape == (4, 2) for a in detection if a.type == "Rectangle")
     segmentation = read_annotations(ANNOTATIONS / "wsiprocess_CMU-1_segmentation.xml")

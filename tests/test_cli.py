@@ -6,12 +6,13 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import zarr
 
 from wsizarr._cli import main
 
-from .conftest import SLIDES
+from .conftest import ANNOTATIONS, SLIDES
 
 WSIZARR = shutil.which("wsizarr")
 
@@ -137,3 +138,48 @@ def test_label_map_and_formats_through_the_cli(tmp_path, aperio_even_case):
     bad = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
               "--out", tmp_path / "bad.zarr", "--label-map", "glomerulus")
     assert_one_line_error(bad, "is not old=new")
+
+
+def test_annotations_command_describes_a_file(tmp_path, capsys):
+    real = ANNOTATIONS / "WSI_handling_TCGA-EJ-5519-01Z-00-DX1.xml"
+    result = run("annotations", real)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{real}: Aperio ImageScope XML, 5 annotations, 3 labels"
+    assert lines[1].split() == ["CaP", "1", "Polygon", "1", "from", "layer", "1", "attribute", "name"]
+    assert lines[3].split()[:4] == ["layer", "4", "3", "Polygon"]
+    assert "repaired 2, skipped 0, exclusions 0" in result.stdout
+    assert main(["annotations", str(ANNOTATIONS / "wsiprocess_CMU-1_detection.xml"), "--json",
+                 "--slide", str(SLIDES / "CMU-1-Small-Region.svs"), "--exclude-labels", "benign"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["format"] == "asap" and data["annotations"] == 23 and data["exclusions"] == 1
+    assert [entry["label"] for entry in data["labels"]] == ["cell", "malignant"]
+    assert data["outside_slide"] == 23  # CMU-1's annotations, and a 2220 x 2967 crop of it
+    assert data["warnings"] == ["188: annotation 'Annotation 24': a Dot with several coordinates, read as a PointSet"]
+    line = tmp_path / "line.geojson"
+    line.write_text(json.dumps([{"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [5, 5]]}}]))
+    assert_one_line_error(run("annotations", line), "line.geojson: feature 0: a LineString outlines no area")
+
+
+def test_extract_says_first_what_was_skipped_and_honours_exclusions(tmp_path, aperio_even_case):
+    from .test_annotation_files import write_camelyon
+
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    path = write_camelyon(folder / "even.xml", tumour=[(1000, 1000), (2000, 1000), (2000, 2000), (1000, 2000)],
+                          other=[(2500, 1000), (2500, 1100), (2500, 1200)],  # a line: skipped
+                          hole=[(1200, 1200), (1800, 1200), (1800, 1800), (1200, 1800)])
+    out = tmp_path / "cut.zarr"
+    result = run("extract", aperio_even_case.slide, "--annotations", folder, "--out", out, "--sampler",
+                 "random-in-polygon", "--per-annotation", "30", "--patch-size", "64", "--exclude-labels", "_2")
+    assert result.returncode == 0, result.stderr
+    first, summary = result.stdout.splitlines()
+    assert first.startswith(f"{path}: 1 annotations; 1 skipped (no area 1)")
+    assert summary.startswith("30 patches")
+    store = zarr.open_group(out, mode="r")
+    centres = np.column_stack([store["x"][:] + 32, store["y"][:] + 32])
+    assert not ((centres > 1200) & (centres < 1800)).all(axis=1).any()
+    assert store.attrs["wsizarr"]["parameters"]["exclude_labels"] == ["_2"]
+    strict = run("extract", aperio_even_case.slide, "--annotations", path, "--out", tmp_path / "s.zarr",
+                 "--strict-annotations")
+    assert_one_line_error(strict, "even.xml:5: annotation 'Annotation 1': it has no area", "--strict-annotations")

@@ -98,7 +98,8 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
         "per_annotation": 30, "stride": None,
         "min_overlap": 0.5, "background": 0, "masks": False, "drop_partial": False, "seed": 7,
         "shard_size": 64, "codec": "zstd", "label_map": None, "keep_only": False,
-        "label_from": "name", "exclude_detections": False,
+        "label_from": "name", "exclude_detections": False, "exclude_labels": [],
+        "strict_annotations": False,
     }
     (slide,) = meta["slides"]
     assert slide["vendor"] == "aperio" and slide["level_downsamples"] == [1.0, 4.0, 16.0]

@@ -23,7 +23,7 @@ REAL = [
     ("wsiprocess_CMU-1_classification.xml", "asap", 5, {"malignant", "benign"}),
     ("wsiprocess_CMU-1_detection.xml", "asap", 24, {"malignant", "benign", "cell"}),
     ("wsiprocess_CMU-1_segmentation.xml", "asap", 4, {"malignant", "benign"}),
-    ("WSI_handling_TCGA-EJ-5519-01Z-00-DX1.xml", "imagescope", 5, {"CaP", "Description"}),
+    ("WSI_handling_TCGA-EJ-5519-01Z-00-DX1.xml", "imagescope", 5, {"CaP", "layer 3", "layer 4"}),
     ("WSI_handling_TCGA-EJ-5519-01Z-00-DX1.json", "geojson", 5, {"Tumor", "Other", "Negative"}),
     ("dlup_qupath05.geojson", "geojson", 3, {"I", "UT"}),
 ]
@@ -48,21 +48,31 @@ def test_imagescope_details():
     assert sum(len(a.vertices) for a in result.annotations) > 3000
 
 
-def test_imagescope_and_geojson_of_the_same_slide_give_the_same_polygons():
-    xml = read_annotations(ANNOTATIONS / "WSI_handling_TCGA-EJ-5519-01Z-00-DX1.xml")
+def test_imagescope_and_geojson_of_the_same_slide_give_the_same_polygons_and_labels():
+    xml = read_annotation_file(ANNOTATIONS / "WSI_handling_TCGA-EJ-5519-01Z-00-DX1.xml")
     geojson = read_annotations(ANNOTATIONS / "WSI_handling_TCGA-EJ-5519-01Z-00-DX1.json")
-    assert len(xml) == len(geojson) == 5
-    assert {a.label for a in xml} == {"CaP", "Description"}  # the layers' attributes (no names)
+    assert len(xml.annotations) == len(geojson) == 5
+    # three layers with regions, three labels: the attribute CaP, then two unnamed layers whose
+    # only attribute is ImageScope's empty default "Description", told apart by their Id
+    assert {a.label for a in xml.annotations} == {"CaP", "layer 3", "layer 4"}
+    assert xml.label_sources == {
+        "CaP": "layer 1 attribute name", "layer 3": "layer 3 Id (no name, no attribute value)",
+        "layer 4": "layer 4 Id (no name, no attribute value)",
+    }
     unmatched = list(geojson)
-    for a in xml:  # matched by position: the labels were renamed in QuPath
+    pairs = set()
+    for a in xml.annotations:  # matched by position: the labels were renamed in QuPath
         b = min(unmatched, key=lambda b: np.abs(np.subtract(a.bbox, b.bbox)).sum())
         unmatched.remove(b)
+        pairs.add((a.label, b.label))
         assert len(a.holes) == len(b.holes) == 0
         np.testing.assert_allclose(a.bbox, b.bbox, atol=0.01)  # the JSON rounds to 0.01 px
         # every vertex of each lies on the other's outline, up to that rounding (QuPath dropped
         # some collinear vertices, so the counts differ: 2528 vs 2130 on the largest)
         assert Polygon(a.vertices).hausdorff_distance(Polygon(b.vertices)) < 0.01
     assert not unmatched
+    # one label of each file for one of the other: the same three classes, none merged
+    assert pairs == {("CaP", "Tumor"), ("layer 3", "Negative"), ("layer 4", "Other")}
 
 
 IMAGESCOPE = """<Annotations MicronsPerPixel="0.5">
@@ -163,12 +173,13 @@ def test_self_intersecting_polygons_are_repaired_and_counted(tmp_path):
     ("text", "message"),
     [
         ('{"type": "FeatureCollection", "features": [', r"a.json:1:\d+: not valid JSON"),
-        ('{"type": "Topology"}', "not QuPath GeoJSON"),
-        ('[{"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}]', "'LineString' is not supported"),
+        ('{"type": "Topology"}', "neither QuPath GeoJSON .* nor DSA annotation JSON"),
+        ('[{"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}]',
+         r"a.json: feature 0: a LineString outlines no area; nothing usable is left in the file \(1 skipped \(line 1\)\)"),
         ('[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]}}]', "needs at least 3 coordinates"),
         ('[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, "x"], [1, 0]]]}}]', "malformed Polygon coordinates"),
         ('[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, NaN], [1, 0]]]}}]', "not a finite number"),
-        ('[{"type": "Feature"}]', "feature 0 has no geometry"),
+        ('[{"type": "Feature"}]', "feature 0: it has no geometry; nothing usable"),
     ],
     ids=["truncated", "not-geojson", "linestring", "two-vertices", "non-numeric", "nan", "no-geometry"],
 )
@@ -247,9 +258,9 @@ def test_imagescope_negative_region_outside_every_region_is_an_exclusion(tmp_pat
         ('<Region Id="7"><Vertices><Vertex X="inf" Y="1"/></Vertices></Region>', r"X='inf' is not a finite number"),
         ('<Region Id="7"><Vertices><Vertex Y="1"/></Vertices></Region>', r"<Vertex> has no X"),
         ('<Region Id="7" NegativeROA="1"><Vertices><Vertex X="1" Y="1"/><Vertex X="2" Y="1"/></Vertices></Region>',
-         r"scope.xml:3: layer 1 region 7: a Polygon needs at least 3 coordinates, found 2"),
+         r"scope.xml:3: layer 1 region 7: a negative region needs an area, found 2 vertices; nothing usable"),
         ('<Region Id="7"><Vertices><Vertex X="1" Y="1"/><Vertex X="2" Y="1"/><Vertex X="3" Y="1"/></Vertices></Region>',
-         r"annotation 'layer 1 region 7' has no area once repaired"),
+         r"scope.xml:3: layer 1 region 7: it has no area \(its points are in a line or repeat\)"),
         ('<Region Id="7"><Vertices><Vertex X="1" Y="1"/>', r"scope.xml:\d+: not well-formed XML"),
     ],
     ids=["non-numeric", "inf", "no-x", "negative-two-vertices", "collinear", "truncated"],
@@ -339,6 +350,12 @@ def _geojson(rings, labels):
     ]})
 
 
+def _dsa(rings, labels):
+    return json.dumps([{"_id": f"doc{i}", "annotation": {"name": f"layer {i}", "elements": [
+        {"type": "polyline", "closed": True, "points": [[x, y, 0] for x, y in r],
+         **({"label": {"value": lab}} if lab else {})}]}} for i, (r, lab) in enumerate(zip(rings, labels))])
+
+
 def _imagescope(rings, labels):
     return "<Annotations>" + "".join(
         f'<Annotation Id="{i}" Name="{lab or ""}"><Regions><Region Id="1"><Vertices>'
@@ -348,7 +365,7 @@ def _imagescope(rings, labels):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(ring, label), min_size=1, max_size=4), st.sampled_from([_asap, _geojson, _imagescope]))
+@given(st.lists(st.tuples(ring, label), min_size=1, max_size=4), st.sampled_from([_asap, _geojson, _imagescope, _dsa]))
 def test_valid_files_round_trip(tmp_path, shapes, writer):
     rings = [r for r, _ in shapes]
     labels = [lab for _, lab in shapes]
@@ -359,9 +376,10 @@ def test_valid_files_round_trip(tmp_path, shapes, writer):
     result = read_annotation_file(path)
     if result.repaired == 0:  # a valid polygon comes back exactly
         assert len(result.annotations) == len(rings)
-        for annotation, r, lab in zip(result.annotations, rings, labels):
+        for i, (annotation, r, lab) in enumerate(zip(result.annotations, rings, labels)):
             np.testing.assert_array_equal(annotation.vertices, np.array(r, dtype=float)[: len(annotation.vertices)])
-            assert annotation.label == lab
+            # an unnamed ImageScope layer is "layer <Id>"; an unlabelled DSA element takes its document's name
+            assert annotation.label == (lab or (None if writer in (_asap, _geojson) else f"layer {i}"))
     for annotation in result.annotations:
         assert np.isfinite(annotation.vertices).all()
 
@@ -413,7 +431,7 @@ def test_arbitrary_bytes_raise_only_wsizarr_errors(tmp_path, data):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(ring, label), min_size=1, max_size=3), st.sampled_from([_asap, _geojson, _imagescope]),
+@given(st.lists(st.tuples(ring, label), min_size=1, max_size=3), st.sampled_from([_asap, _geojson, _imagescope, _dsa]),
        st.integers(0, 10_000), st.integers(1, 50))
 def test_damaged_files_raise_only_wsizarr_errors(tmp_path, shapes, writer, cut, garbage):
     text = writer([r for r, _ in shapes], [lab for _, lab in shapes])

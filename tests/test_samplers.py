@@ -5,11 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shapely.geometry import Point
+from shapely.geometry import Polygon as ShapelyPolygon
+from shapely.ops import unary_union
 
 from wsizarr import Annotation, ParameterError, extract, open_dataset
 from wsizarr._geometry import points_in_polygon
 from wsizarr._sampling import plan_patches
-from wsizarr._slide import Resolution, SlideInfo, open_slide, resolve_resolution, slide_info, tissue_mask
+from wsizarr._slide import (
+    Resolution, SlideInfo, TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask,
+)
 
 from .conftest import SLIDES, read_like_openslide
 
@@ -162,3 +169,101 @@ def test_invalid_sampler_parameters():
     with pytest.raises(ParameterError, match="tissue mask"):
         plan_patches([SQUARE], _slide(), background=5)
     assert plan_patches([SQUARE], _slide(), resolution=Resolution(1, 64, 1.0), sampler="centroid").level.tolist() == [1]
+
+
+# --- exclusions: areas to leave out ------------------------------------------------------------
+
+def _excluded_centres(plan, exclusions, extent0):
+    """Patch centres (level 0) strictly inside an exclusion, by shapely (not wsizarr's test)."""
+    areas = [ShapelyPolygon(e.vertices, e.holes) for e in exclusions]
+    centres = np.column_stack([plan.x + extent0 / 2, plan.y + extent0 / 2])
+    return [tuple(c) for c in centres if any(area.contains(Point(c)) for area in areas)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sampler=st.sampled_from(["jitter", "centroid", "grid", "random-in-polygon"]),
+    level=st.sampled_from([0, 1]),
+    radius=st.integers(200, 1500),
+    cuts=st.lists(st.tuples(st.integers(-1500, 1500), st.integers(-1500, 1500), st.integers(50, 1200), st.booleans()),
+                  min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_no_sampler_centres_a_patch_inside_an_exclusion(sampler, level, radius, cuts, seed):
+    annotation = Annotation(0, "region", "tumour", "Polygon", _ring(5000, 4000, radius, n=40))
+    exclusions = [
+        Annotation(k, f"cut {k}", "_2", "Polygon", _ring(5000 + dx, 4000 + dy, size, n=24) if round_
+                   else np.array([[5000 + dx, 4000 + dy], [5000 + dx + size, 4000 + dy],
+                                  [5000 + dx + size, 4000 + dy + size], [5000 + dx, 4000 + dy + size]], float))
+        for k, (dx, dy, size, round_) in enumerate(cuts)
+    ]
+    plan = plan_patches([annotation], _slide(), sampler=sampler, resolution=Resolution(level, 64, None),
+                        per_annotation=20, seed=seed, exclusions=exclusions, min_overlap=0.25)
+    extent0 = 64 * _slide().level_downsamples[level]
+    assert _excluded_centres(plan, exclusions, extent0) == []
+    if sampler in ("jitter", "random-in-polygon"):  # drawn again, so the count is kept when room is left
+        free = ShapelyPolygon(annotation.vertices).difference(unary_union([ShapelyPolygon(e.vertices) for e in exclusions]))
+        if free.area > 0.2 * ShapelyPolygon(annotation.vertices).area:
+            assert len(plan) == 20 and plan.dropped_excluded == 0
+
+
+def test_exclusions_cut_every_sampler_and_leave_others_alone():
+    cut = Annotation(0, "cut", "_2", "Polygon", _ring(3000, 3000, 600))  # over the donut's hole and inner ring
+    ring_cut = Annotation(1, "ring cut", "_2", "Polygon", np.array([[3700, 2700], [4100, 2700], [4100, 3300], [3700, 3300.0]]))
+    for sampler in ("jitter", "centroid", "grid", "random-in-polygon"):
+        plain = plan_patches([DONUT, SQUARE], _slide(), sampler=sampler, patch_size=100, per_annotation=40, seed=3)
+        cut_plan = plan_patches([DONUT, SQUARE], _slide(), sampler=sampler, patch_size=100, per_annotation=40, seed=3,
+                                exclusions=[cut, ring_cut])
+        assert _excluded_centres(cut_plan, [cut, ring_cut], 100) == []
+        # the square is far from both: its patches are exactly those without exclusions
+        np.testing.assert_array_equal(cut_plan.x[cut_plan.annotation_id == 1], plain.x[plain.annotation_id == 1])
+        np.testing.assert_array_equal(cut_plan.y[cut_plan.annotation_id == 1], plain.y[plain.annotation_id == 1])
+    # the donut's centroid is its hole's centre, inside `cut`: the patch moves onto the donut
+    centroid = plan_patches([DONUT], _slide(), sampler="centroid", patch_size=100, exclusions=[cut])
+    assert len(centroid) == 1 and centroid.dropped_excluded == 0
+    centre = np.array([[centroid.x[0] + 50, centroid.y[0] + 50]], float)
+    assert points_in_polygon(centre, DONUT.vertices, DONUT.holes).all()
+    # a dot inside an exclusion gets no patch, and says so
+    dot = plan_patches([DOT], _slide(), sampler="centroid", patch_size=100,
+                       exclusions=[Annotation(0, "c", "_2", "Polygon", _ring(8000, 6000, 100))])
+    assert len(dot) == 0 and dot.dropped_excluded == 1
+
+
+def test_background_patches_avoid_exclusions():
+    tissue = TissueMask(np.ones((80, 100), bool), 100.0)  # tissue everywhere, 100 px cells
+    everywhere_but = Annotation(0, "cut", "_2", "Polygon", np.array([[0, 0], [10000, 0], [10000, 4000], [0, 4000.0]]))
+    plan = plan_patches([SQUARE], _slide(), sampler="centroid", patch_size=200, background=30, tissue=tissue,
+                        seed=1, exclusions=[everywhere_but])
+    background = plan.annotation_id == -1
+    assert background.sum() == 30
+    assert (plan.y[background] >= 4000).all()  # below the excluded top half, touching none of it
+
+
+def test_masks_show_exclusions_as_none(tmp_path, aperio_even_case):
+    from .test_annotation_files import write_camelyon
+
+    path = write_camelyon(tmp_path / "camelyon.xml", tumour=[(1000, 1000), (2000, 1000), (2000, 2000), (1000, 2000)],
+                          other=[(2500, 1000), (2700, 1000), (2700, 1200), (2500, 1200)],
+                          hole=[(1400, 1400), (1600, 1400), (1600, 1600), (1400, 1600)])
+    store = tmp_path / "cut.zarr"
+    summary = extract(aperio_even_case.slide, path, store, level=0, patch_size=256, sampler="grid", stride=128,
+                      min_overlap=0.25, masks=True, exclude_labels=["_2"])
+    # grid tiles a quarter inside the tumour but centred in the 200-px cut are left out, and said so
+    assert summary.dropped_excluded > 0
+    assert f"{summary.dropped_excluded} patches centred in exclusions dropped" in str(summary)
+    dataset = open_dataset(store)
+    assert set(dataset.label.values.tolist()) == {"_0", "_1"}
+    xs, ys, masks = dataset.x.values, dataset.y.values, dataset["masks"].values
+    rows, cols = np.mgrid[0:256, 0:256]
+    seen_cut = False
+    for x, y, mask in zip(xs, ys, masks):
+        in_cut = (cols + x >= 1400) & (cols + x < 1600) & (rows + y >= 1400) & (rows + y < 1600)
+        in_tumour = (cols + x >= 1000) & (cols + x < 2000) & (rows + y >= 1000) & (rows + y < 2000)
+        inner = in_cut & np.roll(in_cut, 2, 0) & np.roll(in_cut, -2, 0) & np.roll(in_cut, 2, 1) & np.roll(in_cut, -2, 1)
+        assert (mask[inner] == 0).all()  # the exclusion is "none"
+        seen_cut |= bool(inner.any())
+        around = in_tumour & ~in_cut
+        if around.any():
+            assert (mask[around] != 0).mean() > 0.95  # the tumour around it is labelled
+        assert not (1400 <= x + 128 < 1600 and 1400 <= y + 128 < 1600)  # no patch centred in it
+    assert seen_cut

@@ -1,4 +1,4 @@
-"""The ``wsizarr`` command line: ``extract``, ``info``, ``unlock``, ``demo`` and the rest."""
+"""The ``wsizarr`` command line: ``extract``, ``annotations``, ``info``, ``unlock``, ``demo`` and the rest."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def _printable(text: str) -> str:
 def _say(text: object) -> None:
     """Print ``text`` line by line, each line's control characters escaped."""
     print("\n".join(_printable(line) for line in str(text).split("\n")))
+
+
+def _print_json(data: object) -> None:
+    """Print ``data`` as JSON; json escapes every control character but DEL."""
+    print(json.dumps(data, indent=2).replace("\x7f", "\\u007f"))
 
 
 class _ProgressBar:
@@ -90,6 +95,30 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_annotation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--label-from", default="name", choices=("name", "attribute"),
+        help="ImageScope: label a layer by its name (default) or by its attribute first",
+    )
+    parser.add_argument("--exclude-detections", action="store_true", help="GeoJSON: leave out QuPath detections")
+    parser.add_argument(
+        "--exclude-labels", default=None, metavar="LABELS",
+        help="comma-separated labels whose annotations are areas to leave out, e.g. _2,Background",
+    )
+    parser.add_argument(
+        "--strict-annotations", action="store_true",
+        help="refuse a file with degenerate objects (too few points, no area, lines) instead of skipping them",
+    )
+
+
+def _annotation_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "label_from": args.label_from, "exclude_detections": args.exclude_detections,
+        "exclude_labels": () if args.exclude_labels is None else tuple(args.exclude_labels.split(",")),
+        "strict": args.strict_annotations,
+    }
+
+
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage-option", action="append", default=[], metavar="KEY=VALUE",
@@ -137,11 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         "--label-order", default=None,
         help="comma-separated label names fixing the label codes (stable across stores)",
     )
-    extract.add_argument(
-        "--label-from", default="name", choices=("name", "attribute"),
-        help="ImageScope: label from the layer name (default) or its first attribute",
-    )
-    extract.add_argument("--exclude-detections", action="store_true", help="GeoJSON: leave out QuPath detections")
+    _add_annotation_options(extract)
     extract.add_argument("--strict", action="store_true", help="fail on the first unreadable slide")
     extract.add_argument(
         "--overwrite", action="store_true",
@@ -151,6 +176,13 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--append", action="store_true", help="add the slides to an existing store")
     extract.add_argument("--report", default=None, metavar="HTML", help="also write an HTML report of the store")
     _add_storage_option(extract)
+    annotations = commands.add_parser(
+        "annotations", help="what an annotation file holds, before anything is extracted"
+    )
+    annotations.add_argument("file", help="ASAP or ImageScope XML, QuPath GeoJSON or DSA JSON")
+    annotations.add_argument("--slide", default=None, help="count the annotations outside this slide")
+    annotations.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_annotation_options(annotations)
     info = commands.add_parser("info", help="describe a store")
     info.add_argument("store", help="a directory, a .zip file, or s3://bucket/prefix.zarr")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -236,8 +268,8 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     from ._store import store_info
 
     info = store_info(parse_location(store, storage_options))
-    if as_json:  # json escapes every control character but DEL
-        print(json.dumps(info, indent=2).replace("\x7f", "\\u007f"))
+    if as_json:
+        _print_json(info)
         return
     state = "complete" if info["complete"] else f"INCOMPLETE ({info['shards_done']}/{info['n_shards']} shards; resume it)"
     _say(f"store       {info['store']}  [{state}]")
@@ -248,6 +280,25 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     _say("per slide   " + ", ".join(f"{_printable(k)}: {v}" for k, v in info["per_slide"].items()))
     _say("parameters  " + ", ".join(f"{k}={v}" for k, v in info["parameters"].items()))
     _say(f"schema      {info['schema_version']} (wsizarr {info['wsizarr_version']})")
+
+
+def _print_annotations(args: argparse.Namespace) -> None:
+    from ._annotations import describe, format_description, read_annotation_file
+
+    dimensions = None
+    if args.slide is not None:
+        from ._slide import open_slide, slide_info
+
+        handle = open_slide(args.slide)
+        try:
+            dimensions = slide_info(handle, Path(args.slide)).dimensions
+        finally:
+            handle.close()
+    description = describe(read_annotation_file(args.file, **_annotation_kwargs(args)), args.file, dimensions)
+    if args.json:
+        _print_json(description)
+    else:
+        _say(format_description(description))
 
 
 def _report_cohort(summary: ExtractionSummary) -> None:
@@ -311,8 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "extract":
-            from ._annotations import parse_label_map
+            from ._annotations import annotation_notes, parse_label_map
             from ._extract import extract
+
+            reading = _annotation_kwargs(args)
+            for note in annotation_notes(args.annotations, **reading):
+                print(note)
 
             slides = args.slides[0] if len(args.slides) == 1 else args.slides
             if args.report:
@@ -324,8 +379,9 @@ def _run(args: argparse.Namespace) -> int:
                 resume=args.resume, append=args.append, strict=args.strict,
                 label_order=None if args.label_order is None else args.label_order.split(","),
                 label_map=None if args.label_map is None else parse_label_map(args.label_map),
-                keep_only=args.keep_only, label_from=args.label_from,
-                exclude_detections=args.exclude_detections, storage_options=_storage_options(args), **_extract_kwargs(args),
+                keep_only=args.keep_only, label_from=reading["label_from"],
+                exclude_detections=reading["exclude_detections"], exclude_labels=reading["exclude_labels"],
+                strict_annotations=reading["strict"], storage_options=_storage_options(args), **_extract_kwargs(args),
             )
             _report_cohort(summary)
             _say(summary)
@@ -333,6 +389,8 @@ def _run(args: argparse.Namespace) -> int:
                 from ._preview import write_report
 
                 print(f"report: {write_report(summary.store, args.report, overwrite=args.overwrite, storage_options=_storage_options(args))}")
+        elif args.command == "annotations":
+            _print_annotations(args)
         elif args.command == "info":
             _print_info(args.store, args.json, _storage_options(args))
         elif args.command == "verify":

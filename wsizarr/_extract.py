@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import openslide
 
-from ._annotations import Annotation, apply_label_map, read_annotations
+from ._annotations import ANNOTATION_SUFFIXES, Annotation, apply_label_map, read_annotation_file
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
 from ._locations import Location, exists, parse_location, publish, size_bytes
@@ -39,8 +39,6 @@ __all__ = [
     "SlideJob", "extract", "match_annotations", "read_shard", "run_shard_task",
     "shard_tasks",
 ]
-
-ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 
 # A neighbourhood read covers at most this many pixels (64 MiB of RGBA); larger unions fall
 # back to one read per patch, so memory stays bounded whatever the annotation size.
@@ -74,6 +72,7 @@ class ExtractionSummary:
     skipped_annotations: int = 0
     padded: int = 0
     dropped_partial: int = 0
+    dropped_excluded: int = 0
     failed_slides: tuple[SlideFailure, ...] = ()
     slides_without_annotations: tuple[str, ...] = ()
     annotations_without_slides: tuple[str, ...] = ()
@@ -91,6 +90,7 @@ class ExtractionSummary:
                 (self.skipped_annotations, "annotations outside the slide skipped"),
                 (self.padded, "edge patches padded with white"),
                 (self.dropped_partial, "edge patches dropped"),
+                (self.dropped_excluded, "patches centred in exclusions dropped"),
             ] if count
         )
         slides = f" from {self.n_slides} slides" if self.n_slides > 1 else ""
@@ -112,12 +112,14 @@ class ShardTask:
 
 @dataclass(frozen=True, eq=False)
 class SlideJob:
-    """One slide of a run: where it is, its geometry, how it is read, its annotations."""
+    """One slide of a run: where it is, its geometry, how it is read, its annotations and
+    the areas to leave out (``exclusions``)."""
 
     path: str
     info: SlideInfo
     resolution: Resolution
     annotations: tuple[Annotation, ...]
+    exclusions: tuple[Annotation, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,15 +248,16 @@ def _read_regions(
 
 
 def _masks(job: ShardJob, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Per patch, the annotations that intersect it rasterised as label code + 1."""
-    annotations = slide_job.annotations
+    """Per patch, the annotations that intersect it rasterised as label code + 1, and the
+    exclusions over them as 0."""
+    annotations = (*slide_job.annotations, *slide_job.exclusions)
     resolution = slide_job.resolution
     extent0 = resolution.read_size_px * slide_job.info.level_downsamples[resolution.level]
     scale = job.patch_size / extent0
     boxes = np.array([a.bbox for a in annotations]).reshape(-1, 4)
     values = [
-        _UNLABELLED_MASK if a.label is None else job.labels[a.label] + 1 for a in annotations
-    ]
+        _UNLABELLED_MASK if a.label is None else job.labels[a.label] + 1 for a in slide_job.annotations
+    ] + [0] * len(slide_job.exclusions)
     out = np.zeros((len(xs), job.patch_size, job.patch_size), np.uint8)
     for i, (x, y) in enumerate(zip(xs.tolist(), ys.tolist())):
         hits = np.flatnonzero(
@@ -344,18 +347,23 @@ class _Reading:
     exclude_detections: bool = False
     label_map: Mapping[str, str] | None = None
     keep_only: bool = False
+    exclude_labels: tuple[str, ...] = ()
+    strict_annotations: bool = False
 
-    def read(self, annotations: AnnotationSource) -> tuple[list[Annotation], str | None]:
+    def read(self, annotations: AnnotationSource) -> tuple[list[Annotation], list[Annotation], str | None]:
+        """The annotations, the exclusions and the file they came from (None for records)."""
         if isinstance(annotations, (str, Path)):
-            records = read_annotations(
-                annotations, label_from=self.label_from, exclude_detections=self.exclude_detections
+            file = read_annotation_file(
+                annotations, label_from=self.label_from, exclude_detections=self.exclude_detections,
+                exclude_labels=self.exclude_labels, strict=self.strict_annotations,
             )
+            records, exclusions = list(file.annotations), list(file.exclusions)
             source: str | None = str(Path(annotations).resolve())
         else:
-            records, source = list(annotations), None
+            records, exclusions, source = list(annotations), [], None
         if self.label_map is not None:
             records = apply_label_map(records, self.label_map, keep_only=self.keep_only)
-        return records, source
+        return records, exclusions, source
 
 
 def _prepare(
@@ -372,12 +380,12 @@ def _prepare(
         content_hash = _slide_hash(handle, slide)
     finally:
         handle.close()
-    records, source = reading.read(annotations)
+    records, exclusions, source = reading.read(annotations)
     if not records:
         raise ParameterError(f"{source or 'annotations'}: no annotations to extract around")
     return _Prepared(
-        SlideJob(str(slide), info, resolution, tuple(records)), tissue, source, content_hash,
-        _annotations_digest(records),
+        SlideJob(str(slide), info, resolution, tuple(records), tuple(exclusions)), tissue, source,
+        content_hash, _annotations_digest([*records, *exclusions]),
     )
 
 
@@ -414,6 +422,8 @@ def extract(
     keep_only: bool = False,
     label_from: str = "name",
     exclude_detections: bool = False,
+    exclude_labels: Sequence[str] = (),
+    strict_annotations: bool = False,
     seed: int = 0,
     shard_size: int = 256,
     codec: str = "zstd",
@@ -438,8 +448,10 @@ def extract(
     every annotation. ``masks`` stores per-patch label masks; ``drop_partial`` leaves out
     patches crossing the slide edge (otherwise padded with white and flagged). ``label_map``
     renames or merges labels (``keep_only``: drop the labels it does not name), ``label_order``
-    fixes the label codes (stable across stores); ``label_from`` and ``exclude_detections`` are
-    passed to ``read_annotations``. ``resume`` finishes an interrupted run of the
+    fixes the label codes (stable across stores); ``label_from``, ``exclude_detections``,
+    ``exclude_labels`` (labels whose annotations become areas to leave out: no patch is centred
+    in one) and ``strict_annotations`` (refuse degenerate objects instead of skipping them) are
+    passed to ``read_annotation_file``. ``resume`` finishes an interrupted run of the
     same command, writing only missing shards; ``append`` adds the slides to an existing store.
     In a cohort an unreadable slide is reported and skipped unless ``strict``. Shard tasks run
     on ``workers`` threads (``executor="threads"``, the default: OpenSlide and the codecs
@@ -488,9 +500,13 @@ def extract(
                 f"({', '.join(Path(s).name for s in unmatched_slides[:3])}...); name them like the slides"
             )
         wants_background = background > 0 or sampler == BACKGROUND_LABEL
+        reading = _Reading(
+            label_from, exclude_detections, label_map, keep_only, tuple(exclude_labels),
+            strict_annotations,
+        )
         prepared, failures = _prepare_slides(
-            pairs, _Reading(label_from, exclude_detections, label_map, keep_only), strict=strict,
-            level=level, mpp=mpp, magnification=magnification, patch_size=patch_size,
+            pairs, reading, strict=strict, level=level, mpp=mpp, magnification=magnification,
+            patch_size=patch_size,
             wants_background=wants_background,
         )
         parameters: dict[str, Any] = {
@@ -502,6 +518,7 @@ def extract(
             "drop_partial": drop_partial, "seed": seed, "shard_size": shard_size, "codec": codec,
             "label_map": None if label_map is None else dict(label_map), "keep_only": keep_only,
             "label_from": label_from, "exclude_detections": exclude_detections,
+            "exclude_labels": list(exclude_labels), "strict_annotations": strict_annotations,
         }
         summarise = functools.partial(
             _summary, target, started=started, prepared=prepared, failures=failures,
@@ -545,6 +562,7 @@ def extract(
                 patch_size=patch_size, per_annotation=per_annotation, seed=seed, stride=stride,
                 min_overlap=min_overlap, background=background, tissue=p.tissue,
                 drop_partial=drop_partial, slide_index=first_slide + i, labels=labels,
+                exclusions=p.job.exclusions,
             )
             for i, p in enumerate(prepared)
         ]
@@ -783,6 +801,7 @@ def _summary(
         skipped_annotations=0 if plan is None else len(plan.skipped_annotations),
         padded=0 if plan is None else int(plan.padded.sum()),
         dropped_partial=0 if plan is None else plan.dropped_partial,
+        dropped_excluded=0 if plan is None else plan.dropped_excluded,
         failed_slides=tuple(failures), slides_without_annotations=tuple(unmatched_slides),
         annotations_without_slides=tuple(unmatched_annotations),
     )

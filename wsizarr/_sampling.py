@@ -1,19 +1,20 @@
 """Annotations + slide geometry -> a patch plan: plain numpy arrays, deterministic from a seed.
 
 Every sampler is a pure function of the annotations, the slide's geometry (and, for
-``background``, a tissue mask computed beforehand) and the seed.
+``background``, a tissue mask computed beforehand) and the seed. No patch is centred inside an
+exclusion (an area to leave out).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ._annotations import Annotation
 from ._errors import ParameterError
-from ._geometry import centroid, has_area, points_in_polygon, rasterize, window_sums
+from ._geometry import centroid, has_area, point_inside, points_in_polygon, rasterize, window_sums
 from ._slide import Resolution, SlideInfo, TissueMask, level0_from_level_px
 
 __all__ = [
@@ -32,8 +33,9 @@ class PatchPlan:
     annotation the patch was cut around (-1 for background patches), ``label`` an index into
     the label names (-1 unlabelled), ``slide`` an index into the slide table and ``padded``
     True where the patch crosses the slide's edge (those pixels are white).
-    ``skipped_annotations`` lists ids of annotations entirely outside the slide and
-    ``dropped_partial`` counts edge patches left out on request.
+    ``skipped_annotations`` lists ids of annotations entirely outside the slide,
+    ``dropped_partial`` counts edge patches left out on request and ``dropped_excluded`` the
+    patches a sampler drew inside an exclusion that could not be drawn again elsewhere.
     """
 
     slide: np.ndarray  # int32
@@ -45,6 +47,7 @@ class PatchPlan:
     padded: np.ndarray  # bool
     skipped_annotations: tuple[int, ...] = ()
     dropped_partial: int = 0
+    dropped_excluded: int = 0
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -66,6 +69,7 @@ def concat_plans(plans: Sequence[PatchPlan]) -> PatchPlan:
         **{name: np.concatenate([p.arrays()[name] for p in plans]) for name in fields},
         skipped_annotations=tuple(i for p in plans for i in p.skipped_annotations),
         dropped_partial=sum(p.dropped_partial for p in plans),
+        dropped_excluded=sum(p.dropped_excluded for p in plans),
     )
 
 
@@ -168,13 +172,74 @@ SAMPLERS: dict[str, Sampler] = {
     "grid": _grid,
     "random-in-polygon": _random_in_polygon,
 }
+_REDRAWN = ("jitter", "random-in-polygon")  # samplers that draw again for patches excluded
+_REDRAW_ROUNDS = 20
+
+
+def _centred_in(
+    exclusions: Sequence[Annotation], xs: np.ndarray, ys: np.ndarray, ctx: _Context
+) -> np.ndarray:
+    """Which patches (level top-left ``xs``, ``ys``) have their level-0 centre in an exclusion."""
+    extent0 = ctx.footprint * ctx.downsample
+    centres = np.column_stack([
+        level0_from_level_px(xs, ctx.downsample) + extent0 / 2,
+        level0_from_level_px(ys, ctx.downsample) + extent0 / 2,
+    ]).astype(np.float64)
+    inside = np.zeros(len(centres), bool)
+    for exclusion in exclusions:
+        inside |= points_in_polygon(centres, exclusion.vertices, exclusion.holes)
+    return inside
+
+
+def _nearby(annotation: Annotation, exclusions: Sequence[Annotation], reach: float) -> list[Annotation]:
+    """The exclusions with an area within ``reach`` level-0 pixels of the annotation's box."""
+    x0, y0, x1, y1 = annotation.bbox
+    return [
+        e for e in exclusions
+        if has_area(e.vertices) and e.bbox[0] <= x1 + reach and e.bbox[2] >= x0 - reach
+        and e.bbox[1] <= y1 + reach and e.bbox[3] >= y0 - reach
+    ]
+
+
+def _sample(
+    sampler: str, annotation: Annotation, ctx: _Context, rng: np.random.Generator,
+    exclusions: Sequence[Annotation],
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One annotation's patches, none centred in ``exclusions`` (those near it), and how many
+    were dropped. The exclusions are holes of the annotation for the samplers that respect
+    holes; ``jitter`` and ``random-in-polygon`` draw again (up to 20 rounds) for the patches
+    dropped, ``centroid`` moves its patch to a point of the annotation outside them."""
+    if not exclusions:
+        xs, ys = SAMPLERS[sampler](annotation, ctx, rng)
+        return xs, ys, 0
+    cut = replace(annotation, holes=annotation.holes + tuple(e.vertices for e in exclusions))
+    xs, ys = SAMPLERS[sampler](cut, ctx, rng)
+    keep = ~_centred_in(exclusions, xs, ys, ctx)
+    wanted = len(xs)
+    xs, ys = xs[keep], ys[keep]
+    if sampler in _REDRAWN:
+        for _ in range(_REDRAW_ROUNDS):
+            if len(xs) >= wanted:
+                break
+            more_x, more_y = SAMPLERS[sampler](cut, ctx, rng)
+            more = ~_centred_in(exclusions, more_x, more_y, ctx)
+            xs, ys = np.concatenate([xs, more_x[more]]), np.concatenate([ys, more_y[more]])
+        xs, ys = xs[:wanted], ys[:wanted]
+    elif sampler == "centroid" and len(xs) == 0 and has_area(annotation.vertices):
+        point = point_inside(annotation.vertices, cut.holes)
+        if point is not None:
+            xs, ys = _centred(*(np.array([v / ctx.downsample]) for v in point), ctx)
+            keep = ~_centred_in(exclusions, xs, ys, ctx)
+            xs, ys = xs[keep], ys[keep]
+    return xs, ys, wanted - len(xs)
 
 
 def _background(
     annotations: Sequence[Annotation], tissue: TissueMask, ctx: _Context, count: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``count`` patches centred on tissue, overlapping no annotation, mostly tissue."""
+    """Up to ``count`` patches centred on tissue, overlapping no annotation (nor exclusion,
+    passed among ``annotations``), mostly tissue."""
     scale = 1 / tissue.downsample
     shapes = [(a.vertices, a.holes, 1) for a in annotations if has_area(a.vertices)]
     annotated = rasterize(shapes, tissue.mask.shape[::-1], (0.0, 0.0), scale)
@@ -214,6 +279,7 @@ def plan_patches(
     drop_partial: bool = False,
     slide_index: int = 0,
     labels: dict[str, int] | None = None,
+    exclusions: Sequence[Annotation] = (),
 ) -> PatchPlan:
     """Plan the patches of one slide.
 
@@ -226,6 +292,8 @@ def plan_patches(
     level read (``resolution``, default level 0 at ``patch_size``). Annotations entirely
     outside the slide are skipped; patches crossing its edge are flagged ``padded`` or, with
     ``drop_partial``, left out. Each annotation draws from its own stream of ``seed``.
+    ``exclusions`` are areas to leave out: no patch is centred in one (each sampler treats them
+    as holes of the annotations they overlap) and background patches do not touch them.
     """
     resolution = resolution or Resolution(0, patch_size, None)
     slide.check_level(resolution.level)
@@ -257,6 +325,7 @@ def plan_patches(
     )
     width0, height0 = slide.dimensions
     xs, ys, ids, codes, skipped = [], [], [], [], []
+    excluded = 0
     for annotation in annotations:
         x_min, y_min, x_max, y_max = annotation.bbox
         if x_max < 0 or y_max < 0 or x_min >= width0 or y_min >= height0:
@@ -265,7 +334,9 @@ def plan_patches(
         if sampler == BACKGROUND_LABEL:
             continue
         rng = np.random.default_rng([seed, slide_index, annotation.id])
-        ax, ay = SAMPLERS[sampler](annotation, ctx, rng)
+        nearby = _nearby(annotation, exclusions, footprint * downsample)
+        ax, ay, n_excluded = _sample(sampler, annotation, ctx, rng, nearby)
+        excluded += n_excluded
         xs.append(ax)
         ys.append(ay)
         ids.append(np.full(len(ax), annotation.id, np.int64))
@@ -273,7 +344,7 @@ def plan_patches(
         codes.append(np.full(len(ax), label, np.int32))
     if background:
         rng = np.random.default_rng([seed, slide_index, -1 % 2**32])
-        bx, by = _background(annotations, tissue, ctx, background, rng)
+        bx, by = _background([*annotations, *exclusions], tissue, ctx, background, rng)
         xs.append(bx)
         ys.append(by)
         ids.append(np.full(len(bx), -1, np.int64))
@@ -301,6 +372,7 @@ def plan_patches(
         padded=padded,
         skipped_annotations=tuple(skipped),
         dropped_partial=dropped,
+        dropped_excluded=excluded,
     )
 
 
