@@ -51,6 +51,7 @@ __all__ = [
     "open_zarr_store",
     "pack_zip",
     "parse_location",
+    "positive_seconds",
     "publish",
     "read_key",
     "remove_partial_writes",
@@ -472,15 +473,21 @@ def _check_endpoint(where: str, endpoint: str, source: str) -> str:
     return endpoint
 
 
+def positive_seconds(value: str) -> float | None:
+    """``value`` as a positive, finite number of seconds; None when it is not one."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < float("inf") else None
+
+
 def _timeout_seconds(where: str, value: str | None) -> float:
     """The ``timeout`` storage option in seconds (default ``DEFAULT_TIMEOUT_SECONDS``)."""
     if value is None:
         return DEFAULT_TIMEOUT_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < float("inf"):
+    seconds = positive_seconds(value)
+    if seconds is None:
         raise ParameterError(
             f"{where}: the timeout storage option must be a positive number of seconds, "
             f"got {value!r}; e.g. timeout=30"

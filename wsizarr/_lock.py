@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ParameterError, StoreError, StoreLockedError
-from ._locations import Location, _obstore, _s3_error, _s3_store
+from ._locations import Location, _obstore, _s3_error, _s3_store, positive_seconds
 
 __all__ = [
     "LEASE_ENV", "Holder", "StaleLockWarning", "WriterLock", "break_lock", "lock_name",
@@ -149,11 +149,8 @@ def lease_seconds() -> float:
     value = os.environ.get(LEASE_ENV)
     if not value:
         return DEFAULT_LEASE_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < float("inf"):
+    seconds = positive_seconds(value)
+    if seconds is None:
         raise ParameterError(f"{LEASE_ENV}={value!r}: write a positive number of seconds, e.g. 120")
     return seconds
 
