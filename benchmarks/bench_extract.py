@@ -67,8 +67,13 @@ def _jpeg(tile: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def make_slide(path: Path, width: int, height: int, n_annotations: int, seed: int = 0) -> Path:
-    """Write the Aperio-style benchmark slide (levels 1, 4, 16) and its ASAP annotations."""
+def make_slide(path: Path, width: int, height: int, n_annotations: int, seed: int = 0, exact: bool = False) -> Path:
+    """Write the Aperio-style benchmark slide and its ASAP annotations.
+
+    As a scanner writes it: level sizes ``floor(size / 4)`` (fractional downsamples, e.g.
+    4.00037 and 16.0015) and a stripped thumbnail page after level 0; ``exact=True`` writes the
+    old slide whose sizes divide evenly (downsamples exactly 4 and 16).
+    """
     import tifffile
     from PIL import Image
 
@@ -76,21 +81,21 @@ def make_slide(path: Path, width: int, height: int, n_annotations: int, seed: in
 
     rng = np.random.default_rng(seed)
     pool = _tissue_tiles(rng, 400)
-    cols, rows = width // TILE, height // TILE
-    level1 = np.empty((height // 4, width // 4, 3), np.uint8)
+    cols, rows = -(-width // TILE), -(-height // TILE)
+    level1 = np.empty((rows * TILE // 4, cols * TILE // 4, 3), np.uint8)
 
     def level0_tiles():
         for band in range(0, rows, 4):  # four tile rows at a time, reduced into level 1
-            strip = np.empty((4 * TILE, width, 3), np.uint8)
-            for r in range(4):
+            strip = np.empty((4 * TILE, cols * TILE, 3), np.uint8)
+            for r in range(min(4, rows - band)):
                 for c in range(cols):
                     tile = np.rot90(pool[int(rng.integers(len(pool)))], int(rng.integers(4)))
                     if rng.random() < 0.5:
                         tile = tile[:, ::-1]
                     strip[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] = tile
                     yield _jpeg(np.ascontiguousarray(tile))
-            reduced = Image.fromarray(strip).reduce(4)
-            level1[band * TILE // 4 : band * TILE // 4 + TILE] = np.asarray(reduced)
+            reduced = np.asarray(Image.fromarray(strip).reduce(4))
+            level1[band * TILE // 4 : band * TILE // 4 + TILE] = reduced[: level1.shape[0] - band * TILE // 4]
 
     def tiles_of(image: np.ndarray):
         for top in range(0, image.shape[0], TILE):
@@ -100,20 +105,29 @@ def make_slide(path: Path, width: int, height: int, n_annotations: int, seed: in
                 tile[: part.shape[0], : part.shape[1]] = part
                 yield _jpeg(tile)
 
-    def write(tiff, data, shape, level):
-        size = f"{width}x{height}" + ("" if level == 0 else f" -> {shape[1]}x{shape[0]}")
+    def description(shape) -> str:
+        size = f"{width}x{height}" + ("" if shape[:2] == (height, width) else f" -> {shape[1]}x{shape[0]}")
+        return (f"Aperio Image Library v12.0.15\r\n{size} [0,0 {width}x{height}] "
+                f"({TILE}x{TILE}) JPEG/RGB Q=85|AppMag = 20|MPP = 0.499")
+
+    def write(tiff, data, shape):
         tiff.write(
             data, shape=shape, dtype=np.uint8, tile=(TILE, TILE), compression="jpeg",
-            photometric="ycbcr", subsampling=(2, 2), subfiletype=1 if level else 0, metadata=None,
-            description=f"Aperio Image Library v12.0.15\r\n{size} [0,0 {width}x{height}] "
-            f"({TILE}x{TILE}) JPEG/RGB Q=85|AppMag = 20|MPP = 0.499",
+            photometric="ycbcr", subsampling=(2, 2), subfiletype=0 if shape[:2] == (height, width) else 1,
+            metadata=None, description=description(shape),
         )
 
+    shrink = (lambda n, f: n // f) if not exact else (lambda n, f: -(-n // f))
+    sizes = [(shrink(height, 4), shrink(width, 4)), (shrink(height, 16), shrink(width, 16))]
     with tifffile.TiffWriter(path, bigtiff=True) as tiff:
-        write(tiff, level0_tiles(), (height, width, 3), 0)
-        write(tiff, tiles_of(level1), level1.shape, 1)
-        level2 = np.asarray(Image.fromarray(level1).reduce(4))
-        write(tiff, tiles_of(level2), level2.shape, 2)
+        write(tiff, level0_tiles(), (height, width, 3))
+        level1 = np.ascontiguousarray(level1[: sizes[0][0], : sizes[0][1]])
+        thumbnail = np.asarray(Image.fromarray(level1).reduce(8))
+        tiff.write(thumbnail, photometric="rgb", compression="jpeg", rowsperstrip=16,
+                   description=description(thumbnail.shape), metadata=None)
+        write(tiff, tiles_of(level1), level1.shape)
+        level2 = np.asarray(Image.fromarray(level1).resize(sizes[1][::-1], Image.Resampling.BOX))
+        write(tiff, tiles_of(level2), level2.shape)
     # glomeruli: 150-250 um across at 0.499 um/px, away from the edges
     polygons, labels = [], []
     for _ in range(n_annotations):

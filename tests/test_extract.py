@@ -13,21 +13,27 @@ from wsizarr._annotations import read_annotations
 from wsizarr._sampling import plan_jitter
 from wsizarr._slide import open_slide, slide_info
 
-from .conftest import ANNOTATIONS, SLIDES, read_like_openslide
+from .conftest import ANNOTATIONS, SLIDES, read_level_pixels, read_like_openslide
 
 
 def _assert_pixel_exact(store, slide_path, patch_size):
+    """Stored patches equal an independent decode: the level's own pixels (tifffile's page
+    decode) for the tiles reader, read_region for OpenSlide's; at whole downsamples both."""
     group = zarr.open_group(store, mode="r")
     patches = group["patches"][:]
+    (slide,) = group.attrs["wsizarr"]["slides"]
+    whole = float(slide["level_downsamples"][int(group["level"][0])]).is_integer()
+    references = [read_level_pixels] if slide["reader"] == "tiles" else [read_like_openslide]
+    references += [read_like_openslide, read_level_pixels] if whole else []
     for i in range(patches.shape[0]):
-        expected = read_like_openslide(
-            slide_path, int(group["x"][i]), int(group["y"][i]), int(group["level"][i]), patch_size
-        )
-        np.testing.assert_array_equal(patches[i], expected, err_msg=f"patch {i}")
+        for reference in references:
+            expected = reference(slide_path, int(group["x"][i]), int(group["y"][i]), int(group["level"][i]), patch_size)
+            np.testing.assert_array_equal(patches[i], expected, err_msg=f"patch {i}, {reference.__name__}")
 
 
+@pytest.mark.parametrize("reader", ["tiles", "openslide"])
 @pytest.mark.parametrize("case_name", ["aperio_case", "aperio_even_case", "generic_case", "wsipacker_case"])
-def test_every_patch_equals_read_region_at_every_level(request, tmp_path, case_name):
+def test_every_patch_equals_an_independent_decode_at_every_level(request, tmp_path, case_name, reader):
     case = request.getfixturevalue(case_name)
     with open_slide(case.slide) as slide:
         levels = range(slide.level_count)
@@ -35,9 +41,10 @@ def test_every_patch_equals_read_region_at_every_level(request, tmp_path, case_n
         store = tmp_path / f"{case.name}-{level}.zarr"
         summary = extract(
             case.slide, case.annotations, store, level=level, patch_size=64,
-            per_annotation=6, shard_size=16, seed=level,
+            per_annotation=6, shard_size=16, seed=level, reader=reader,
         )
         assert summary.n_patches == 6 * len(read_annotations(case.annotations))
+        assert zarr.open_group(store, mode="r").attrs["wsizarr"]["slides"][0]["reader"] == reader
         _assert_pixel_exact(store, case.slide, 64)
 
 
@@ -98,7 +105,7 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
         "per_annotation": 30, "stride": None,
         "min_overlap": 0.5, "background": 0, "masks": False, "drop_partial": False, "seed": 7,
         "shard_size": 64, "codec": "zstd", "label_map": None, "keep_only": False,
-        "label_from": "name", "exclude_detections": False,
+        "label_from": "name", "exclude_detections": False, "reader": "auto",
     }
     (slide,) = meta["slides"]
     assert slide["vendor"] == "aperio" and slide["level_downsamples"] == [1.0, 4.0, 16.0]

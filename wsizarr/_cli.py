@@ -71,6 +71,11 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
         help="run shard tasks on threads (default) or processes",
     )
     parser.add_argument(
+        "--reader", default="auto", choices=("auto", "tiles", "openslide"),
+        help="read the slide's TIFF tiles (the level's own pixels; also from S3) or OpenSlide's "
+        "read_region; auto (default): tiles where tifffile reads the pyramid",
+    )
+    parser.add_argument(
         "--dask-scheduler", default=None, metavar="ADDRESS",
         help="run shard tasks on a dask.distributed cluster (pip install 'wsizarr[dask]')",
     )
@@ -104,10 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     extract = commands.add_parser("extract", help="extract patches around annotations into a store")
-    extract.add_argument("slides", nargs="+", help="whole-slide images (any format OpenSlide reads)")
+    extract.add_argument(
+        "slides", nargs="+",
+        help="whole-slide images (any format OpenSlide reads; s3://bucket/key.svs or an s3:// prefix ending in /)",
+    )
     extract.add_argument(
         "--annotations", required=True,
-        help="annotation file, or a folder of files named like the slides (slide.svs -> slide.xml)",
+        help="annotation file, or a folder (or s3:// prefix ending in /) of files named like the slides "
+        "(slide.svs -> slide.xml)",
     )
     extract.add_argument(
         "--out", required=True,
@@ -188,7 +197,7 @@ def _extract_kwargs(args: argparse.Namespace) -> dict:
         "min_overlap": args.min_overlap, "background": args.background, "masks": args.masks,
         "drop_partial": args.drop_partial, "seed": args.seed, "shard_size": args.shard_size,
         "codec": args.codec, "workers": args.workers, "executor": args.executor,
-        "client": _dask_client(args.dask_scheduler), "progress": _ProgressBar(),
+        "reader": args.reader, "client": _dask_client(args.dask_scheduler), "progress": _ProgressBar(),
     }
 
 

@@ -45,11 +45,13 @@ __all__ = [
     "delete",
     "exists",
     "list_keys",
+    "object_size",
     "open_zarr_store",
     "pack_zip",
     "parse_location",
     "publish",
     "read_key",
+    "read_range",
     "remove_partial_writes",
     "size_bytes",
 ]
@@ -190,6 +192,36 @@ def publish(source: Location, target: Location) -> None:
     complete), then its keys, then the new keys are copied server-side, root metadata last.
     """
     _BACKENDS[target.kind].publish(source, target)
+
+
+def object_size(location: Location) -> int:
+    """The size in bytes of the one S3 object at ``location`` (``s3://bucket/key``, e.g. a
+    slide); ``StoreError`` naming the URL when it is absent or unreachable."""
+    obstore = _obstore(location)
+    with _s3_errors(location):
+        try:
+            return int(obstore.head(_s3_bucket(location), location.path)["size"])
+        except obstore.exceptions.NotFoundError:
+            raise StoreError(f"{location}: no such object; check the URL") from None
+
+
+def read_range(location: Location, start: int, length: int) -> bytes:
+    """``length`` bytes of the S3 object at ``location`` from ``start``: one ranged GET."""
+    with _s3_errors(location):
+        data = _obstore(location).get_range(_s3_bucket(location), location.path, start=start, length=length)
+    return bytes(data)
+
+
+def _s3_bucket(location: Location) -> S3Store:
+    """One client per bucket, endpoint and credentials (kept: a client per request would
+    repeat its set-up)."""
+    key = (os.getpid(), location.bucket, tuple(sorted(location.storage_options.items())))
+    if key not in _BUCKETS:
+        _BUCKETS[key] = _s3_store(Location("s3", "", location.bucket, location.storage_options))
+    return _BUCKETS[key]
+
+
+_BUCKETS: dict[tuple[Any, ...], S3Store] = {}
 
 
 def _write_zip(source: Location, path: Path) -> None:
