@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,18 @@ class SlideInfo:
                 f"0..{self.level_count - 1} (downsamples "
                 f"{', '.join(f'{d:g}' for d in self.level_downsamples)})"
             )
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> SlideInfo:
+        """The record of a slide table entry (``to_attrs``; extra keys are ignored)."""
+        mpp = attrs.get("mpp")
+        return cls(
+            path=attrs["path"], vendor=attrs.get("vendor"), dimensions=tuple(attrs["dimensions"]),
+            level_dimensions=tuple(tuple(d) for d in attrs["level_dimensions"]),
+            level_downsamples=tuple(float(d) for d in attrs["level_downsamples"]),
+            mpp=None if mpp is None else (float(mpp[0]), float(mpp[1])),
+            objective_power=attrs.get("objective_power"),
+        )
 
     def to_attrs(self) -> dict[str, Any]:
         """A JSON-ready dict of this record."""

@@ -282,8 +282,15 @@ def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None)
 
     ``SlideError`` for other formats: they must be copied locally and read with OpenSlide.
     """
-    source = _tiff_source(path, storage_options)
-    tiff = TiledTiff(source, path)
+    try:
+        tiff = TiledTiff(_tiff_source(path, storage_options), path)
+    except SlideError as exc:
+        if not is_remote(path):
+            raise
+        raise SlideError(
+            f"{path}: cannot be read tile by tile from S3 ({str(exc).removeprefix(path + ': ')}); copy "
+            "it to a local disk and extract it from there with OpenSlide"
+        ) from None
     try:
         tif = tiff.tiff
         if tif.is_ndpi or tif.is_philips or tif.is_scn or tif.is_ome or tif.is_bif or tif.is_qpi:
