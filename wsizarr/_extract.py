@@ -20,7 +20,10 @@ import openslide
 from ._annotations import Annotation, apply_label_map, read_annotations
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
-from ._locations import Location, exists, list_keys, parse_location, publish, read_range, object_size, size_bytes
+from ._locations import (
+    Location, exists, list_keys, object_size, parse_location, parse_store_location, publish, read_range,
+    size_bytes,
+)
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, resize_patch, resolve_resolution, slide_info,
@@ -494,7 +497,7 @@ def extract(
     ``WsizarrError`` naming the file and the fix.
     """
     started = time.perf_counter()
-    target = parse_location(out, storage_options)
+    target = parse_store_location(out, storage_options)
     partial = partial_location(target)
     workers = (os.cpu_count() or 1) if workers is None else workers
     _check_options(

@@ -49,6 +49,7 @@ __all__ = [
     "open_zarr_store",
     "pack_zip",
     "parse_location",
+    "parse_store_location",
     "publish",
     "read_key",
     "read_range",
@@ -113,6 +114,15 @@ def parse_location(
             )
         return Location("s3", prefix, bucket, options)
     return Location("zip" if text.lower().endswith(".zip") else "local", text)
+
+
+def parse_store_location(
+    text: str | os.PathLike[str] | Location, storage_options: Mapping[str, str] | None
+) -> Location:
+    """``parse_location`` for a store whose run may also read slides on S3: the storage options
+    serve the slides too, so a local store ignores them instead of refusing them."""
+    remote = text.kind == "s3" if isinstance(text, Location) else os.fspath(text).startswith("s3://")
+    return parse_location(text, storage_options if remote else None)
 
 
 def open_zarr_store(location: Location, mode: Mode) -> Store:
@@ -201,7 +211,7 @@ def object_size(location: Location) -> int:
     with _s3_errors(location):
         try:
             return int(obstore.head(_s3_bucket(location), location.path)["size"])
-        except obstore.exceptions.NotFoundError:
+        except (obstore.exceptions.NotFoundError, FileNotFoundError):
             raise StoreError(f"{location}: no such object; check the URL") from None
 
 

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 import tifffile
 
-from ._errors import ParameterError, SlideError
+from ._errors import ParameterError, SlideError, StoreError
 from ._locations import object_size, parse_location, read_range
 from ._slide import SlideInfo, composite_on_white, open_slide, read_rgb
 
@@ -62,7 +62,10 @@ class RangedFile:
     def __init__(self, url: str, storage_options: Mapping[str, str] | None = None) -> None:
         self.name = url
         self._location = parse_location(url, storage_options)
-        self.size = object_size(self._location)
+        try:
+            self.size = object_size(self._location)
+        except StoreError as exc:  # a slide, not a store, is missing or unreachable
+            raise SlideError(str(exc)) from None
         self._position = 0
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self.bytes_fetched = 0
@@ -282,8 +285,9 @@ def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None)
 
     ``SlideError`` for other formats: they must be copied locally and read with OpenSlide.
     """
+    source = _tiff_source(path, storage_options)
     try:
-        tiff = TiledTiff(_tiff_source(path, storage_options), path)
+        tiff = TiledTiff(source, path)
     except SlideError as exc:
         if not is_remote(path):
             raise

@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from ._errors import SlideError
-from ._locations import Location, list_keys, parse_location
+from ._locations import Location, list_keys, parse_store_location
 from ._slide import SlideInfo, resize_patch
 from ._tiles import PatchReader, TileReader, interpolate_like_openslide, open_reader
 from ._store import COORDINATE_ARRAYS, done_shards, open_store, plan_digest, store_metadata
@@ -53,7 +53,7 @@ def verify(
     """Check a store: every shard present and marked, 1-D arrays consistent with the plan digest
     and the slide and label tables, and ``sample`` random patches equal to their slide's
     ``read_region`` (pixel for pixel; PSNR >= 30 dB for lossy codecs)."""
-    location = parse_location(store, storage_options)
+    location = parse_store_location(store, storage_options)
     group = open_store(location, require_complete=False)
     metadata = store_metadata(group)
     problems: list[str] = []
