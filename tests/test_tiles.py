@@ -155,3 +155,30 @@ def test_verify_rereads_with_the_reader_that_wrote_the_store(tmp_path, aperio_ca
     report = verify(store, sample=16)
     assert not report.ok
     assert "differs from its slide read with openslide" in report.problems[0]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(sampler="jitter", level=1, masks=True),
+        dict(sampler="centroid", level=2, patch_size=128),
+        dict(sampler="grid", level=0, stride=96, min_overlap=0.8),
+        dict(sampler="random-in-polygon", level=1, background=6),
+        dict(sampler="jitter", mpp=2.0),  # between levels 1 and 2: level 1 read at 128 px, resized
+        dict(sampler="jitter", magnification=2.5, drop_partial=True),
+    ],
+)
+def test_both_readers_write_the_same_store_at_whole_downsamples(tmp_path, aperio_even_case, options):
+    """Every sampler, masks, background, --mpp/--magnification resampling and edges: at
+    downsamples 1, 4 and 16 the tiles and openslide readers store identical pixels."""
+    groups = {}
+    for reader in ("tiles", "openslide"):
+        store = tmp_path / f"{reader}.zarr"
+        kwargs = dict(patch_size=64, per_annotation=8, seed=2, shard_size=32) | options
+        extract(aperio_even_case.slide, aperio_even_case.annotations, store, reader=reader, **kwargs)
+        groups[reader] = zarr.open_group(store, mode="r")
+        assert groups[reader].attrs["wsizarr"]["parameters"]["reader"] == reader
+    names = ["patches", "x", "y", "annotation_id", "padded"] + (["masks"] if options.get("masks") else [])
+    for name in names:
+        np.testing.assert_array_equal(groups["tiles"][name][:], groups["openslide"][name][:], err_msg=name)
+    assert groups["tiles"]["patches"].shape[0] > 0
