@@ -29,7 +29,7 @@ from ._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, resize_patch, resolve_resolution, slide_info,
     tissue_mask, tissue_mask_of,
 )
-from ._tiles import READERS, choose_reader, is_remote, open_reader, tiff_slide_info
+from ._tiles import READERS, choose_reader, equal_runs, is_remote, open_reader, tiff_slide_info
 from ._store import (
     begin_run, create_store, delete_store, done_shards, ensure_own_store, finalize_store,
     open_for_writing, open_store, partial_location, plan_digest, store_metadata, store_writes,
@@ -175,15 +175,6 @@ def shard_tasks(n_patches: int, shard_size: int, done: np.ndarray | None = None)
     return tasks
 
 
-def _runs(keys: np.ndarray) -> Iterator[tuple[int, int]]:
-    """``[start, stop)`` runs of equal consecutive values."""
-    if len(keys) == 0:
-        return
-    edges = np.flatnonzero(np.diff(keys)) + 1
-    bounds = np.concatenate([[0], edges, [len(keys)]])
-    yield from zip(bounds[:-1].tolist(), bounds[1:].tolist())
-
-
 def read_shard(job: ShardJob, task: ShardTask) -> dict[str, np.ndarray]:
     """The arrays of the run's patches in ``task``: ``patches`` ``(n, P, P, 3)`` uint8 (and
     ``masks`` ``(n, P, P)``), for store indices ``max(task.start, job.first_patch)`` to
@@ -200,7 +191,7 @@ def read_shard(job: ShardJob, task: ShardTask) -> dict[str, np.ndarray]:
     arrays = {"patches": np.empty((n, size, size, 3), np.uint8)}
     if job.masks:
         arrays["masks"] = np.empty((n, size, size), np.uint8)
-    for start, stop in _runs(plan.slide[sl]):
+    for start, stop in equal_runs(plan.slide[sl]):
         run = slice(sl.start + start, sl.start + stop)
         slide_job = job.slides[int(plan.slide[run.start])]
         footprint = slide_job.resolution.read_size_px

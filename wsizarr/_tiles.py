@@ -30,7 +30,7 @@ from ._slide import SlideInfo, composite_on_white, open_slide, read_rgb
 
 __all__ = [
     "READERS", "OpenSlideReader", "PatchReader", "RangedFile", "TileReader", "TiledTiff",
-    "choose_reader", "interpolate_like_openslide", "is_remote", "level_px", "open_reader",
+    "choose_reader", "equal_runs", "interpolate_like_openslide", "is_remote", "level_px", "open_reader",
     "tiff_slide_info",
 ]
 
@@ -48,10 +48,10 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
     return os.fspath(path).startswith("s3://")
 
 
-def level_px(level0: np.ndarray | int, downsample: float) -> np.ndarray:
-    """The level pixel (int64) a level-0 coordinate falls in: ``floor(level0 / downsample)``,
+def level_px(level0: int, downsample: float) -> int:
+    """The level pixel a level-0 coordinate falls in: ``floor(level0 / downsample)``,
     OpenSlide's rounding; the sampler's ``level0_from_level_px`` is its smallest preimage."""
-    return np.floor(np.asarray(level0, dtype=np.int64) / downsample).astype(np.int64)
+    return math.floor(level0 / downsample)
 
 
 class RangedFile:
@@ -382,14 +382,13 @@ class TileReader(PatchReader):
 
     def read(self, level: int, x: int, y: int, size: int, out: np.ndarray | None = None) -> np.ndarray:
         downsample = self.info.level_downsamples[level]
-        px, py = int(level_px(x, downsample)), int(level_px(y, downsample))
-        return self.tiff.region(level, px, py, size, size, out)
+        return self.tiff.region(level, level_px(x, downsample), level_px(y, downsample), size, size, out)
 
     def close(self) -> None:
         self.tiff.close()
 
 
-def _runs(keys: np.ndarray) -> list[tuple[int, int]]:
+def equal_runs(keys: np.ndarray) -> list[tuple[int, int]]:
     """``[start, stop)`` runs of equal consecutive values."""
     edges = np.flatnonzero(np.diff(keys)) + 1
     bounds = np.concatenate([[0], edges, [len(keys)]]).tolist()
@@ -425,7 +424,7 @@ class OpenSlideReader(PatchReader):
         sits on the level's grid. Elsewhere OpenSlide interpolates: one read per patch."""
         downsample = self.info.level_downsamples[level]
         step = int(downsample)
-        for start, stop in _runs(groups):
+        for start, stop in equal_runs(groups):
             px, py = xs[start:stop] // step, ys[start:stop] // step
             x0, y0 = int(px.min()), int(py.min())
             width, height = int(px.max()) - x0 + size, int(py.max()) - y0 + size
@@ -474,7 +473,7 @@ def interpolate_like_openslide(tiles: TileReader, level: int, x: int, y: int, si
     (and likewise ``y``), as float. cairo's fixed-point weights put OpenSlide within a few
     levels of this; a one-pixel slip is tens of levels off."""
     downsample = tiles.info.level_downsamples[level]
-    px, py = int(level_px(x, downsample)), int(level_px(y, downsample))
+    px, py = level_px(x, downsample), level_px(y, downsample)
     fx, fy = x / downsample - px, y / downsample - py
     own = tiles.tiff.region(level, px, py, size + 1, size + 1).astype(np.float32)
     rows = (1 - fy) * own[:-1] + fy * own[1:]
