@@ -182,3 +182,17 @@ def test_both_readers_write_the_same_store_at_whole_downsamples(tmp_path, aperio
     for name in names:
         np.testing.assert_array_equal(groups["tiles"][name][:], groups["openslide"][name][:], err_msg=name)
     assert groups["tiles"]["patches"].shape[0] > 0
+
+
+def test_cli_reader_option_is_recorded(tmp_path, aperio_case):
+    from wsizarr._cli import main
+
+    store = tmp_path / "cli.zarr"
+    args = ["extract", str(aperio_case.slide), "--annotations", str(aperio_case.annotations), "--out", str(store),
+            "--level", "2", "--patch-size", "32", "--per-annotation", "2"]
+    assert main([*args, "--reader", "openslide"]) == 0
+    metadata = zarr.open_group(store, mode="r").attrs["wsizarr"]
+    assert metadata["parameters"]["reader"] == "openslide" and metadata["slides"][0]["reader"] == "openslide"
+    assert main([*args, "--overwrite"]) == 0
+    metadata = zarr.open_group(store, mode="r").attrs["wsizarr"]
+    assert metadata["parameters"]["reader"] == "auto" and metadata["slides"][0]["reader"] == "tiles"

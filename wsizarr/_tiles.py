@@ -36,8 +36,8 @@ __all__ = [
 
 READERS = ("auto", "tiles", "openslide")
 _TILE_CACHE_BYTES = 64 << 20  # decoded tiles kept per open reader (~330 RGB tiles of 256 px)
-_BLOCK_BYTES = 256 << 10  # S3: one ranged GET fetches a block this large (or a larger read whole)
-_BLOCK_CACHE = 64  # S3: blocks kept per open file (16 MiB)
+_BLOCK_BYTES = 64 << 10  # S3: one ranged GET fetches a block this large (or a larger read whole)
+_BLOCK_CACHE = 256  # S3: blocks kept per open file (16 MiB)
 # A neighbourhood read by OpenSlide covers at most this many pixels (64 MiB of RGBA); larger
 # unions fall back to one read per patch, so memory stays bounded whatever the annotation size.
 _MAX_REGION_PX = 4096 * 4096
@@ -69,11 +69,9 @@ class RangedFile:
         self._position = 0
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self.bytes_fetched = 0
-        self.requests = 0
 
     def _get(self, start: int, length: int) -> bytes:
         self.bytes_fetched += length
-        self.requests += 1
         return read_range(self._location, start, length)
 
     def _block(self, index: int) -> bytes:
@@ -161,7 +159,8 @@ class TiledTiff:
     """A pyramidal TIFF read tile by tile; ``region`` gives a level's own RGB pixels.
 
     ``level_dimensions``, when given (OpenSlide's), picks the pages with exactly those sizes;
-    ``SlideError`` when there are none or a tile cannot be decoded.
+    ``SlideError`` when there are none or a tile cannot be decoded. Decoded tiles are kept up
+    to ``cache_bytes``, least recently used dropped first.
     """
 
     def __init__(
@@ -185,13 +184,16 @@ class TiledTiff:
                     f"{name}: tifffile finds no tiled 8-bit RGB pyramid with the slide's level sizes; "
                     "read it with --reader openslide (or convert it to a tiled pyramidal TIFF)"
                 )
-            for level in range(len(self.levels)):  # the codec works: decode one tile per level
-                self._decoded(level, 0)
         except BaseException:
             self._tif.close()
             raise
         self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self._cache_bytes, self._cached = cache_bytes, 0
+
+    def check_codecs(self) -> None:
+        """Decode one tile of every level: ``SlideError`` unless imagecodecs has their codecs."""
+        for level, lv in enumerate(self.levels):
+            self._decoded(level, int(np.argmax(lv.counts > 0)))
 
     @property
     def description(self) -> str:
@@ -454,7 +456,8 @@ def choose_reader(info: SlideInfo, requested: str, storage_options: Mapping[str,
         OpenSlideReader(info, storage_options).close()
         return "openslide"
     try:
-        TileReader(info, storage_options).close()
+        with TileReader(info, storage_options) as tiles:
+            tiles.tiff.check_codecs()
     except SlideError:
         if requested == "tiles" or is_remote(info.path):
             raise
