@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -36,8 +37,8 @@ __all__ = [
 
 READERS = ("auto", "tiles", "openslide")
 _TILE_CACHE_BYTES = 64 << 20  # decoded tiles kept per open reader (~330 RGB tiles of 256 px)
-_BLOCK_BYTES = 64 << 10  # S3: one ranged GET fetches a block this large (or a larger read whole)
-_BLOCK_CACHE = 256  # S3: blocks kept per open file (16 MiB)
+_BLOCK_BYTES = 16 << 10  # S3: the unit of ranged reads and of the block cache
+_BLOCK_CACHE = 4096  # S3: blocks kept per process (64 MiB), shared by its threads
 # A neighbourhood read by OpenSlide covers at most this many pixels (64 MiB of RGBA); larger
 # unions fall back to one read per patch, so memory stays bounded whatever the annotation size.
 _MAX_REGION_PX = 4096 * 4096
@@ -54,10 +55,36 @@ def level_px(level0: int, downsample: float) -> int:
     return math.floor(level0 / downsample)
 
 
+class _BlockCache:
+    """Blocks of S3 objects shared by every open file of the process (the threads of a run
+    read the same header and neighbouring tiles), least recently used dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            block = self._blocks.get(key)
+            if block is not None:
+                self._blocks.move_to_end(key)
+            return block
+
+    def put(self, key: tuple[str, int], block: bytes) -> None:
+        with self._lock:
+            self._blocks[key] = block
+            while len(self._blocks) > self._capacity:
+                self._blocks.popitem(last=False)
+
+
+_BLOCKS = _BlockCache(_BLOCK_CACHE)
+
+
 class RangedFile:
-    """A read-only, seekable file over one S3 object: block-aligned ranged GETs, a small
-    block cache, and reads larger than a block fetched whole. ``bytes_fetched`` counts what
-    came over the network."""
+    """A read-only, seekable file over one S3 object, read through the process's block cache:
+    a read fetches the blocks it lacks, each run of adjacent missing blocks with one ranged GET.
+    ``bytes_fetched`` counts what this file brought over the network."""
 
     def __init__(self, url: str, storage_options: Mapping[str, str] | None = None) -> None:
         self.name = url
@@ -66,25 +93,22 @@ class RangedFile:
             self.size = object_size(self._location)
         except StoreError as exc:  # a slide, not a store, is missing or unreachable
             raise SlideError(str(exc)) from None
+        self._key = f"{url}#{self.size}"
         self._position = 0
-        self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self.bytes_fetched = 0
 
-    def _get(self, start: int, length: int) -> bytes:
-        self.bytes_fetched += length
-        return read_range(self._location, start, length)
-
-    def _block(self, index: int) -> bytes:
-        block = self._blocks.get(index)
-        if block is None:
-            start = index * _BLOCK_BYTES
-            block = self._get(start, min(_BLOCK_BYTES, self.size - start))
-            self._blocks[index] = block
-            if len(self._blocks) > _BLOCK_CACHE:
-                self._blocks.popitem(last=False)
-        else:
-            self._blocks.move_to_end(index)
-        return block
+    def _blocks(self, first: int, last: int) -> list[bytes]:
+        blocks = [_BLOCKS.get((self._key, i)) for i in range(first, last + 1)]
+        missing = [first + k for k, block in enumerate(blocks) if block is None]
+        for run_start, run_stop in equal_runs(np.asarray(missing) - np.arange(len(missing))):
+            lo, hi = missing[run_start], missing[run_stop - 1]
+            start, stop = lo * _BLOCK_BYTES, min((hi + 1) * _BLOCK_BYTES, self.size)
+            data = read_range(self._location, start, stop - start)
+            self.bytes_fetched += len(data)
+            for i in range(lo, hi + 1):
+                blocks[i - first] = data[(i - lo) * _BLOCK_BYTES : (i - lo + 1) * _BLOCK_BYTES]
+                _BLOCKS.put((self._key, i), blocks[i - first])
+        return blocks
 
     def read(self, size: int = -1) -> bytes:
         start = self._position
@@ -92,10 +116,8 @@ class RangedFile:
         if stop <= start:
             return b""
         self._position = stop
-        if stop - start > _BLOCK_BYTES:
-            return self._get(start, stop - start)
         first, last = start // _BLOCK_BYTES, (stop - 1) // _BLOCK_BYTES
-        data = b"".join(self._block(i) for i in range(first, last + 1))
+        data = b"".join(self._blocks(first, last))
         offset = first * _BLOCK_BYTES
         return data[start - offset : stop - offset]
 
@@ -120,7 +142,7 @@ class RangedFile:
         return True
 
     def close(self) -> None:
-        self._blocks.clear()
+        """Nothing to release: the blocks stay cached for the process's other readers."""
 
 
 class _Level:
@@ -206,16 +228,17 @@ class TiledTiff:
     def close(self) -> None:
         self._tif.close()
 
-    def _decoded(self, level: int, index: int) -> np.ndarray | None:
-        """Tile ``index`` of ``level`` as RGB (transparency composited onto white); None for
-        a tile the file does not hold (sparse slides: white)."""
+    def _decoded(self, level: int, index: int, data: bytes | None = None) -> np.ndarray | None:
+        """Tile ``index`` of ``level`` as RGB (transparency composited onto white), from its
+        bytes ``data`` or read from the file; None for a tile the file does not hold (sparse
+        slides: white)."""
         lv = self.levels[level]
         if index >= len(lv.offsets) or lv.counts[index] == 0:
             return None
-        handle = self._tif.filehandle
         try:
-            handle.seek(int(lv.offsets[index]))
-            data = handle.read(int(lv.counts[index]))
+            if data is None:
+                self._tif.filehandle.seek(int(lv.offsets[index]))
+                data = self._tif.filehandle.read(int(lv.counts[index]))
             tile = lv.decode(data, index, jpegtables=lv.jpegtables)[0]
         except Exception as exc:  # codecs raise their own types
             raise SlideError(f"{self.name}: tile {index} of level {level} cannot be decoded ({exc}); the file may be corrupt") from None
@@ -224,12 +247,30 @@ class TiledTiff:
         tile = tile.reshape(tile.shape[-3:])
         return tile if tile.shape[2] == 3 else composite_on_white(tile)
 
+    def _fetch_row(self, level: int, first: int, last: int) -> None:
+        """Decode the uncached tiles ``first..last`` of one tile row; where they lie back to back
+        in the file (as scanners write them) their bytes come from one read (one ranged GET)."""
+        lv = self.levels[level]
+        wanted = [i for i in range(first, last + 1) if (level, i) not in self._cache and lv.counts[i] > 0]
+        if len(wanted) < 2:
+            return
+        offsets, counts = lv.offsets[wanted], lv.counts[wanted]
+        if not (offsets[1:] == offsets[:-1] + counts[:-1]).all():
+            return  # not contiguous: tile by tile
+        handle = self._tif.filehandle
+        handle.seek(int(offsets[0]))
+        span = handle.read(int(offsets[-1] + counts[-1] - offsets[0]))
+        for index, offset, count in zip(wanted, (offsets - offsets[0]).tolist(), counts.tolist()):
+            self._remember((level, index), self._decoded(level, index, span[offset : offset + count]))
+
     def _tile(self, level: int, index: int) -> np.ndarray | None:
         key = (level, index)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        tile = self._decoded(level, index)
+        return self._remember(key, self._decoded(level, index))
+
+    def _remember(self, key: tuple[int, int], tile: np.ndarray | None) -> np.ndarray | None:
         self._cache[key] = tile
         self._cached += 0 if tile is None else tile.nbytes
         while self._cached > self._cache_bytes and len(self._cache) > 1:
@@ -248,9 +289,12 @@ class TiledTiff:
         if x0 != x or y0 != y or x1 != x + width or y1 != y + height:
             out.fill(255)
         tw, th = lv.tile_width, lv.tile_height
+        columns = range(x0 // tw, (x1 - 1) // tw + 1 if x1 > x0 else 0)
         for row in range(y0 // th, (y1 - 1) // th + 1 if y1 > y0 else 0):
             top, bottom = max(y0, row * th), min(y1, (row + 1) * th)
-            for column in range(x0 // tw, (x1 - 1) // tw + 1 if x1 > x0 else 0):
+            if len(columns) > 1:
+                self._fetch_row(level, row * lv.columns + columns[0], row * lv.columns + columns[-1])
+            for column in columns:
                 left, right = max(x0, column * tw), min(x1, (column + 1) * tw)
                 tile = self._tile(level, row * lv.columns + column)
                 target = out[top - y : bottom - y, left - x : right - x]
