@@ -196,3 +196,31 @@ def test_cli_reader_option_is_recorded(tmp_path, aperio_case):
     assert main([*args, "--overwrite"]) == 0
     metadata = zarr.open_group(store, mode="r").attrs["wsizarr"]
     assert metadata["parameters"]["reader"] == "auto" and metadata["slides"][0]["reader"] == "tiles"
+
+
+def test_missing_tiles_are_white_and_transparency_is_composited(tmp_path):
+    """A tile the file does not hold reads white, like OpenSlide; an RGBA slide is composited
+    onto white (within 1 of OpenSlide, which round-trips through premultiplied alpha)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (512, 768, 3), dtype=np.uint8)
+    sparse = tmp_path / "sparse.tif"
+    tiles = (
+        None if (row, column) == (1, 1) else np.ascontiguousarray(pixels[row * 256 : (row + 1) * 256, column * 256 : (column + 1) * 256])
+        for row in range(2) for column in range(3)
+    )
+    tifffile.imwrite(sparse, tiles, shape=pixels.shape, dtype=np.uint8, tile=(256, 256), compression="zlib", photometric="rgb")
+    rgba = tmp_path / "rgba.tif"
+    alpha = rng.integers(0, 256, (512, 768, 1), dtype=np.uint8)
+    tifffile.imwrite(rgba, np.concatenate([pixels, alpha], axis=2), tile=(256, 256), compression="zlib",
+                     photometric="rgb", extrasamples=["unassalpha"])
+    for path, tolerance in ((sparse, 0), (rgba, 1)):
+        info, _ = tiff_slide_info(str(path))
+        with TileReader(info) as tiles:
+            patch = tiles.read(0, 200, 200, 200)
+        with open_slide(path) as slide:
+            expected = read_rgb(slide, (200, 200), 0, (200, 200))
+        assert np.abs(patch.astype(int) - expected).max() <= tolerance, path.name
+    info, _ = tiff_slide_info(str(sparse))
+    with TileReader(info) as tiles:
+        assert (tiles.read(0, 300, 300, 200)[:, :] == 255).all()  # inside the missing tile
+        np.testing.assert_array_equal(tiles.read(0, 0, 0, 256), pixels[:256, :256])
