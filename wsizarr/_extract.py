@@ -29,7 +29,7 @@ from ._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, resize_patch, resolve_resolution, slide_info,
     tissue_mask, tissue_mask_of,
 )
-from ._tiles import READERS, choose_reader, equal_runs, is_remote, open_reader, tiff_slide_info
+from ._tiles import READERS, choose_reader, content_digest, equal_runs, is_remote, open_reader, tiff_slide_info
 from ._store import (
     begin_run, create_store, delete_store, done_shards, ensure_own_store, finalize_store,
     open_for_writing, open_store, partial_location, plan_digest, store_metadata, store_writes,
@@ -326,12 +326,8 @@ def _slide_hash(handle: openslide.OpenSlide, path: Path) -> str:
     quickhash = handle.properties.get("openslide.quickhash-1")
     if quickhash:
         return quickhash
-    digest = hashlib.sha256(str(path.stat().st_size).encode())
-    with path.open("rb") as f:
-        digest.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
-        digest.update(f.read())
-    return digest.hexdigest()
+    with path.open("rb") as file:
+        return content_digest(file, path.stat().st_size)
 
 
 @dataclass(frozen=True, eq=False)

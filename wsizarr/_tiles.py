@@ -31,7 +31,7 @@ from ._slide import SlideInfo, composite_on_white, open_slide, read_rgb
 
 __all__ = [
     "READERS", "OpenSlideReader", "PatchReader", "RangedFile", "TileReader", "TiledTiff",
-    "choose_reader", "equal_runs", "interpolate_like_openslide", "is_remote", "level_px", "open_reader",
+    "choose_reader", "content_digest", "equal_runs", "interpolate_like_openslide", "is_remote", "level_px", "open_reader",
     "tiff_slide_info",
 ]
 
@@ -358,12 +358,7 @@ def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None)
             power = _positive(properties.get("AppMag"))
         else:
             vendor, mpp, power = "generic-tiff", _resolution_mpp(tiff.levels[0].page), None
-        handle = tif.filehandle
-        digest = hashlib.sha256(str(handle.size).encode())
-        handle.seek(0)
-        digest.update(handle.read(1 << 20))
-        handle.seek(max(0, handle.size - (1 << 20)))
-        digest.update(handle.read(1 << 20))
+        digest = content_digest(tif.filehandle, tif.filehandle.size)
     finally:
         tiff.close()
     (w0, h0) = sizes[0]
@@ -373,7 +368,18 @@ def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None)
         level_downsamples=tuple((w0 / w + h0 / h) / 2 for w, h in sizes),  # OpenSlide's formula
         mpp=mpp, objective_power=power,
     )
-    return info, digest.hexdigest()
+    return info, digest
+
+
+def content_digest(file: Any, size: int) -> str:
+    """SHA-256 of a slide file's size, first MiB and last MiB: its content hash where
+    OpenSlide's ``quickhash-1`` is not available (reads 2 MiB at most)."""
+    digest = hashlib.sha256(str(size).encode())
+    file.seek(0)
+    digest.update(file.read(1 << 20))
+    file.seek(max(0, size - (1 << 20)))
+    digest.update(file.read(1 << 20))
+    return digest.hexdigest()
 
 
 def _resolution_mpp(page: tifffile.TiffPage) -> tuple[float, float] | None:
