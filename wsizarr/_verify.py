@@ -51,8 +51,10 @@ def verify(
     storage_options: Mapping[str, str] | None = None,
 ) -> VerifyReport:
     """Check a store: every shard present and marked, 1-D arrays consistent with the plan digest
-    and the slide and label tables, and ``sample`` random patches equal to their slide's
-    ``read_region`` (pixel for pixel; PSNR >= 30 dB for lossy codecs)."""
+    and the slide and label tables, and ``sample`` random patches equal to their slide read
+    with the reader that wrote them (pixel for pixel; PSNR >= 30 dB for lossy codecs), cross-
+    checked with the other reader where it applies. ``storage_options`` serve the store and
+    slides on S3."""
     location = parse_store_location(store, storage_options)
     group = open_store(location, require_complete=False)
     metadata = store_metadata(group)
