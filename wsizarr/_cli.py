@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import signal
 import sys
@@ -263,10 +264,25 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks of up to 64 MiB instead of returning them to the system:
+    every shard task allocates tens of MB afresh (patches, encoded chunks, the shard's bytes),
+    and faulting fresh pages in cost as much CPU as compressing them (measured: an extraction's
+    page faults fell from 340k to 130k, its wall time by 20-30 %). Nothing on other C libraries."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: larger blocks still come from mmap
+    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: free memory kept before trimming the heap
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 1 a user error, 130 interrupted
     by Ctrl-C, 143 by SIGTERM)."""
     args = _parser().parse_args(argv)
+    if args.command in ("extract", "demo"):
+        _keep_freed_memory()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
