@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -156,7 +155,7 @@ def run_shard_task(store: Location, job: ShardJob, task: ShardTask) -> int:
     appending) keeps its earlier patches: they are read back and written with the new ones.
     """
     group = open_for_writing(store)
-    arrays = read_shard(job, task, reuse=True)
+    arrays = read_shard(job, task)
     with store_writes(store):
         if task.start < job.first_patch:
             arrays = {
@@ -176,11 +175,10 @@ def shard_tasks(n_patches: int, shard_size: int, done: np.ndarray | None = None)
     return tasks
 
 
-def read_shard(job: ShardJob, task: ShardTask, *, reuse: bool = False) -> dict[str, np.ndarray]:
+def read_shard(job: ShardJob, task: ShardTask) -> dict[str, np.ndarray]:
     """The arrays of the run's patches in ``task``: ``patches`` ``(n, P, P, 3)`` uint8 (and
     ``masks`` ``(n, P, P)``), for store indices ``max(task.start, job.first_patch)`` to
-    ``task.stop``. ``reuse=True`` reads the patches into this thread's buffer, valid until its
-    next call (a fresh 50-MB array a shard costs as much in page faults as its reading).
+    ``task.stop``.
 
     Each slide's patches are read through one open reader (``_tiles``): with ``tiles`` each
     tile is decoded once for the whole task and patches are cropped from the level's own
@@ -190,7 +188,7 @@ def read_shard(job: ShardJob, task: ShardTask, *, reuse: bool = False) -> dict[s
     sl = slice(max(task.start, job.first_patch) - job.first_patch, task.stop - job.first_patch)
     plan = job.plan
     n, size = sl.stop - sl.start, job.patch_size
-    arrays = {"patches": _patch_buffer((n, size, size, 3)) if reuse else np.empty((n, size, size, 3), np.uint8)}
+    arrays = {"patches": np.empty((n, size, size, 3), np.uint8)}
     if job.masks:
         arrays["masks"] = np.empty((n, size, size), np.uint8)
     for start, stop in equal_runs(plan.slide[sl]):
@@ -214,18 +212,6 @@ def read_shard(job: ShardJob, task: ShardTask, *, reuse: bool = False) -> dict[s
         if job.masks:
             arrays["masks"][start:stop] = _masks(job, slide_job, plan.x[run], plan.y[run])
     return arrays
-
-
-_THREAD = threading.local()
-
-
-def _patch_buffer(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised uint8 array of ``shape`` in this thread's reused buffer."""
-    size = int(np.prod(shape))
-    buffer = getattr(_THREAD, "patches", None)
-    if buffer is None or buffer.size < size:
-        buffer = _THREAD.patches = np.empty(size, np.uint8)
-    return buffer[:size].reshape(shape)
 
 
 def _masks(job: ShardJob, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
