@@ -240,7 +240,8 @@ SlidePath = str | Path  # a local path, or an s3:// URL kept as text
 _REMOTE_SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")
 
 
-def _slide_path(path: str | Path) -> SlidePath:
+def _path_or_url(path: str | Path) -> SlidePath:
+    """A local path as a ``Path``; an ``s3://`` URL kept as text (``Path`` would fold its ``//``)."""
     return str(path) if is_remote(path) else Path(path)
 
 
@@ -274,7 +275,7 @@ def _slide_list(slides: str | Path | Sequence[str | Path], storage_options: Mapp
             keys = list_keys(parse_location(str(path), storage_options))
             out += [f"{str(path).rstrip('/')}/{k}" for k in keys if Path(k).suffix.lower() in _REMOTE_SLIDE_SUFFIXES]
         else:
-            out.append(_slide_path(path))
+            out.append(_path_or_url(path))
     return out
 
 
@@ -311,8 +312,8 @@ def match_annotations(
                 "several slides need a folder of annotation files named like the slides "
                 "(slide.svs -> slide.xml), or one annotation file per slide"
             )
-        return [(slide_paths[0], _slide_path(annotations) if isinstance(annotations, (str, Path)) else annotations)], [], []
-    files = [_slide_path(a) for a in annotations]
+        return [(slide_paths[0], _path_or_url(annotations) if isinstance(annotations, (str, Path)) else annotations)], [], []
+    files = [_path_or_url(a) for a in annotations]
     if len(files) != len(slide_paths):
         raise ParameterError(
             f"{len(slide_paths)} slides but {len(files)} annotation files; give one per slide "
