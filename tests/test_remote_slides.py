@@ -66,6 +66,10 @@ def test_cli_cohort_from_s3_prefixes_with_background(s3_server, aperio_case, ape
     assert result.returncode == 0, result.stderr
     assert "no slide for s3://" in result.stderr and "orphan.xml" in result.stderr
     remote = zarr.open_group(tmp_path / "remote.zarr", mode="r")
+    local = tmp_path / "local.zarr"  # the same cohort from local files: the same store
+    extract([aperio_case.slide, aperio_even_case.slide], [aperio_case.annotations, aperio_even_case.annotations],
+            local, level=2, patch_size=32, per_annotation=3, background=4)
+    _assert_same_patches(zarr.open_group(local, mode="r"), remote)
     assert [s["path"] for s in remote.attrs["wsizarr"]["slides"]] == [
         s3_server.url(f"cohort/slides/{case.slide.name}") for case in (aperio_case, aperio_even_case)
     ]
