@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tifffile
@@ -99,6 +101,10 @@ def test_auto_falls_back_to_openslide_and_tiles_says_why(grey_tiff, aperio_case)
     assert choose_reader(info, "auto") == "openslide"
     with pytest.raises(SlideError, match=r"grey.tif: tifffile finds no tiled 8-bit RGB pyramid .*--reader openslide"):
         choose_reader(info, "tiles")
+    aperio, _ = tiff_slide_info(str(aperio_case.slide))
+    assert choose_reader(aperio, "auto") == "tiles"
+    other_vendor = dataclasses.replace(aperio, vendor="ventana")  # overlapping tiles OpenSlide places
+    assert choose_reader(other_vendor, "auto") == "openslide" and choose_reader(other_vendor, "tiles") == "tiles"
     with pytest.raises(ParameterError, match="unknown reader 'fast'; choose one of auto, tiles, openslide"):
         extract(aperio_case.slide, aperio_case.annotations, grey_tiff.with_suffix(".zarr"), reader="fast")
 

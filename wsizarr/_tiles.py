@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 READERS = ("auto", "tiles", "openslide")
+_TILE_VENDORS = ("aperio", "generic-tiff")  # what auto reads by tiles: tested pixel for pixel
 _TILE_CACHE_BYTES = 64 << 20  # decoded tiles kept per open reader (~330 RGB tiles of 256 px)
 _BLOCK_BYTES = 16 << 10  # S3: the unit of ranged reads and of the block cache
 _BLOCK_CACHE = 4096  # S3: blocks kept per process (64 MiB), shared by its threads
@@ -496,15 +497,18 @@ _READER_CLASSES: dict[str, type[PatchReader]] = {"tiles": TileReader, "openslide
 
 
 def choose_reader(info: SlideInfo, requested: str, storage_options: Mapping[str, str] | None = None) -> str:
-    """The reader for a slide: ``tiles`` where tifffile reads its pyramid (OpenSlide's level
-    sizes, every level's codec decoding), else ``openslide``; ``requested`` is one of
-    ``READERS``. ``ParameterError`` for an unknown name, ``SlideError`` when the requested
+    """The reader for a slide: ``auto`` gives ``tiles`` for Aperio SVS and generic tiled TIFF
+    (OpenSlide's vendors ``aperio``, ``generic-tiff``) where tifffile reads the pyramid with
+    OpenSlide's level sizes and every level's codec decodes, else ``openslide``; ``tiles``
+    insists on tiles for any TIFF passing those checks; ``requested`` is one of ``READERS``. ``ParameterError`` for an unknown name, ``SlideError`` when the requested
     reader cannot read this slide (``auto`` on S3 needs ``tiles``)."""
     if requested not in READERS:
         raise ParameterError(f"unknown reader {requested!r}; choose one of {', '.join(READERS)}")
     if requested == "openslide":
         OpenSlideReader(info, storage_options).close()
         return "openslide"
+    if requested == "auto" and info.vendor not in _TILE_VENDORS:
+        return "openslide"  # e.g. Ventana's overlapping tiles: OpenSlide places them, tifffile does not
     try:
         with TileReader(info, storage_options) as tiles:
             tiles.tiff.check_codecs()
