@@ -194,6 +194,27 @@ def test_incomplete_store_is_resumed_to_the_identical_store(tmp_path, aperio_eve
     assert a.attrs["wsizarr"] == b.attrs["wsizarr"]
 
 
+def test_a_store_killed_while_being_created_is_created_again_on_resume(tmp_path, aperio_even_case):
+    """A kill between the group's attributes and its arrays (create_store writes them in that
+    order) leaves a store without a run: --resume creates it again instead of failing."""
+    import shutil
+
+    from wsizarr._store import create_store
+
+    kwargs = dict(level=1, patch_size=64, per_annotation=5, shard_size=16, seed=1)
+    reference = tmp_path / "reference.zarr"
+    extract(aperio_even_case.slide, aperio_even_case.annotations, reference, **kwargs)
+    crashed = tmp_path / "crashed.zarr"
+    metadata = dict(zarr.open_group(reference, mode="r").attrs["wsizarr"])
+    create_store(crashed, patch_size=64, shard_size=16, codec="zstd",
+                 metadata={"wsizarr_version": wsizarr.__version__, "parameters": metadata["parameters"]})
+    shutil.rmtree(crashed / "padded")  # as if killed before the last array was created
+    summary = extract(aperio_even_case.slide, aperio_even_case.annotations, crashed, resume=True, **kwargs)
+    assert summary.shards_written == summary.n_shards
+    for name in ("patches", "x", "y", "padded"):
+        np.testing.assert_array_equal(zarr.open_group(reference, mode="r")[name][:], zarr.open_group(crashed, mode="r")[name][:])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

@@ -542,6 +542,8 @@ def extract(
         return summarise(store_metadata(open_store(target)), 0)  # resumed after it was published
     group = open_for_writing(building) if building_exists and not overwrite else None
     existing = store_metadata(group) if group is not None else None
+    if existing is not None and not existing.get("complete") and "run" not in existing and not existing["slides"]:
+        group = existing = None  # killed while being created, before any run began: create it again
     if existing is not None and existing.get("parameters") != parameters:
         raise StoreError(
             f"{building}: was made with other parameters ({existing.get('parameters')}); use the "
