@@ -30,7 +30,7 @@ def main() -> None:
     from tests.s3server import seaweedfs
     from wsizarr._locations import parse_location, size_bytes
 
-    slides = sorted((HERE / "out").glob("bench-40960x30720-*.svs"))
+    slides = sorted((HERE / "out").glob("scanner-*-120.svs"))
     if not slides:
         raise SystemExit("run benchmarks/bench_extract.py first: it generates the benchmark slide")
     slide = slides[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,36 @@ def read_like_openslide(slide_path: Path, x: int, y: int, level: int, size: int)
     with openslide.OpenSlide(slide_path) as slide:
         rgba = np.asarray(slide.read_region((x, y), level, (size, size)))
     return composite_on_white(rgba)
+
+
+@functools.lru_cache(maxsize=8)
+def _level_page(slide_path: Path, level: int) -> np.ndarray:
+    """The whole level decoded by tifffile's own page reader (not wsizarr's tile reader): the
+    tiled page with OpenSlide's size for the level."""
+    import openslide
+    import tifffile
+
+    with openslide.OpenSlide(slide_path) as slide:
+        width, height = slide.level_dimensions[level]
+    with tifffile.TiffFile(slide_path) as tif:
+        (page,) = [p for p in tif.pages if p.is_tiled and (p.imagewidth, p.imagelength) == (width, height)]
+        return page.asarray()
+
+
+def read_level_pixels(slide_path: Path, x: int, y: int, level: int, size: int) -> np.ndarray:
+    """An independent decode of a stored patch: the level's own pixels at
+    ``floor(x / downsample), floor(y / downsample)``, white outside the level."""
+    import openslide
+
+    with openslide.OpenSlide(slide_path) as slide:
+        downsample = slide.level_downsamples[level]
+    pixels = _level_page(slide_path, level)
+    px, py = math.floor(x / downsample), math.floor(y / downsample)
+    out = np.full((size, size, 3), 255, np.uint8)
+    top, left = max(py, 0), max(px, 0)
+    part = pixels[top : py + size, left : px + size]
+    out[top - py : top - py + part.shape[0], left - px : left - px + part.shape[1]] = part
+    return out
 
 
 # --- S3: a real S3-compatible server on 127.0.0.1 (tests/s3server.py) ---------------------------

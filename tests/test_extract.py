@@ -13,21 +13,27 @@ from wsizarr._annotations import read_annotations
 from wsizarr._sampling import plan_jitter
 from wsizarr._slide import open_slide, slide_info
 
-from .conftest import ANNOTATIONS, SLIDES, read_like_openslide
+from .conftest import ANNOTATIONS, SLIDES, read_level_pixels, read_like_openslide
 
 
 def _assert_pixel_exact(store, slide_path, patch_size):
+    """Stored patches equal an independent decode: the level's own pixels (tifffile's page
+    decode) for the tiles reader, read_region for OpenSlide's; at whole downsamples both."""
     group = zarr.open_group(store, mode="r")
     patches = group["patches"][:]
+    (slide,) = group.attrs["wsizarr"]["slides"]
+    whole = float(slide["level_downsamples"][int(group["level"][0])]).is_integer()
+    references = [read_level_pixels] if slide["reader"] == "tiles" else [read_like_openslide]
+    references += [read_like_openslide, read_level_pixels] if whole else []
     for i in range(patches.shape[0]):
-        expected = read_like_openslide(
-            slide_path, int(group["x"][i]), int(group["y"][i]), int(group["level"][i]), patch_size
-        )
-        np.testing.assert_array_equal(patches[i], expected, err_msg=f"patch {i}")
+        for reference in references:
+            expected = reference(slide_path, int(group["x"][i]), int(group["y"][i]), int(group["level"][i]), patch_size)
+            np.testing.assert_array_equal(patches[i], expected, err_msg=f"patch {i}, {reference.__name__}")
 
 
+@pytest.mark.parametrize("reader", ["tiles", "openslide"])
 @pytest.mark.parametrize("case_name", ["aperio_case", "aperio_even_case", "generic_case", "wsipacker_case"])
-def test_every_patch_equals_read_region_at_every_level(request, tmp_path, case_name):
+def test_every_patch_equals_an_independent_decode_at_every_level(request, tmp_path, case_name, reader):
     case = request.getfixturevalue(case_name)
     with open_slide(case.slide) as slide:
         levels = range(slide.level_count)
@@ -35,9 +41,10 @@ def test_every_patch_equals_read_region_at_every_level(request, tmp_path, case_n
         store = tmp_path / f"{case.name}-{level}.zarr"
         summary = extract(
             case.slide, case.annotations, store, level=level, patch_size=64,
-            per_annotation=6, shard_size=16, seed=level,
+            per_annotation=6, shard_size=16, seed=level, reader=reader,
         )
         assert summary.n_patches == 6 * len(read_annotations(case.annotations))
+        assert zarr.open_group(store, mode="r").attrs["wsizarr"]["slides"][0]["reader"] == reader
         _assert_pixel_exact(store, case.slide, 64)
 
 
@@ -99,7 +106,7 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
         "min_overlap": 0.5, "background": 0, "masks": False, "drop_partial": False, "seed": 7,
         "shard_size": 64, "codec": "zstd", "label_map": None, "keep_only": False,
         "label_from": "name", "exclude_detections": False, "exclude_labels": [],
-        "strict_annotations": False,
+        "strict_annotations": False, "reader": "auto",
     }
     (slide,) = meta["slides"]
     assert slide["vendor"] == "aperio" and slide["level_downsamples"] == [1.0, 4.0, 16.0]
@@ -186,6 +193,27 @@ def test_incomplete_store_is_resumed_to_the_identical_store(tmp_path, aperio_eve
     for name in ("patches", "x", "y", "level", "annotation_id", "label", "slide"):
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
     assert a.attrs["wsizarr"] == b.attrs["wsizarr"]
+
+
+def test_a_store_killed_while_being_created_is_created_again_on_resume(tmp_path, aperio_even_case):
+    """A kill between the group's attributes and its arrays (create_store writes them in that
+    order) leaves a store without a run: --resume creates it again instead of failing."""
+    import shutil
+
+    from wsizarr._store import create_store
+
+    kwargs = dict(level=1, patch_size=64, per_annotation=5, shard_size=16, seed=1)
+    reference = tmp_path / "reference.zarr"
+    extract(aperio_even_case.slide, aperio_even_case.annotations, reference, **kwargs)
+    crashed = tmp_path / "crashed.zarr"
+    metadata = dict(zarr.open_group(reference, mode="r").attrs["wsizarr"])
+    create_store(crashed, patch_size=64, shard_size=16, codec="zstd",
+                 metadata={"wsizarr_version": wsizarr.__version__, "parameters": metadata["parameters"]})
+    shutil.rmtree(crashed / "padded")  # as if killed before the last array was created
+    summary = extract(aperio_even_case.slide, aperio_even_case.annotations, crashed, resume=True, **kwargs)
+    assert summary.shards_written == summary.n_shards
+    for name in ("patches", "x", "y", "padded"):
+        np.testing.assert_array_equal(zarr.open_group(reference, mode="r")[name][:], zarr.open_group(crashed, mode="r")[name][:])
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import re
 import signal
@@ -90,6 +91,11 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
         help="run shard tasks on threads (default) or processes",
     )
     parser.add_argument(
+        "--reader", default="auto", choices=("auto", "tiles", "openslide"),
+        help="read the slide's TIFF tiles (the level's own pixels; also from S3) or OpenSlide's "
+        "read_region; auto (default): tiles where tifffile reads the pyramid",
+    )
+    parser.add_argument(
         "--dask-scheduler", default=None, metavar="ADDRESS",
         help="run shard tasks on a dask.distributed cluster (pip install 'wsizarr[dask]')",
     )
@@ -147,10 +153,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     extract = commands.add_parser("extract", help="extract patches around annotations into a store")
-    extract.add_argument("slides", nargs="+", help="whole-slide images (any format OpenSlide reads)")
+    extract.add_argument(
+        "slides", nargs="+",
+        help="whole-slide images (any format OpenSlide reads; s3://bucket/key.svs or an s3:// prefix ending in /)",
+    )
     extract.add_argument(
         "--annotations", required=True,
-        help="annotation file, or a folder of files named like the slides (slide.svs -> slide.xml)",
+        help="annotation file, or a folder (or s3:// prefix ending in /) of files named like the slides "
+        "(slide.svs -> slide.xml)",
     )
     extract.add_argument(
         "--out", required=True,
@@ -246,7 +256,7 @@ def _extract_kwargs(args: argparse.Namespace) -> dict:
         "min_overlap": args.min_overlap, "background": args.background, "masks": args.masks,
         "drop_partial": args.drop_partial, "seed": args.seed, "shard_size": args.shard_size,
         "codec": args.codec, "workers": args.workers, "executor": args.executor,
-        "client": _dask_client(args.dask_scheduler), "progress": _ProgressBar(),
+        "reader": args.reader, "client": _dask_client(args.dask_scheduler), "progress": _ProgressBar(),
     }
 
 
@@ -344,10 +354,26 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: object
 _default_show_warning = warnings.showwarning
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed blocks of up to 64 MiB instead of returning them to the system:
+    every shard task allocates tens of MB afresh in ~200-KB pieces (decoded tiles, encoded
+    chunks) and faulting fresh pages in cost as much CPU as compressing them (measured: an
+    extraction's page faults fell from 340k to 130k, its wall time by 20-30 %). Nothing on
+    other C libraries."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: larger blocks still come from mmap
+    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: free memory kept before trimming the heap
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 1 a user error, 130 interrupted
     by Ctrl-C, 143 by SIGTERM)."""
     args = _parser().parse_args(argv)
+    if args.command in ("extract", "demo"):
+        _keep_freed_memory()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     previous_show_warning, warnings.showwarning = warnings.showwarning, _show_warning

@@ -103,7 +103,8 @@ def write_demo_slide(
     """Write a tiled, JPEG-compressed pyramidal TIFF with H&E-like texture and glomeruli.
 
     ``aperio=True`` writes an Aperio-style SVS (``Aperio Image Library`` description with MPP and
-    AppMag, levels reduced by ``downsample``); otherwise a generic tiled TIFF with the resolution
+    AppMag, levels reduced by ``downsample``, a stripped thumbnail page after level 0 as Aperio
+    scanners write it); otherwise a generic tiled TIFF with the resolution
     in its tags. Level sizes are floored, so the slide's real downsamples are not exact integers
     unless the size divides evenly. Returns the outlines drawn, in level-0 pixels.
     """
@@ -141,6 +142,15 @@ def write_demo_slide(
                 subfiletype=1 if level else 0,
                 metadata=None,
             )
+            if aperio and level == 0:
+                thumbnail = image.copy()
+                thumbnail.thumbnail((768, 768))
+                tiff.write(
+                    np.asarray(thumbnail), photometric="rgb", compression="jpeg", rowsperstrip=16,
+                    description=f"Aperio Image Library v12.0.15\r\n{width}x{height} -> "
+                    f"{thumbnail.width}x{thumbnail.height} - |AppMag = {10 / mpp:g}|MPP = {mpp}",
+                    metadata=None,
+                )
     return DemoSlide(path, (width, height), tuple(polygons), tuple(labels))
 
 

@@ -6,27 +6,34 @@ import functools
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openslide
 
-from ._annotations import ANNOTATION_SUFFIXES, Annotation, apply_label_map, read_annotation_file
+from ._annotations import (
+    ANNOTATION_SUFFIXES, Annotation, AnnotationFile, apply_label_map, read_annotation_file,
+)
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
-from ._locations import Location, exists, parse_location, publish, size_bytes
+from ._locations import (
+    Location, exists, list_keys, object_size, parse_location, parse_store_location, publish,
+    read_range, size_bytes,
+)
 from ._lock import writer_lock
 from ._reader import PatchReader
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
 from ._slide import (
-    Resolution, SlideInfo, TissueMask, open_slide, read_rgb, resize_patch,
-    resolve_resolution, slide_info, tissue_mask,
+    Resolution, SlideInfo, TissueMask, open_slide, resize_patch, resolve_resolution, slide_info,
+    tissue_mask, tissue_mask_of,
 )
+from ._tiles import READERS, choose_reader, content_digest, equal_runs, is_remote, open_reader, tiff_slide_info
 from ._store import (
     begin_run, create_store, delete_store, done_shards, ensure_own_store, finalize_store,
     open_for_writing, open_store, partial_location, plan_digest, store_metadata, store_writes,
@@ -40,9 +47,6 @@ __all__ = [
     "shard_tasks",
 ]
 
-# A neighbourhood read covers at most this many pixels (64 MiB of RGBA); larger unions fall
-# back to one read per patch, so memory stays bounded whatever the annotation size.
-_MAX_REGION_PX = 4096 * 4096
 _MAX_SHARD_BYTES = 2 << 30  # one shard's pixels, held in memory by each task
 _UNLABELLED_MASK = 255
 
@@ -112,14 +116,17 @@ class ShardTask:
 
 @dataclass(frozen=True, eq=False)
 class SlideJob:
-    """One slide of a run: where it is, its geometry, how it is read, its annotations and
-    the areas to leave out (``exclusions``)."""
+    """One slide of a run: where it is, its geometry, how it is read (``reader``: ``tiles`` or
+    ``openslide``; ``storage_options`` for a slide on S3), its annotations and the areas to
+    leave out (``exclusions``)."""
 
     path: str
     info: SlideInfo
     resolution: Resolution
     annotations: tuple[Annotation, ...]
     exclusions: tuple[Annotation, ...] = ()
+    reader: str = "openslide"
+    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,24 +183,15 @@ def shard_tasks(n_patches: int, shard_size: int, done: np.ndarray | None = None)
     return tasks
 
 
-def _runs(keys: np.ndarray) -> Iterator[tuple[int, int]]:
-    """``[start, stop)`` runs of equal consecutive values."""
-    if len(keys) == 0:
-        return
-    edges = np.flatnonzero(np.diff(keys)) + 1
-    bounds = np.concatenate([[0], edges, [len(keys)]])
-    yield from zip(bounds[:-1].tolist(), bounds[1:].tolist())
-
-
 def read_shard(job: ShardJob, task: ShardTask) -> dict[str, np.ndarray]:
     """The arrays of the run's patches in ``task``: ``patches`` ``(n, P, P, 3)`` uint8 (and
     ``masks`` ``(n, P, P)``), for store indices ``max(task.start, job.first_patch)`` to
     ``task.stop``.
 
-    Patches of one annotation at a level whose downsample is a whole number come from one read
-    of their union (each source tile decoded once), cropped with numpy: identical to per-patch
-    reads because every ``x, y`` sits on the level's pixel grid. Other levels (OpenSlide
-    interpolates reads that fall between their pixels) are read patch by patch.
+    Each slide's patches are read through one open reader (``_tiles``): with ``tiles`` each
+    tile is decoded once for the whole task and patches are cropped from the level's own
+    pixels; with ``openslide`` the patches of one annotation share one ``read_region`` where
+    the level's downsample is whole.
     """
     sl = slice(max(task.start, job.first_patch) - job.first_patch, task.stop - job.first_patch)
     plan = job.plan
@@ -201,50 +199,27 @@ def read_shard(job: ShardJob, task: ShardTask) -> dict[str, np.ndarray]:
     arrays = {"patches": np.empty((n, size, size, 3), np.uint8)}
     if job.masks:
         arrays["masks"] = np.empty((n, size, size), np.uint8)
-    for start, stop in _runs(plan.slide[sl]):
+    for start, stop in equal_runs(plan.slide[sl]):
         run = slice(sl.start + start, sl.start + stop)
         slide_job = job.slides[int(plan.slide[run.start])]
         footprint = slide_job.resolution.read_size_px
         patches = arrays["patches"][start:stop]
         regions = patches if footprint == size else np.empty((stop - start, footprint, footprint, 3), np.uint8)
-        slide = open_slide(slide_job.path)
         try:
-            _read_regions(slide, slide_job, plan.x[run], plan.y[run], plan.annotation_id[run], regions)
+            with open_reader(slide_job.info, slide_job.reader, slide_job.storage_options) as reader:
+                reader.read_patches(
+                    slide_job.resolution.level, plan.x[run], plan.y[run], plan.annotation_id[run],
+                    footprint, regions,
+                )
         except SlideError as exc:
-            raise SlideError(f"{slide_job.path}: {exc}") from None
-        finally:
-            slide.close()
+            message = str(exc)
+            raise SlideError(message if slide_job.path in message else f"{slide_job.path}: {message}") from None
         if regions is not patches:
             for i, region in enumerate(regions):
                 patches[i] = resize_patch(region, size)
         if job.masks:
             arrays["masks"][start:stop] = _masks(job, slide_job, plan.x[run], plan.y[run])
     return arrays
-
-
-def _read_regions(
-    slide: openslide.OpenSlide, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray,
-    annotation_ids: np.ndarray, out: np.ndarray,
-) -> None:
-    level = slide_job.resolution.level
-    downsample = slide_job.info.level_downsamples[level]
-    footprint = slide_job.resolution.read_size_px
-    whole = float(downsample).is_integer()
-    step = int(downsample)
-    for start, stop in _runs(annotation_ids):
-        if whole and stop - start > 1:
-            px, py = xs[start:stop] // step, ys[start:stop] // step
-            x0, y0 = int(px.min()), int(py.min())
-            width = int(px.max()) - x0 + footprint
-            height = int(py.max()) - y0 + footprint
-            if width * height <= _MAX_REGION_PX:
-                region = read_rgb(slide, (x0 * step, y0 * step), level, (width, height))
-                for i in range(start, stop):
-                    dx, dy = int(px[i - start]) - x0, int(py[i - start]) - y0
-                    out[i] = region[dy : dy + footprint, dx : dx + footprint]
-                continue
-        for i in range(start, stop):
-            out[i] = read_rgb(slide, (int(xs[i]), int(ys[i])), level, (footprint, footprint))
 
 
 def _masks(job: ShardJob, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -270,33 +245,72 @@ def _masks(job: ShardJob, slide_job: SlideJob, xs: np.ndarray, ys: np.ndarray) -
 
 
 AnnotationSource = str | Path | Sequence[Annotation]
+SlidePath = str | Path  # a local path, or an s3:// URL kept as text
+_REMOTE_SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")
+
+
+def _path_or_url(path: str | Path) -> SlidePath:
+    """A local path as a ``Path``; an ``s3://`` URL kept as text (``Path`` would fold its ``//``)."""
+    return str(path) if is_remote(path) else Path(path)
+
+
+def _annotation_folder(
+    annotations: Any, storage_options: Mapping[str, str] | None
+) -> dict[str, SlidePath] | None:
+    """Annotation files by stem when ``annotations`` is a folder or an ``s3://`` prefix
+    (ending in ``/``), else None."""
+    if isinstance(annotations, (str, Path)) and is_remote(annotations):
+        if not str(annotations).endswith("/"):
+            return None
+        prefix = parse_location(str(annotations), storage_options)
+        return {
+            Path(key).stem: f"{str(annotations).rstrip('/')}/{key}" for key in list_keys(prefix)
+            if Path(key).suffix.lower() in ANNOTATION_SUFFIXES
+        }
+    if isinstance(annotations, (str, Path)) and Path(annotations).is_dir():
+        return {
+            f.stem: f for f in sorted(Path(annotations).iterdir())
+            if f.is_file() and f.suffix.lower() in ANNOTATION_SUFFIXES
+        }
+    return None
+
+
+def _slide_list(slides: str | Path | Sequence[str | Path], storage_options: Mapping[str, str] | None) -> list[SlidePath]:
+    """The slides given; an ``s3://`` prefix ending in ``/`` stands for its .svs/.tif/.tiff objects."""
+    paths = [slides] if isinstance(slides, (str, Path)) else list(slides)
+    out: list[SlidePath] = []
+    for path in paths:
+        if is_remote(path) and str(path).endswith("/"):
+            keys = list_keys(parse_location(str(path), storage_options))
+            out += [f"{str(path).rstrip('/')}/{k}" for k in keys if Path(k).suffix.lower() in _REMOTE_SLIDE_SUFFIXES]
+        else:
+            out.append(_path_or_url(path))
+    return out
 
 
 def match_annotations(
-    slides: str | Path | Sequence[str | Path], annotations: AnnotationSource | Sequence[str | Path]
-) -> tuple[list[tuple[Path, AnnotationSource]], list[str], list[str]]:
+    slides: str | Path | Sequence[str | Path], annotations: AnnotationSource | Sequence[str | Path],
+    storage_options: Mapping[str, str] | None = None,
+) -> tuple[list[tuple[SlidePath, AnnotationSource]], list[str], list[str]]:
     """Pair slides with their annotations.
 
-    ``annotations`` is a file or ``Annotation`` records (one slide), a folder whose files
-    (``.xml``, ``.geojson``, ``.json``) match slides by file stem, or a list of files aligned with
-    ``slides``. Returns the pairs, the slides without annotations and the annotation files
-    without a slide.
+    ``annotations`` is a file or ``Annotation`` records (one slide), a folder (or an ``s3://``
+    prefix ending in ``/``) whose files (``.xml``, ``.geojson``, ``.json``) match slides by file
+    stem, or a list of files aligned with ``slides``. Slides and annotation files may be
+    ``s3://`` URLs (``storage_options`` as for the store). Returns the pairs, the slides
+    without annotations and the annotation files without a slide.
     """
-    single = isinstance(slides, (str, Path))
-    slide_paths = [Path(slides)] if single else [Path(s) for s in slides]
+    single = isinstance(slides, (str, Path)) and not str(slides).endswith("/")
+    slide_paths = _slide_list(slides, storage_options)
     if not slide_paths:
-        raise ParameterError("no slides given")
-    if isinstance(annotations, (str, Path)) and Path(annotations).is_dir():
-        folder = Path(annotations)
-        by_stem = {
-            f.stem: f for f in sorted(folder.iterdir())
-            if f.is_file() and f.suffix.lower() in ANNOTATION_SUFFIXES
-        }
-        pairs = [(s, by_stem[s.stem]) for s in slide_paths if s.stem in by_stem]
-        stems = {s.stem for s in slide_paths}
+        raise ParameterError(f"{slides if single else 'slides'}: no slides given or found; check the paths")
+    by_stem = _annotation_folder(annotations, storage_options)
+    if by_stem is not None:
+        pairs = [(s, by_stem[Path(s).stem]) for s in slide_paths if Path(s).stem in by_stem]
+        stems = {Path(s).stem for s in slide_paths}
         return (
             pairs,
-            [str(s) for s in slide_paths if s.stem not in by_stem],
+            [str(s) for s in slide_paths if Path(s).stem not in by_stem],
             [str(f) for stem, f in by_stem.items() if stem not in stems],
         )
     if isinstance(annotations, (str, Path)) or (
@@ -307,8 +321,8 @@ def match_annotations(
                 "several slides need a folder of annotation files named like the slides "
                 "(slide.svs -> slide.xml), or one annotation file per slide"
             )
-        return [(slide_paths[0], annotations)], [], []
-    files = [Path(a) for a in annotations]
+        return [(slide_paths[0], _path_or_url(annotations) if isinstance(annotations, (str, Path)) else annotations)], [], []
+    files = [_path_or_url(a) for a in annotations]
     if len(files) != len(slide_paths):
         raise ParameterError(
             f"{len(slide_paths)} slides but {len(files)} annotation files; give one per slide "
@@ -322,12 +336,8 @@ def _slide_hash(handle: openslide.OpenSlide, path: Path) -> str:
     quickhash = handle.properties.get("openslide.quickhash-1")
     if quickhash:
         return quickhash
-    digest = hashlib.sha256(str(path.stat().st_size).encode())
-    with path.open("rb") as f:
-        digest.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
-        digest.update(f.read())
-    return digest.hexdigest()
+    with path.open("rb") as file:
+        return content_digest(file, path.stat().st_size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -350,43 +360,75 @@ class _Reading:
     exclude_labels: tuple[str, ...] = ()
     strict_annotations: bool = False
 
-    def read(self, annotations: AnnotationSource) -> tuple[list[Annotation], list[Annotation], str | None]:
+    def read(
+        self, annotations: AnnotationSource, storage_options: Mapping[str, str] | None = None
+    ) -> tuple[list[Annotation], list[Annotation], str | None]:
         """The annotations, the exclusions and the file they came from (None for records)."""
         if isinstance(annotations, (str, Path)):
-            file = read_annotation_file(
-                annotations, label_from=self.label_from, exclude_detections=self.exclude_detections,
-                exclude_labels=self.exclude_labels, strict=self.strict_annotations,
-            )
+            if is_remote(annotations):
+                file, source = self._read_remote(str(annotations), storage_options), str(annotations)
+            else:
+                file, source = self._read_file(annotations), str(Path(annotations).resolve())
             records, exclusions = list(file.annotations), list(file.exclusions)
-            source: str | None = str(Path(annotations).resolve())
         else:
             records, exclusions, source = list(annotations), [], None
         if self.label_map is not None:
             records = apply_label_map(records, self.label_map, keep_only=self.keep_only)
         return records, exclusions, source
 
+    def _read_file(self, path: str | Path) -> AnnotationFile:
+        return read_annotation_file(
+            path, label_from=self.label_from, exclude_detections=self.exclude_detections,
+            exclude_labels=self.exclude_labels, strict=self.strict_annotations,
+        )
+
+    def _read_remote(self, url: str, storage_options: Mapping[str, str] | None) -> AnnotationFile:
+        """An annotation file on S3, fetched into a temporary folder under its own name."""
+        location = parse_location(url, storage_options)
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder, Path(location.path).name)
+            size = object_size(location)
+            local.write_bytes(read_range(location, 0, size) if size else b"")
+            return self._read_file(local)
+
 
 def _prepare(
-    slide: Path, annotations: AnnotationSource, reading: _Reading, *, level: int | None,
+    slide: SlidePath, annotations: AnnotationSource, reading: _Reading, *, level: int | None,
     mpp: float | None, magnification: float | None, patch_size: int, wants_background: bool,
+    reader: str, storage_options: Mapping[str, str] | None,
 ) -> _Prepared:
-    handle = open_slide(slide)
-    try:
-        info = slide_info(handle, slide)
-        resolution = resolve_resolution(
-            info, patch_size, level=level, mpp=mpp, magnification=magnification
-        )
-        tissue = tissue_mask(handle) if wants_background else None
-        content_hash = _slide_hash(handle, slide)
-    finally:
-        handle.close()
-    records, exclusions, source = reading.read(annotations)
+    if is_remote(slide):
+        info, content_hash = tiff_slide_info(str(slide), storage_options)
+    else:
+        handle = open_slide(slide)
+        try:
+            info = slide_info(handle, slide)
+            content_hash = _slide_hash(handle, Path(slide))
+        finally:
+            handle.close()
+    resolution = resolve_resolution(info, patch_size, level=level, mpp=mpp, magnification=magnification)
+    chosen = choose_reader(info, reader, storage_options)
+    tissue = _tissue(info, chosen, storage_options) if wants_background else None
+    records, exclusions, source = reading.read(annotations, storage_options)
     if not records:
         raise ParameterError(f"{source or 'annotations'}: no annotations to extract around")
     return _Prepared(
-        SlideJob(str(slide), info, resolution, tuple(records), tuple(exclusions)), tissue, source,
-        content_hash, _annotations_digest([*records, *exclusions]),
+        SlideJob(
+            str(slide), info, resolution, tuple(records), tuple(exclusions), chosen,
+            dict(storage_options or {}),
+        ),
+        tissue, source, content_hash, _annotations_digest([*records, *exclusions]),
     )
+
+
+def _tissue(info: SlideInfo, reader: str, storage_options: Mapping[str, str] | None) -> TissueMask:
+    """The slide's tissue mask, from OpenSlide's view of it or (slides on S3) its coarsest level."""
+    if not is_remote(info.path):
+        with open_slide(info.path) as handle:
+            return tissue_mask(handle)
+    with open_reader(info, reader, storage_options) as tiles:
+        coarsest = info.level_count - 1
+        return tissue_mask_of(tiles.tiff.region(coarsest, 0, 0, *info.level_dimensions[coarsest]), info.dimensions[0])
 
 
 def _annotations_digest(records: Sequence[Annotation]) -> str:
@@ -436,6 +478,7 @@ def extract(
     client: Any = None,
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
+    reader: str = "auto",
 ) -> ExtractionSummary:
     """Extract patches around the annotations of one slide, or a cohort, into a Zarr v3 store.
 
@@ -459,11 +502,14 @@ def extract(
     ``out`` is a directory, a ``.zip`` file (written whole at the end from a
     ``<name>.zip.partial.zarr`` directory beside it, which is what ``resume`` finishes) or an
     ``s3://bucket/prefix`` URL (credentials and endpoint from ``storage_options`` or the AWS
-    environment variables). ``progress(done, total)`` is called as shards finish. Raises a
+    environment variables); slides and annotation files may be ``s3://`` URLs too (or prefixes
+    ending in ``/``), read with the same ``storage_options``. ``reader`` is ``auto`` (tiles
+    where tifffile reads the slide's pyramid, else OpenSlide), ``tiles`` or ``openslide``.
+    ``progress(done, total)`` is called as shards finish. Raises a
     ``WsizarrError`` naming the file and the fix.
     """
     started = time.perf_counter()
-    target = parse_location(out, storage_options)
+    target = parse_store_location(out, storage_options)
     partial = partial_location(target)
     workers = (os.cpu_count() or 1) if workers is None else workers
     _check_options(
@@ -493,7 +539,9 @@ def extract(
             )
         if append and not building_exists:
             raise StoreError(f"{building}: store not found, nothing to append to; drop --append to create it")
-        pairs, unmatched_slides, unmatched_annotations = match_annotations(slide, annotations)
+        pairs, unmatched_slides, unmatched_annotations = match_annotations(
+            slide, annotations, storage_options
+        )
         if not pairs:
             raise ParameterError(
                 f"{annotations}: no annotation file matches any slide by name "
@@ -506,8 +554,8 @@ def extract(
         )
         prepared, failures = _prepare_slides(
             pairs, reading, strict=strict, level=level, mpp=mpp, magnification=magnification,
-            patch_size=patch_size,
-            wants_background=wants_background,
+            patch_size=patch_size, wants_background=wants_background, reader=reader,
+            storage_options=storage_options,
         )
         parameters: dict[str, Any] = {
             "sampler": sampler,
@@ -519,6 +567,7 @@ def extract(
             "label_map": None if label_map is None else dict(label_map), "keep_only": keep_only,
             "label_from": label_from, "exclude_detections": exclude_detections,
             "exclude_labels": list(exclude_labels), "strict_annotations": strict_annotations,
+            "reader": reader,
         }
         summarise = functools.partial(
             _summary, target, started=started, prepared=prepared, failures=failures,
@@ -528,6 +577,8 @@ def extract(
             return summarise(store_metadata(open_store(target)), 0)  # resumed after it was published
         group = open_for_writing(building) if building_exists and not overwrite else None
         existing = store_metadata(group) if group is not None else None
+        if existing is not None and not existing.get("complete") and "run" not in existing and not existing["slides"]:
+            group = existing = None  # killed while being created, before any run began: create it again
         if existing is not None and existing.get("parameters") != parameters:
             raise StoreError(
                 f"{building}: was made with other parameters ({existing.get('parameters')}); use the "
@@ -577,7 +628,7 @@ def extract(
                 **p.job.info.to_attrs(), "annotations": p.source, "content_hash": p.content_hash,
                 "annotations_sha256": p.annotations_sha256,
                 "level": p.job.resolution.level, "read_size_px": p.job.resolution.read_size_px,
-                "effective_mpp": p.job.resolution.mpp,
+                "effective_mpp": p.job.resolution.mpp, "reader": p.job.reader,
                 "annotation_names": [a.name for a in p.job.annotations],
             }
             for p in prepared
@@ -683,11 +734,13 @@ def _publish(building: Location, target: Location) -> None:
 
 
 def _prepare_slides(
-    pairs: Sequence[tuple[Path, AnnotationSource]], reading: _Reading, *, strict: bool,
+    pairs: Sequence[tuple[SlidePath, AnnotationSource]], reading: _Reading, *, strict: bool,
     **options: Any,
 ) -> tuple[list[_Prepared], list[SlideFailure]]:
     """Open every slide and read its annotations; in a cohort (unless ``strict``) a slide
     that fails is reported and left out."""
+    if options["reader"] not in READERS:
+        raise ParameterError(f"unknown reader {options['reader']!r}; choose one of {', '.join(READERS)}")
     prepared: list[_Prepared] = []
     failures: list[SlideFailure] = []
     for slide_path, source in pairs:

@@ -48,12 +48,15 @@ __all__ = [
     "delete",
     "exists",
     "list_keys",
+    "object_size",
     "open_zarr_store",
     "pack_zip",
     "parse_location",
+    "parse_store_location",
     "positive_seconds",
     "publish",
     "read_key",
+    "read_range",
     "remove_partial_writes",
     "size_bytes",
 ]
@@ -133,6 +136,15 @@ def parse_location(
     return Location("zip" if text.lower().endswith(".zip") else "local", text)
 
 
+def parse_store_location(
+    text: str | os.PathLike[str] | Location, storage_options: Mapping[str, str] | None
+) -> Location:
+    """``parse_location`` for a store whose run may also read slides on S3: the storage options
+    serve the slides too, so a local store ignores them instead of refusing them."""
+    remote = text.kind == "s3" if isinstance(text, Location) else os.fspath(text).startswith("s3://")
+    return parse_location(text, storage_options if remote else None)
+
+
 def open_zarr_store(location: Location, mode: Mode) -> Store:
     """A zarr ``Store`` on ``location``: ``"r"`` read only, ``"w"`` create, ``"a"`` add to it.
 
@@ -210,6 +222,36 @@ def publish(source: Location, target: Location) -> None:
     complete), then its keys, then the new keys are copied server-side, root metadata last.
     """
     _BACKENDS[target.kind].publish(source, target)
+
+
+def object_size(location: Location) -> int:
+    """The size in bytes of the one S3 object at ``location`` (``s3://bucket/key``, e.g. a
+    slide); ``StoreError`` naming the URL when it is absent or unreachable."""
+    obstore = _obstore(location)
+    with _s3_errors(location):
+        try:
+            return int(obstore.head(_s3_bucket(location), location.path)["size"])
+        except (obstore.exceptions.NotFoundError, FileNotFoundError):
+            raise StoreError(f"{location}: no such object; check the URL") from None
+
+
+def read_range(location: Location, start: int, length: int) -> bytes:
+    """``length`` bytes of the S3 object at ``location`` from ``start``: one ranged GET."""
+    with _s3_errors(location):
+        data = _obstore(location).get_range(_s3_bucket(location), location.path, start=start, length=length)
+    return bytes(data)
+
+
+def _s3_bucket(location: Location) -> S3Store:
+    """One client per bucket, endpoint and credentials (kept: a client per request would
+    repeat its set-up)."""
+    key = (os.getpid(), location.bucket, tuple(sorted(location.storage_options.items())))
+    if key not in _BUCKETS:
+        _BUCKETS[key] = _s3_store(Location("s3", "", location.bucket, location.storage_options))
+    return _BUCKETS[key]
+
+
+_BUCKETS: dict[tuple[Any, ...], S3Store] = {}
 
 
 def _write_zip(source: Location, path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from ._errors import ParameterError, SlideError
 __all__ = [
     "Resolution", "SlideInfo", "TissueMask", "composite_on_white", "level0_from_level_px",
     "open_slide", "read_rgb", "resize_patch", "resolve_resolution", "slide_info",
-    "tissue_mask",
+    "tissue_mask", "tissue_mask_of",
 ]
 
 
@@ -48,6 +49,18 @@ class SlideInfo:
                 f"0..{self.level_count - 1} (downsamples "
                 f"{', '.join(f'{d:g}' for d in self.level_downsamples)})"
             )
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> SlideInfo:
+        """The record of a slide table entry (``to_attrs``; extra keys are ignored)."""
+        mpp = attrs.get("mpp")
+        return cls(
+            path=attrs["path"], vendor=attrs.get("vendor"), dimensions=tuple(attrs["dimensions"]),
+            level_dimensions=tuple(tuple(d) for d in attrs["level_dimensions"]),
+            level_downsamples=tuple(float(d) for d in attrs["level_downsamples"]),
+            mpp=None if mpp is None else (float(mpp[0]), float(mpp[1])),
+            objective_power=attrs.get("objective_power"),
+        )
 
     def to_attrs(self) -> dict[str, Any]:
         """A JSON-ready dict of this record."""
@@ -168,17 +181,26 @@ class TissueMask:
 
 
 def tissue_mask(slide: openslide.OpenSlide, max_px: int = 4096) -> TissueMask:
-    """Tissue from a low-resolution view: saturation above its Otsu threshold (glass is grey).
-
-    The coarsest level is used whole when its longer side is at most ``max_px``; otherwise a
-    thumbnail of that size.
-    """
+    """Tissue from a low-resolution view of an open slide (see ``tissue_mask_of``): the
+    coarsest level whole when its longer side is at most ``max_px``; otherwise a thumbnail of
+    that size."""
     coarsest = slide.level_count - 1
     width, height = slide.level_dimensions[coarsest]
     if max(width, height) <= max_px:
-        view = read_rgb(slide, (0, 0), coarsest, (width, height)).astype(np.float32)
+        view = read_rgb(slide, (0, 0), coarsest, (width, height))
     else:
-        view = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"), dtype=np.float32)
+        view = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"))
+    return tissue_mask_of(view, slide.dimensions[0])
+
+
+def tissue_mask_of(view: np.ndarray, level0_width: int, max_px: int = 4096) -> TissueMask:
+    """Tissue in an RGB view of the whole slide: saturation above its Otsu threshold (glass is
+    grey). A view larger than ``max_px`` is reduced first."""
+    if max(view.shape[:2]) > max_px:
+        image = Image.fromarray(view)
+        image.thumbnail((max_px, max_px))
+        view = np.asarray(image)
+    view = view.astype(np.float32)
     high, low = view.max(axis=2), view.min(axis=2)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0)
     histogram, edges = np.histogram(saturation, bins=256, range=(0, 1))
@@ -191,7 +213,7 @@ def tissue_mask(slide: openslide.OpenSlide, max_px: int = 4096) -> TissueMask:
         )
     threshold = edges[int(np.nanargmax(between))] if np.isfinite(between).any() else 0.05
     mask = saturation > max(threshold, 0.05)
-    return TissueMask(mask, slide.dimensions[0] / mask.shape[1])
+    return TissueMask(mask, level0_width / mask.shape[1])
 
 
 def open_slide(path: str | Path) -> openslide.OpenSlide:

@@ -13,15 +13,19 @@ import numpy as np
 import zarr
 
 from ._errors import CorruptStoreError, ParameterError, SlideError
-from ._locations import Location, list_keys, parse_location
+from ._locations import Location, list_keys, parse_store_location
 from ._reader import PatchReader
-from ._slide import open_slide, read_rgb, resize_patch
+from ._slide import SlideInfo, resize_patch
+from ._tiles import SlideReader, TileReader, interpolate_like_openslide, open_reader
 from ._store import COORDINATE_ARRAYS, done_shards, open_store, plan_digest, store_metadata
 
 __all__ = ["VerifyReport", "verify"]
 
 _MIN_PSNR_DB = 30.0  # lossy codecs: JPEG q90 of H&E sits far above this
 _NAMED = 5  # patches named in one problem line
+# OpenSlide at a fractional level against the level's pixels interpolated at the sub-pixel
+# offset: cairo's fixed-point weights stay within 2 levels (measured); a pixel's slip is ~50.
+_INTERPOLATION_TOLERANCE = 3
 
 
 @dataclass(frozen=True)
@@ -54,11 +58,12 @@ def verify(
     """Check a store: every shard of ``patches`` (and ``masks``) present, whole and matching
     every checksum (its index's and each patch's), no stray files (such as a killed writer's
     ``*.partial``), the 1-D arrays consistent with the plan digest and the slide and label
-    tables, and ``sample`` random patches equal to their slide's ``read_region`` (pixel for
-    pixel; PSNR >= 30 dB for lossy codecs; 0 skips the slides)."""
+    tables, and ``sample`` random patches equal to their slide read with the reader that wrote
+    them (pixel for pixel; PSNR >= 30 dB for lossy codecs; 0 skips the slides), cross-checked
+    with the other reader where it applies. ``storage_options`` serve the store and slides on S3."""
     if sample < 0:
         raise ParameterError(f"--sample {sample}: give the number of patches to re-read from the slides, 0 or more")
-    location = parse_location(store, storage_options)
+    location = parse_store_location(store, storage_options)
     group = open_store(location, require_complete=False)
     metadata = store_metadata(group)
     problems: list[str] = []
@@ -109,7 +114,9 @@ def verify(
         problems.append("slide indices beyond the slide table")
     compared = 0
     if not problems and sample:
-        compared = _compare_sample(reader, group, metadata, arrays, sample, seed, problems)
+        compared = _compare_sample(
+            reader, group, metadata, arrays, sample, seed, problems, storage_options
+        )
     return VerifyReport(str(location), n, n_shards, checked, compared, tuple(problems))
 
 
@@ -133,10 +140,12 @@ def _expected_keys(group: zarr.Group) -> Iterator[str]:
 
 
 def _compare_sample(
-    reader: PatchReader, group: zarr.Group, metadata: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-    sample: int, seed: int, problems: list[str],
+    reader: PatchReader, group: zarr.Group, metadata: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray], sample: int, seed: int, problems: list[str],
+    storage_options: Mapping[str, str] | None,
 ) -> int:
-    """Re-read ``sample`` random patches from their slides; append a line per mismatch."""
+    """Re-read ``sample`` random patches from their slides with the reader that wrote them;
+    where the other reader also reads the slide, cross-check the two; a line per mismatch."""
     rng = np.random.default_rng(seed)
     n = metadata["n_patches"]
     picks = np.sort(rng.choice(n, size=min(sample, n), replace=False))
@@ -147,22 +156,55 @@ def _compare_sample(
         entry = metadata["slides"][slide_index]
         read_size = entry.get("read_size_px", patch_size)
         try:
-            slide = open_slide(entry["path"])
+            readers = _open_readers(SlideInfo.from_attrs(entry), entry.get("reader", "openslide"), storage_options)
         except SlideError as exc:
             problems.append(f"cannot re-read patches of slide {slide_index}: {exc}")
             continue
-        with slide:
+        try:
             of_slide = picks[arrays["slide"][picks] == slide_index]
             for i, stored in zip(of_slide.tolist(), reader.read_patches(of_slide)):
                 x, y, level = int(arrays["x"][i]), int(arrays["y"][i]), int(arrays["level"][i])
-                expected = resize_patch(read_rgb(slide, (x, y), level, (read_size, read_size)), patch_size)
+                where = f"patch {i} (slide {slide_index}, level {level}, x {x}, y {y})"
+                expected = resize_patch(readers[0].read(level, x, y, read_size), patch_size)
                 compared += 1
                 if lossless and not np.array_equal(stored, expected):
                     diff = int(np.abs(stored.astype(int) - expected).max())
-                    problems.append(f"patch {i} (slide {slide_index}, level {level}, x {x}, y {y}) differs from its slide (max diff {diff})")
+                    problems.append(f"{where} differs from its slide read with {readers[0].name} (max diff {diff})")
                 elif not lossless:
                     mse = float(np.mean((stored.astype(float) - expected) ** 2))
                     psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
                     if psnr < _MIN_PSNR_DB:
-                        problems.append(f"patch {i} (slide {slide_index}, level {level}, x {x}, y {y}) is {psnr:.1f} dB from its slide (lossy codec: >= {_MIN_PSNR_DB:.0f} dB expected)")
+                        problems.append(f"{where} is {psnr:.1f} dB from its slide (lossy codec: >= {_MIN_PSNR_DB:.0f} dB expected)")
+                if len(readers) == 2 and read_size == patch_size:
+                    problems += [f"{where}: {p}" for p in _cross_check(readers, level, x, y, patch_size)]
+        finally:
+            for slide_reader in readers:
+                slide_reader.close()
     return compared
+
+
+def _open_readers(info: SlideInfo, written_by: str, storage_options: Mapping[str, str] | None) -> list[SlideReader]:
+    """The reader that wrote the slide's patches, then the other one where it reads the slide."""
+    readers = [open_reader(info, written_by, storage_options)]
+    try:
+        readers.append(open_reader(info, "openslide" if written_by == "tiles" else "tiles", storage_options))
+    except SlideError:
+        pass  # the other reader does not apply (a slide on S3, a format without tile access)
+    return readers
+
+
+def _cross_check(readers: list[SlideReader], level: int, x: int, y: int, size: int) -> list[str]:
+    """The tiles and openslide readers agree: equal at a whole downsample; elsewhere OpenSlide
+    is the level's pixels interpolated at the sub-pixel offset."""
+    tiles, openslide_reader = sorted(readers, key=lambda r: not isinstance(r, TileReader))
+    through_openslide = openslide_reader.read(level, x, y, size).astype(np.float32)
+    if float(tiles.info.level_downsamples[level]).is_integer():
+        diff = np.abs(through_openslide - tiles.read(level, x, y, size)).max()
+        return [] if diff == 0 else [f"the tiles and openslide readers differ (max diff {diff:.0f})"]
+    diff = np.abs(through_openslide - interpolate_like_openslide(tiles, level, x, y, size)).max()
+    if diff <= _INTERPOLATION_TOLERANCE:
+        return []
+    return [
+        f"OpenSlide's read_region is {diff:.0f} levels from the level's pixels interpolated at the "
+        f"sub-pixel offset (<= {_INTERPOLATION_TOLERANCE} expected)"
+    ]
