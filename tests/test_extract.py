@@ -287,3 +287,19 @@ def test_optional_codec_store_reads_in_plain_zarr_through_entry_points(tmp_path,
     import io
 
     np.testing.assert_array_equal(np.load(io.BytesIO(result.stdout)), expected)
+
+
+def test_a_store_made_before_newer_options_takes_appends(tmp_path, aperio_even_case, aperio_case):
+    """A store recorded without the options added since (exclude_labels, strict_annotations,
+    reader; level 0 as None) is appended to when the run matches how it was made."""
+    store = tmp_path / "older.zarr"
+    kwargs = dict(patch_size=64, per_annotation=2, shard_size=16, reader="openslide")
+    extract(aperio_even_case.slide, aperio_even_case.annotations, store, **kwargs)
+    group = zarr.open_group(store, mode="r+")
+    meta = group.attrs["wsizarr"]
+    older = {k: v for k, v in meta["parameters"].items() if k not in ("exclude_labels", "strict_annotations", "reader")}
+    group.attrs["wsizarr"] = {**meta, "parameters": {**older, "level": None}}
+    with pytest.raises(StoreError, match="other parameters"):  # tiles would mix pixel semantics
+        extract(aperio_case.slide, aperio_case.annotations, store, append=True, **{**kwargs, "reader": "auto"})
+    summary = extract(aperio_case.slide, aperio_case.annotations, store, append=True, **kwargs)
+    assert summary.n_slides == 2 and summary.n_patches == 32

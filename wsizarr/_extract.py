@@ -579,7 +579,7 @@ def extract(
         existing = store_metadata(group) if group is not None else None
         if existing is not None and not existing.get("complete") and "run" not in existing and not existing["slides"]:
             group = existing = None  # killed while being created, before any run began: create it again
-        if existing is not None and existing.get("parameters") != parameters:
+        if existing is not None and _recorded_parameters(existing) != parameters:
             raise StoreError(
                 f"{building}: was made with other parameters ({existing.get('parameters')}); use the "
                 "same ones to resume or append, or --overwrite"
@@ -664,6 +664,20 @@ def extract(
             if building != target:
                 _publish(building, target)
         return summarise(metadata, len(tasks), plan=plan)
+
+
+# Options added after stores were made, as those stores were made: no exclusions, not strict,
+# read with OpenSlide (so appending to one needs --reader openslide, not a mix of pixels).
+_OLDER_STORES = {"exclude_labels": [], "strict_annotations": False, "reader": "openslide"}
+
+
+def _recorded_parameters(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A store's parameters as this version records them (older stores lack newer options and
+    recorded level 0 as None), to compare with a resume's or an append's."""
+    recorded = {**_OLDER_STORES, **metadata.get("parameters", {})}
+    if all(recorded.get(name) is None for name in ("level", "mpp", "magnification")):
+        recorded["level"] = 0
+    return recorded
 
 
 def _check_options(
