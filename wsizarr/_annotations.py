@@ -27,7 +27,7 @@ from ._errors import AnnotationError, ParameterError
 from ._geometry import ellipse, points_in_polygon, rotate
 
 __all__ = [
-    "ANNOTATION_TYPES", "Annotation", "AnnotationFile", "Skipped", "annotation_notes",
+    "ANNOTATION_TYPES", "Annotation", "AnnotationFile", "Skipped", "annotation_note",
     "apply_label_map", "describe", "format_description", "parse_label_map",
     "read_annotation_file", "read_annotations",
 ]
@@ -770,29 +770,16 @@ def format_description(description: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def annotation_notes(source: str | Path, **options: Any) -> list[str]:
-    """One line per annotation file (``source`` a file or a folder) that had objects skipped
-    or warnings (layers merged, shapes read otherwise than drawn); files that cannot be read
-    are left to the extraction to report."""
-    source = Path(source)
-    files = (
-        sorted(f for f in source.iterdir() if f.is_file() and f.suffix.lower() in ANNOTATION_SUFFIXES)
-        if source.is_dir() else [source]
-    )
-    notes = []
-    for file in files:
-        try:
-            result = read_annotation_file(file, **options)
-        except AnnotationError:
-            continue
-        if result.skipped or result.warnings:
-            parts = [f"{len(result.annotations)} annotations"]
-            if result.skipped:
-                parts.append(_skip_counts(result.skipped))
-            if result.warnings:
-                parts.append(f"{len(result.warnings)} warnings (first: {result.warnings[0]})")
-            notes.append(f"{file}: {'; '.join(parts)}; `wsizarr annotations {file}` tells more")
-    return notes
+def annotation_note(result: AnnotationFile, file: str) -> str | None:
+    """One line on what reading ``file`` skipped or warned about; None when nothing."""
+    if not (result.skipped or result.warnings):
+        return None
+    parts = [f"{len(result.annotations)} annotations"]
+    if result.skipped:
+        parts.append(_skip_counts(result.skipped))
+    if result.warnings:
+        parts.append(f"{len(result.warnings)} warnings (first: {result.warnings[0]})")
+    return f"{file}: {'; '.join(parts)}; `wsizarr annotations {file}` tells more"
 
 
 def parse_label_map(text_or_path: str | Path) -> dict[str, str]:

@@ -14,10 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._errors import WsizarrError
+from dataclasses import fields
+from typing import Any
+
+from ._errors import ParameterError, WsizarrError, as_flag
 
 if TYPE_CHECKING:
     from ._extract import ExtractionSummary
+    from ._options import ExtractOptions
 
 __all__ = ["main"]
 
@@ -56,73 +60,100 @@ class _ProgressBar:
         sys.stderr.flush()
 
 
+def _option(parser: Any, record: type, name: str, help: str, **kwargs: Any) -> None:
+    """Add the flag of option ``name`` of ``record`` (an ``_options`` dataclass): its dest is
+    the field's name and its default the field's default, so the two cannot drift apart."""
+    default = next(f.default for f in fields(record) if f.name == name)
+    if default is False:
+        kwargs["action"] = "store_true"
+    flag = "--" + name.replace("_", "-")
+    parser.add_argument(flag, dest=name, default=default, help=help.format(default=default), **kwargs)
+
+
 def _add_extract_options(parser: argparse.ArgumentParser) -> None:
+    from ._options import (
+        EXECUTORS, READERS, ExecutionOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
+    )
+
     resolution = parser.add_mutually_exclusive_group()
-    resolution.add_argument("--level", type=int, default=None, help="pyramid level to read (default 0)")
-    resolution.add_argument("--mpp", type=float, default=None, help="patch resolution in microns per pixel")
-    resolution.add_argument("--magnification", type=float, default=None, help="patch magnification, e.g. 20")
-    parser.add_argument("--patch-size", type=int, default=256, help="patch side in pixels (default 256)")
-    parser.add_argument(
-        "--sampler", default="jitter",
-        help="jitter (default), centroid, grid, random-in-polygon or background",
-    )
-    parser.add_argument("--per-annotation", type=int, default=30, help="patches per annotation (default 30)")
-    parser.add_argument("--stride", type=int, default=None, help="grid stride in pixels (default: patch size)")
-    parser.add_argument(
-        "--min-overlap", type=float, default=0.5,
-        help="grid: least fraction of a patch inside the polygon (default 0.5)",
-    )
-    parser.add_argument(
-        "--background", type=int, default=0,
-        help="add N patches from tissue outside every annotation, labelled 'background'",
-    )
-    parser.add_argument("--masks", action="store_true", help="store per-patch annotation masks")
-    parser.add_argument("--drop-partial", action="store_true", help="leave out patches crossing the slide edge")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the plan (default 0)")
-    parser.add_argument("--shard-size", type=int, default=256, help="patches per shard file (default 256)")
-    parser.add_argument(
-        "--codec", default="zstd",
-        help="patch codec: zstd (default, lossless), blosc-lz4 (lossless, fastest), none, "
-        "jpegxl (lossless, smallest), jpeg (lossy q90)",
-    )
-    parser.add_argument("--workers", type=int, default=None, help="parallel workers (default: cores)")
-    parser.add_argument(
-        "--executor", default="threads", choices=("threads", "processes"),
-        help="run shard tasks on threads (default) or processes",
-    )
-    parser.add_argument(
-        "--reader", default="auto", choices=("auto", "tiles", "openslide"),
-        help="read the slide's TIFF tiles (the level's own pixels; also from S3) or OpenSlide's "
-        "read_region; auto (default): tiles where tifffile reads the pyramid",
-    )
+    _option(resolution, ResolutionOptions, "level", "pyramid level to read (default 0)", type=int)
+    _option(resolution, ResolutionOptions, "mpp", "patch resolution in microns per pixel", type=float)
+    _option(resolution, ResolutionOptions, "magnification", "patch magnification, e.g. 20", type=float)
+    _option(parser, ResolutionOptions, "patch_size", "patch side in pixels (default {default})", type=int)
+    _option(parser, SamplingOptions, "sampler", "jitter (default), centroid, grid, random-in-polygon or background")
+    _option(parser, SamplingOptions, "per_annotation", "patches per annotation (default {default})", type=int)
+    _option(parser, SamplingOptions, "stride", "grid stride in pixels (default: patch size)", type=int)
+    _option(parser, SamplingOptions, "min_overlap",
+            "grid: least fraction of a patch inside the polygon (default {default})", type=float)
+    _option(parser, SamplingOptions, "background",
+            "add N patches from tissue outside every annotation, labelled 'background'", type=int)
+    _option(parser, LayoutOptions, "masks", "store per-patch annotation masks")
+    _option(parser, SamplingOptions, "drop_partial", "leave out patches crossing the slide edge")
+    _option(parser, SamplingOptions, "seed", "random seed of the plan (default {default})", type=int)
+    _option(parser, LayoutOptions, "shard_size", "patches per shard file (default {default})", type=int)
+    _option(parser, LayoutOptions, "codec",
+            "patch codec: zstd (default, lossless), blosc-lz4 (lossless, fastest), none, "
+            "jpegxl (lossless, smallest), jpeg (lossy q90)")
+    _option(parser, ExecutionOptions, "workers", "parallel workers (default: cores)", type=int)
+    _option(parser, ExecutionOptions, "executor", "run tasks on threads (default) or processes", choices=EXECUTORS)
+    _option(parser, ExecutionOptions, "reader",
+            "read the slide's TIFF tiles (the level's own pixels; also from S3) or OpenSlide's "
+            "read_region; auto (default): tiles where tifffile reads the pyramid", choices=READERS)
     parser.add_argument(
         "--dask-scheduler", default=None, metavar="ADDRESS",
-        help="run shard tasks on a dask.distributed cluster (pip install 'wsizarr[dask]')",
+        help="run the tasks on a dask.distributed cluster (pip install 'wsizarr[dask]')",
     )
 
 
 def _add_annotation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--label-from", default="name", choices=("name", "attribute"),
-        help="ImageScope: label a layer by its name (default) or by its attribute first",
-    )
-    parser.add_argument("--exclude-detections", action="store_true", help="GeoJSON: leave out QuPath detections")
-    parser.add_argument(
-        "--exclude-labels", default=None, metavar="LABELS",
-        help="comma-separated labels whose annotations are areas to leave out, e.g. _2,Background",
-    )
-    parser.add_argument(
-        "--strict-annotations", action="store_true",
-        help="refuse a file with degenerate objects (too few points, no area, lines) instead of skipping them",
-    )
+    from ._options import LABEL_SOURCES, LabelOptions
+
+    _option(parser, LabelOptions, "label_from",
+            "ImageScope: label a layer by its name (default) or by its attribute first", choices=LABEL_SOURCES)
+    _option(parser, LabelOptions, "exclude_detections", "GeoJSON: leave out QuPath detections")
+    _option(parser, LabelOptions, "exclude_labels",
+            "comma-separated labels whose annotations are areas to leave out, e.g. _2,Background",
+            metavar="LABELS", type=_comma_list)
+    _option(parser, LabelOptions, "strict_annotations",
+            "refuse a file with degenerate objects (too few points, no area, lines) instead of skipping them")
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(text.split(","))
 
 
 def _annotation_kwargs(args: argparse.Namespace) -> dict:
     return {
         "label_from": args.label_from, "exclude_detections": args.exclude_detections,
-        "exclude_labels": () if args.exclude_labels is None else tuple(args.exclude_labels.split(",")),
-        "strict": args.strict_annotations,
+        "exclude_labels": args.exclude_labels, "strict": args.strict_annotations,
     }
+
+
+def _record(record: type, args: argparse.Namespace, **values: Any) -> Any:
+    """An ``_options`` record from the parsed flags of its fields (and ``values``)."""
+    return record(**{f.name: getattr(args, f.name) for f in fields(record) if hasattr(args, f.name)}, **values)
+
+
+def _extract_options(args: argparse.Namespace, mode: str) -> ExtractOptions:
+    """The run's options from the flags: each record from its own fields."""
+    from ._annotations import parse_label_map
+    from ._options import (
+        ExecutionOptions, ExtractOptions, LabelOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
+    )
+
+    label_map = getattr(args, "label_map", None)
+    labels = {"label_map": None if label_map is None else parse_label_map(label_map)}
+    if not hasattr(args, "label_from"):  # demo: no annotation options
+        labels = {}
+    return ExtractOptions(
+        resolution=_record(ResolutionOptions, args), sampling=_record(SamplingOptions, args),
+        labels=_record(LabelOptions, args, **labels), layout=_record(LayoutOptions, args),
+        execution=_record(
+            ExecutionOptions, args, client=_dask_client(args.dask_scheduler), progress=_ProgressBar(),
+            on_note=print,
+        ),
+        mode=mode,
+    )
 
 
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
@@ -167,17 +198,17 @@ def _parser() -> argparse.ArgumentParser:
         help="output store: a directory, a .zip file, or s3://bucket/prefix.zarr",
     )
     _add_extract_options(extract)
+    from ._options import ExecutionOptions, LabelOptions
+
     extract.add_argument(
         "--label-map", default=None,
         help="rename or merge labels: 'glomerulus=Normal,sclerotic=Abnormal' or a JSON file",
     )
-    extract.add_argument("--keep-only", action="store_true", help="keep only the labels the map names")
-    extract.add_argument(
-        "--label-order", default=None,
-        help="comma-separated label names fixing the label codes (stable across stores)",
-    )
+    _option(extract, LabelOptions, "keep_only", "keep only the labels the map names")
+    _option(extract, LabelOptions, "label_order",
+            "comma-separated label names fixing the label codes (stable across stores)", type=_comma_list)
     _add_annotation_options(extract)
-    extract.add_argument("--strict", action="store_true", help="fail on the first unreadable slide")
+    _option(extract, ExecutionOptions, "strict", "fail on the first unreadable slide")
     extract.add_argument(
         "--overwrite", action="store_true",
         help="replace an existing wsizarr store (and --report's file); the old store stays until the new one is complete",
@@ -248,18 +279,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extract_kwargs(args: argparse.Namespace) -> dict:
-    return {
-        "level": args.level, "mpp": args.mpp, "magnification": args.magnification,
-        "patch_size": args.patch_size, "sampler": args.sampler,
-        "per_annotation": args.per_annotation, "stride": args.stride,
-        "min_overlap": args.min_overlap, "background": args.background, "masks": args.masks,
-        "drop_partial": args.drop_partial, "seed": args.seed, "shard_size": args.shard_size,
-        "codec": args.codec, "workers": args.workers, "executor": args.executor,
-        "reader": args.reader, "client": _dask_client(args.dask_scheduler), "progress": _ProgressBar(),
-    }
-
-
 def _dask_client(address: str | None) -> object:
     if address is None:
         return None
@@ -322,14 +341,14 @@ def _report_cohort(summary: ExtractionSummary) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from ._demo import write_demo_annotations, write_demo_slide
-    from ._extract import extract
+    from ._extract import run_extraction
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     slide = write_demo_slide(folder / "demo.svs")
     annotations = write_demo_annotations(slide, folder / "demo.xml")
     print(f"wrote {slide.path} ({slide.dimensions[0]}x{slide.dimensions[1]}) and {annotations}")
-    summary = extract(slide.path, annotations, folder / "demo.zarr", overwrite=True, **_extract_kwargs(args))
+    summary = run_extraction(slide.path, annotations, folder / "demo.zarr", _extract_options(args, "overwrite"))
     print(summary)
 
 
@@ -388,26 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "extract":
-            from ._annotations import annotation_notes, parse_label_map
-            from ._extract import extract
-
-            reading = _annotation_kwargs(args)
-            for note in annotation_notes(args.annotations, **reading):
-                print(note)
+            from ._extract import run_extraction
 
             slides = args.slides[0] if len(args.slides) == 1 else args.slides
             if args.report:
                 from ._output import check_output_file
 
                 check_output_file(args.report, overwrite=args.overwrite)  # not after an hour's work
-            summary = extract(
-                slides, args.annotations, args.out, overwrite=args.overwrite,
-                resume=args.resume, append=args.append, strict=args.strict,
-                label_order=None if args.label_order is None else args.label_order.split(","),
-                label_map=None if args.label_map is None else parse_label_map(args.label_map),
-                keep_only=args.keep_only, label_from=reading["label_from"],
-                exclude_detections=reading["exclude_detections"], exclude_labels=reading["exclude_labels"],
-                strict_annotations=reading["strict"], storage_options=_storage_options(args), **_extract_kwargs(args),
+            if args.overwrite + args.resume + args.append > 1:
+                raise ParameterError("--overwrite, --resume and --append exclude each other; choose one")
+            mode = "overwrite" if args.overwrite else "resume" if args.resume else "append" if args.append else "create"
+            summary = run_extraction(
+                slides, args.annotations, args.out, _extract_options(args, mode), _storage_options(args),
             )
             _report_cohort(summary)
             _say(summary)
@@ -467,7 +478,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _demo(args)
     except WsizarrError as exc:
-        print(f"wsizarr: error: {_printable(str(exc))}", file=sys.stderr)  # one line, whatever it quotes
+        # one line, whatever it quotes; options named as flags
+        print(f"wsizarr: error: {_printable(exc.render(as_flag))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
         print("\nwsizarr: interrupted; finish the store with --resume", file=sys.stderr)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 __all__ = [
     "AnnotationError",
     "CorruptStoreError",
@@ -12,11 +15,42 @@ __all__ = [
     "StoreExistsError",
     "StoreLockedError",
     "WsizarrError",
+    "option",
 ]
+
+_MARK = "\x1f"  # around an option's name (and value) inside a message; never shown
+_OPTION = re.compile(f"{_MARK}([a-z_]+)(?:=(.*?))?{_MARK}")
+_NO_VALUE = object()
+
+
+def option(name: str, value: object = _NO_VALUE) -> str:
+    """An option named in an error message: ``str(error)`` shows it in the library's words
+    (``resume=True``, ``seed``), the command line as its flag (``--resume``, ``--seed``)."""
+    shown = "" if value is _NO_VALUE else f"={value!r}"
+    return f"{_MARK}{name}{shown}{_MARK}"
+
+
+def _as_keyword(name: str, value: str | None) -> str:
+    return name if value is None else f"{name}={value}"
+
+
+def as_flag(name: str, value: str | None) -> str:
+    """How the command line names an option: ``--name-with-dashes`` (and its value)."""
+    flag = "--" + name.replace("_", "-")
+    if value is None or value == "True":
+        return flag
+    return f"{flag} {value.strip(chr(39))}"
 
 
 class WsizarrError(Exception):
     """Base of every error wsizarr raises on bad input; its message names the file and the fix."""
+
+    def __str__(self) -> str:
+        return self.render(_as_keyword)
+
+    def render(self, name_option: Callable[[str, str | None], str]) -> str:
+        """The message with each option named by ``name_option(name, value or None)``."""
+        return _OPTION.sub(lambda m: name_option(m[1], m[2]), super().__str__())
 
 
 class ParameterError(WsizarrError, ValueError):

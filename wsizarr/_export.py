@@ -14,7 +14,7 @@ from ._errors import ParameterError
 from ._locations import Location, parse_location
 from ._output import output_file
 from ._reader import PatchReader
-from ._store import open_store, store_metadata
+from ._store import open_store, read_manifest, slide_table
 
 __all__ = ["export"]
 
@@ -53,13 +53,14 @@ def export(
     location = parse_location(store, storage_options)
     group = open_store(location)
     reader = PatchReader(location, group=group)
-    metadata = store_metadata(group)
-    names = metadata["label_names"]
+    manifest = read_manifest(group)
+    paths = slide_table(group).paths
+    names = manifest.label_names
     if label is not None and label not in names:
         raise ParameterError(f"label {label!r} is not in the store; its labels are {', '.join(names)}")
     arrays = {name: np.asarray(group[name][:]) for name in ("x", "y", "level", "annotation_id", "label", "slide")}
-    wanted = np.arange(metadata["n_patches"]) if label is None else np.flatnonzero(arrays["label"] == names.index(label))
-    slides = [_safe(Path(s["path"]).stem) for s in metadata["slides"]]
+    wanted = np.arange(manifest.n_patches) if label is None else np.flatnonzero(arrays["label"] == names.index(label))
+    slides = [_safe(Path(path).stem) for path in paths]
     label_names = [names[code] if code >= 0 else "unlabelled" for code in arrays["label"][wanted].tolist()]
     files = [
         f"{slides[int(arrays['slide'][i])]}_{int(arrays['annotation_id'][i])}_{_safe(label_name)}"
@@ -80,7 +81,7 @@ def export(
                 i, name = int(wanted[k]), files[k]
                 with output_file(folder / name, overwrite=True) as image:
                     Image.fromarray(pixels[i - first]).save(image, pil_format, **options)
-                writer.writerow([_cell(name), i, _cell(metadata["slides"][int(arrays["slide"][i])]["path"]),
+                writer.writerow([_cell(name), i, _cell(paths[int(arrays["slide"][i])]),
                                  int(arrays["annotation_id"][i]), _cell(label_names[k]), int(arrays["level"][i]),
                                  int(arrays["x"][i]), int(arrays["y"][i])])
     return len(files)

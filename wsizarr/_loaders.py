@@ -19,7 +19,8 @@ import numpy as np
 from ._errors import ParameterError
 from ._locations import Location, parse_location
 from ._reader import PatchReader
-from ._store import COORDINATE_ARRAYS, open_store, store_metadata
+from ._manifest import read_table
+from ._store import COORDINATE_ARRAYS, open_store, read_manifest, slide_table
 
 if TYPE_CHECKING:
     import xarray
@@ -36,13 +37,15 @@ Allocate = Callable[[tuple[int, ...], Any], np.ndarray]  # (shape, dtype) -> a n
 
 
 def open_dataset(
-    store: StoreLike, *, storage_options: Mapping[str, str] | None = None
+    store: StoreLike, *, storage_options: Mapping[str, str] | None = None, names: bool = False,
 ) -> xarray.Dataset:
     """Open a complete store (directory, ``.zip`` or ``s3://`` URL) as a lazy ``xarray.Dataset``.
 
     ``patches`` has dims ``(patch, row, column, channel)``; ``x``, ``y``, ``level``,
     ``annotation_id``, ``slide``, ``padded`` and ``label`` are coordinates along ``patch``.
     ``label`` holds the label names ("" for unlabelled) and ``label_code`` the stored codes.
+    ``names`` also attaches ``slide_path`` and ``annotation_name`` ("" for background patches)
+    along ``patch``, from the store's slide and annotation tables.
     Pixels are read only when used; with dask installed they are dask arrays chunked one shard
     each. Raises ``IncompleteStoreError`` for a store whose extraction did not finish; reading a
     missing, truncated or damaged shard raises ``CorruptStoreError`` naming it and the patch.
@@ -51,8 +54,8 @@ def open_dataset(
 
     location = parse_location(store, storage_options)
     group = open_store(location)
-    metadata = store_metadata(group)
-    label_names = np.array([*metadata["label_names"], ""], dtype=str)
+    manifest = read_manifest(group)
+    label_names = np.array([*manifest.label_names, ""], dtype=str)
     checked = PatchReader(location, group=group).checked_store()
     dataset = xr.open_zarr(checked, consolidated=True, chunks=None, zarr_format=3)
     try:
@@ -60,13 +63,34 @@ def open_dataset(
     except ImportError:
         pass  # xarray's own lazy indexing
     else:  # one dask chunk per shard: a chunk is read with one request
-        shard = {"patch": metadata["shard_size"]}
+        shard = {"patch": manifest.shard_size}
         dataset = dataset.assign({name: dataset[name].chunk(shard) for name in ("patches", "masks") if name in dataset})
     codes = np.asarray(group["label"][:])
-    return dataset.assign_coords(
+    dataset = dataset.assign_coords(
         label=("patch", label_names[codes]),  # code -1 picks the trailing ""
         label_code=("patch", codes),
     )
+    return dataset.assign_coords(_names(group, manifest.legacy is not None)) if names else dataset
+
+
+def _names(group: zarr.Group, legacy: bool) -> dict[str, tuple[str, np.ndarray]]:
+    """Per patch, its slide's path and its annotation's name (from the tables; schema 1
+    stores have no annotation table, so only the slide path)."""
+    slides = np.asarray(group["slide"][:])
+    paths = np.array(slide_table(group).paths, dtype=object)
+    out = {"slide_path": ("patch", paths[slides].astype(str))}
+    if legacy:
+        return out
+    table = read_table(group["annotations"], ("slide", "id", "name", "exclusion"))
+    keep = ~table["exclusion"]
+    keys = table["slide"][keep].astype(np.int64) << 32 | (table["id"][keep] & 0xFFFFFFFF)
+    order = np.argsort(keys)
+    wanted = slides.astype(np.int64) << 32 | (np.asarray(group["annotation_id"][:]) & 0xFFFFFFFF)
+    at = np.clip(np.searchsorted(keys[order], wanted), 0, max(len(order) - 1, 0))
+    found = (len(order) > 0) & (keys[order][at] == wanted) if len(order) else np.zeros(len(wanted), bool)
+    names = np.where(found, table["name"][keep][order][at] if len(order) else "", "")
+    out["annotation_name"] = ("patch", names.astype(str))
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,14 +241,14 @@ def open_patches(
 
 
 def _patch_table(location: Location, group: zarr.Group) -> PatchTable:
-    metadata = store_metadata(group)
+    manifest = read_manifest(group)
     arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
     return PatchTable(
         store=str(location),
         **arrays,
-        label_names=tuple(metadata["label_names"]),
-        slide_names=tuple(Path(entry["path"]).name for entry in metadata["slides"]),
-        shard_size=metadata["shard_size"],
+        label_names=manifest.label_names,
+        slide_names=tuple(Path(path).name for path in slide_table(group).paths),
+        shard_size=manifest.shard_size,
     )
 
 

@@ -9,15 +9,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import zarr
 from PIL import Image, ImageDraw, ImageFont
 
 from ._annotations import read_annotations
-from ._errors import ParameterError
+from ._errors import ParameterError, option
 from ._locations import Location, parse_location
 from ._output import check_output_file, output_file
 from ._reader import PatchReader
 from ._slide import open_slide
-from ._store import open_store, store_info, store_metadata
+from ._manifest import Manifest, SlideTable, read_annotations as read_stored_annotations
+from ._store import open_store, read_manifest, slide_table, store_info
 
 __all__ = ["LABEL_COLOURS", "overlay", "preview", "write_report"]
 
@@ -57,7 +59,7 @@ def preview(
 
 def _contact_sheet(location: Location, per_label: int, seed: int) -> Image.Image:
     group = open_store(location)
-    metadata = store_metadata(group)
+    label_names = read_manifest(group).label_names
     reader = PatchReader(location, group=group)
     labels = np.asarray(group["label"][:])
     rng = np.random.default_rng(seed)
@@ -73,7 +75,7 @@ def _contact_sheet(location: Location, per_label: int, seed: int) -> Image.Image
     top = 0
     coords = {name: np.asarray(group[name][:]) for name in ("x", "y", "level", "annotation_id", "slide")}
     for code, picks in blocks:
-        name = metadata["label_names"][code] if code >= 0 else "(unlabelled)"
+        name = label_names[code] if code >= 0 else "(unlabelled)"
         draw.rectangle((0, top, sheet.width, top + 19), fill=_colour(code))
         draw.text((4, top + 4), f"{name}: {int((labels == code).sum())} patches", fill="white", font=font)
         top += 20
@@ -103,52 +105,62 @@ def overlay(
 
 def _overlay_image(location: Location, slide: str | int | None, max_px: int) -> Image.Image:
     group = open_store(location)
-    metadata = store_metadata(group)
-    index = _slide_index(metadata["slides"], slide)
-    entry = metadata["slides"][index]
-    with open_slide(entry["path"]) as handle:
+    manifest = read_manifest(group)
+    slides = slide_table(group)
+    index = _slide_index(slides.paths, slide)
+    info = slides.info(index)
+    with open_slide(info.path) as handle:
         thumbnail = handle.get_thumbnail((max_px, max_px)).convert("RGB")
-    scale = thumbnail.width / entry["dimensions"][0]
+    scale = thumbnail.width / info.dimensions[0]
     draw = ImageDraw.Draw(thumbnail)
-    codes = {name: code for code, name in enumerate(metadata["label_names"])}
-    if entry.get("annotations"):
-        for annotation in read_annotations(entry["annotations"]):
-            colour = _colour(codes.get(annotation.label, -1))
-            points = [(float(x) * scale, float(y) * scale) for x, y in annotation.vertices]
-            if len(points) >= 3:
-                draw.polygon(points, outline=colour, width=2)
+    for code, exterior in _outlines(group, manifest, slides, index):
+        points = [(float(x) * scale, float(y) * scale) for x, y in exterior]
+        if len(points) >= 3:
+            draw.polygon(points, outline=_colour(code), width=2)
     mine = np.flatnonzero(np.asarray(group["slide"][:]) == index)
     xs, ys = np.asarray(group["x"][:])[mine], np.asarray(group["y"][:])[mine]
     labels, levels = np.asarray(group["label"][:])[mine], np.asarray(group["level"][:])[mine]
-    read_size = entry.get("read_size_px", group["patches"].shape[1])
+    read_size = slides.resolution(index).read_size_px
     for x, y, code, level in zip(xs.tolist(), ys.tolist(), labels.tolist(), levels.tolist()):
-        extent = read_size * entry["level_downsamples"][level] * scale
+        extent = read_size * info.level_downsamples[level] * scale
         draw.rectangle((x * scale, y * scale, x * scale + extent, y * scale + extent), outline=_colour(code))
     font = ImageFont.load_default()
     names = sorted(set(labels.tolist()))
     draw.rectangle((4, 4, 170, 10 + 16 * len(names)), fill="white", outline="black")
     for row, code in enumerate(names):
-        name = metadata["label_names"][code] if code >= 0 else "(unlabelled)"
+        name = manifest.label_names[code] if code >= 0 else "(unlabelled)"
         draw.rectangle((10, 9 + 16 * row, 20, 19 + 16 * row), fill=_colour(code))
         draw.text((26, 8 + 16 * row), f"{name} ({int((labels == code).sum())})", fill="black", font=font)
     return thumbnail
 
 
-def _slide_index(slides: list[dict], slide: str | int | None) -> int:
+def _outlines(group: zarr.Group, manifest: Manifest, slides: SlideTable, index: int) -> list[tuple[int, np.ndarray]]:
+    """The label code and exterior of each annotation of slide ``index``: from the store's
+    annotation table (schema 1 stores: read again from the recorded annotation file)."""
+    if manifest.legacy is None:
+        first = int(slides.columns["first_annotation"][index])
+        rows = slice(first, first + int(slides.columns["n_annotations"][index]))
+        return [(a.label, a.rings[0]) for a in read_stored_annotations(group["annotations"], rows) if not a.exclusion]
+    source = slides.annotations(index)
+    if source is None:
+        return []
+    codes = {name: code for code, name in enumerate(manifest.label_names)}
+    return [(codes.get(a.label, -1), a.vertices) for a in read_annotations(source)]
+
+
+def _slide_index(paths: list[str], slide: str | int | None) -> int:
     if slide is None:
-        if len(slides) != 1:
-            raise ParameterError(f"the store holds {len(slides)} slides; choose one with --slide")
+        if len(paths) != 1:
+            raise ParameterError(f"the store holds {len(paths)} slides; choose one ({option('slide')})")
         return 0
     if isinstance(slide, int) or str(slide).isdigit():
-        if 0 <= int(slide) < len(slides):
+        if 0 <= int(slide) < len(paths):
             return int(slide)
-    for index, entry in enumerate(slides):
-        if slide in (Path(entry["path"]).name, Path(entry["path"]).stem):
+    for index, path in enumerate(paths):
+        if slide in (Path(path).name, Path(path).stem):
             return index
-    raise ParameterError(
-        f"no slide {slide!r} in the store; its slides are "
-        f"{', '.join(Path(s['path']).name for s in slides)}"
-    )
+    shown = ", ".join(Path(p).name for p in paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
+    raise ParameterError(f"no slide {slide!r} in the store; its slides are {shown}")
 
 
 def _png_data_uri(image: Image.Image) -> str:
@@ -167,10 +179,10 @@ def write_report(
     check_output_file(out, overwrite=overwrite)  # before the slow part
     location = parse_location(store, storage_options)
     info = store_info(location)
-    metadata = store_metadata(open_store(location))
+    paths = slide_table(open_store(location)).paths
     images = [("Patches per label", _contact_sheet(location, _PER_LABEL, 0))]
-    for index, entry in enumerate(metadata["slides"]):
-        images.append((f"Slide {index}: {Path(entry['path']).name}", _overlay_image(location, index, _THUMBNAIL_PX)))
+    for index, path in enumerate(paths):
+        images.append((f"Slide {index}: {Path(path).name}", _overlay_image(location, index, _THUMBNAIL_PX)))
 
     def table(rows: Mapping[str, object]) -> str:
         return "<table>" + "".join(

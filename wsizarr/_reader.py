@@ -36,7 +36,7 @@ from ._errors import CorruptStoreError, ParameterError
 from ._locations import Location, open_zarr_store, parse_location, read_key
 from ._store import (
     CHECKSUM_BYTES, CODECS, MASK_CODEC, MISSING_CHUNK, checksum,
-    has_chunk_checksums, index_size, open_store, store_metadata,
+    has_chunk_checksums, index_size, open_store, read_manifest,
 )
 
 __all__ = ["FetchedShard", "PatchReader"]
@@ -91,11 +91,11 @@ class PatchReader:
         """``group``: the store, already opened with ``open_store`` (spares a second open)."""
         self.location = parse_location(store, storage_options)
         group = open_store(self.location) if group is None else group
-        metadata = store_metadata(group)
-        self.n_patches: int = metadata["n_patches"]
-        self.shard_size: int = metadata["shard_size"]
+        manifest = read_manifest(group)
+        self.n_patches: int = manifest.n_patches
+        self.shard_size: int = manifest.shard_size
         self._layouts = {
-            name: _layout(group[name], metadata["codec"] if name == "patches" else MASK_CODEC)
+            name: _layout(group[name], manifest.codec if name == "patches" else MASK_CODEC)
             for name in ("patches", "masks") if name in group
         }
         self._reset()

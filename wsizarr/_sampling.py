@@ -7,13 +7,14 @@ exclusion (an area to leave out).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ._annotations import Annotation
 from ._errors import ParameterError
+from ._options import SamplingOptions
 from ._geometry import centroid, has_area, point_inside, points_in_polygon, rasterize, window_sums
 from ._slide import Resolution, SlideInfo, TissueMask, level0_from_level_px
 
@@ -278,7 +279,7 @@ def plan_patches(
     tissue: TissueMask | None = None,
     drop_partial: bool = False,
     slide_index: int = 0,
-    labels: dict[str, int] | None = None,
+    labels: Mapping[str, int] | None = None,
     exclusions: Sequence[Annotation] = (),
 ) -> PatchPlan:
     """Plan the patches of one slide.
@@ -294,25 +295,38 @@ def plan_patches(
     ``drop_partial``, left out. Each annotation draws from its own stream of ``seed``.
     ``exclusions`` are areas to leave out: no patch is centred in one (each sampler treats them
     as holes of the annotations they overlap) and background patches do not touch them.
+    The sampling options are checked by ``SamplingOptions``.
     """
+    sampling = SamplingOptions(
+        sampler=sampler, per_annotation=per_annotation, stride=stride, min_overlap=min_overlap,
+        background=background, drop_partial=drop_partial, seed=seed,
+    )
+    return plan_slide_patches(
+        annotations, slide, sampling, resolution=resolution, patch_size=patch_size, tissue=tissue,
+        slide_index=slide_index, labels=labels, exclusions=exclusions,
+    )
+
+
+def plan_slide_patches(
+    annotations: Sequence[Annotation],
+    slide: SlideInfo,
+    sampling: SamplingOptions,
+    *,
+    resolution: Resolution | None = None,
+    patch_size: int = 256,
+    tissue: TissueMask | None = None,
+    slide_index: int = 0,
+    labels: Mapping[str, int] | None = None,
+    exclusions: Sequence[Annotation] = (),
+) -> PatchPlan:
+    """``plan_patches`` with its sampling options as one validated record."""
+    sampler, per_annotation, seed = sampling.sampler, sampling.per_annotation, sampling.seed
+    stride, min_overlap, background = sampling.stride, sampling.min_overlap, sampling.background
+    drop_partial = sampling.drop_partial
     resolution = resolution or Resolution(0, patch_size, None)
     slide.check_level(resolution.level)
-    if sampler != BACKGROUND_LABEL and sampler not in SAMPLERS:
-        raise ParameterError(
-            f"unknown sampler {sampler!r}; choose one of {', '.join([*SAMPLERS, BACKGROUND_LABEL])}"
-        )
-    if per_annotation < 1:
-        raise ParameterError(f"patches per annotation must be at least 1, got {per_annotation}")
-    if seed < 0:
-        raise ParameterError(f"--seed must be a whole number >= 0, got {seed}")
-    if not 0 < min_overlap <= 1:
-        raise ParameterError(f"--min-overlap is a fraction in (0, 1], got {min_overlap}")
-    if stride is not None and stride < 1:
-        raise ParameterError(f"--stride must be a positive number of pixels, got {stride}")
     if sampler == BACKGROUND_LABEL:
         background = background or per_annotation * len(annotations)
-    if background < 0:
-        raise ParameterError(f"background patch count must be >= 0, got {background}")
     if background and tissue is None:
         raise ParameterError("background patches need a tissue mask of the slide")
     extra = (BACKGROUND_LABEL,) if background else ()

@@ -1,26 +1,30 @@
 """The Zarr v3 patch store: its schema, and how it is created, filled, resumed and opened.
 
-Layout (schema version 1), all arrays along the ``patch`` dimension of length N:
+Layout (schema version 2), the patch arrays along the ``patch`` dimension of length N:
 
 * ``patches``  ``(N, H, W, 3)`` uint8, dims ``(patch, row, column, channel)``, one patch per
   chunk, ``shard_size`` patches per shard, a standard lossless codec by default; every chunk of
-  ``patches``, ``masks`` and the 1-D arrays ends in its crc32c.
+  every array ends in its crc32c.
 * ``masks`` (optional) ``(N, H, W)`` uint8, label code + 1 of the annotation covering a pixel.
 * ``x``, ``y`` int64 level-0 top-left; ``level`` int32; ``annotation_id`` int64; ``label`` int32
-  (names in its ``label_names`` attribute, -1 unlabelled); ``slide`` int32 (index into the slide
-  table); ``padded`` bool (the patch crosses the slide edge).
-* group attribute ``wsizarr``: schema version, package version, parameters, slide table, label
-  names, plan digest, codec, ``complete`` (false until every shard is written) and, while a
-  run is under way, ``run`` (its first patch and first slide).
+  (names in its ``label_names`` attribute, -1 unlabelled); ``slide`` int32 (row of the slide
+  table); ``padded`` bool (the patch crosses the slide edge). Chunks hold whole shards.
+* ``slides/`` one row per slide (path, content hash, geometry, annotation file, the level
+  read, its patch and annotation rows, the SHA-256 of its plan); ``annotations/`` one row per
+  annotation and exclusion (slide, id, name, label, type, bounding box, rings) with the
+  vertices of every ring (``ring_start``, ``ring_length``, ``vertices``). See ``_manifest``.
+* group attribute ``wsizarr``: the :class:`~wsizarr._manifest.Manifest` (schema and package
+  version, parameters, label names, codec, counts, ``complete`` and, while a run is under way,
+  ``run``), the same size whatever the number of slides.
 
 While a run is under way, ``_shards_done`` (one uint8 chunk per shard) records finished shards;
-it is removed once the store is complete.
+it is removed once the store is complete. Schema 1 stores (the slide table in the attribute)
+open read-only; ``wsizarr migrate`` rewrites them as schema 2.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import warnings
 import zipfile
@@ -42,6 +46,11 @@ from zarr.core.sync import sync
 
 from ._errors import (
     IncompleteStoreError, ParameterError, StoreError, StoreExistsError, WsizarrError,
+)
+from ._manifest import (
+    ANNOTATION_COLUMNS, ATTRS, COORDINATE_COLUMNS, RING_COLUMNS, SCHEMA_VERSION, SLIDE_COLUMNS,
+    TABLE_DIMS, VERTEX_COLUMNS, Manifest, SlideTable, TableWriter, coordinate_chunk_rows,
+    create_table, read_slides,
 )
 from ._locations import (
     Location, delete, exists, list_keys, open_zarr_store, parse_location, remove_partial_writes,
@@ -72,20 +81,19 @@ __all__ = [
     "open_store",
     "open_for_writing",
     "partial_location",
-    "plan_digest",
+    "end_planning",
+    "open_store_manifest",
+    "read_manifest",
+    "slide_table",
     "store_info",
-    "store_metadata",
     "store_writes",
     "why_not_a_store",
+    "write_manifest",
     "write_shard",
 ]
 
-SCHEMA_VERSION = 1
 PATCH_DIMS = ("patch", "row", "column", "channel")
-COORDINATE_ARRAYS: dict[str, str] = {
-    "x": "int64", "y": "int64", "level": "int32",
-    "annotation_id": "int64", "label": "int32", "slide": "int32", "padded": "bool",
-}
+COORDINATE_ARRAYS: dict[str, str] = {name: column.dtype for name, column in COORDINATE_COLUMNS.items()}
 MASK_DIMS = ("patch", "row", "column")
 MASK_CODEC = "zstd"
 
@@ -169,59 +177,55 @@ def has_chunk_checksums(array: zarr.Array) -> bool:
 
 
 _DONE = "_shards_done"
-_ATTRS = "wsizarr"
-_COORD_CHUNK = 1 << 16
+_TABLES = ("slides", "annotations")
 # the top-level names of a store; a location holding anything else is not only a wsizarr store
-_STORE_NAMES = frozenset({"zarr.json", "patches", "masks", _DONE, *COORDINATE_ARRAYS})
+_STORE_NAMES = frozenset({"zarr.json", "patches", "masks", _DONE, *COORDINATE_ARRAYS, *_TABLES})
 _PARTIAL_SUFFIX = ".partial.zarr"
 
 
-def _metadata(group: zarr.Group) -> dict[str, Any]:
-    metadata = group.attrs.get(_ATTRS)
-    if not isinstance(metadata, dict):
-        raise StoreError(f"{group.store}: not a wsizarr store (no '{_ATTRS}' attributes)")
-    return metadata
+def read_manifest(group: zarr.Group) -> Manifest:
+    """The store's manifest (its ``wsizarr`` attribute); ``StoreError`` when it has none."""
+    attrs = group.attrs.get(ATTRS)
+    if not isinstance(attrs, dict):
+        raise StoreError(f"{group.store}: not a wsizarr store (no '{ATTRS}' attributes)")
+    return Manifest.from_attrs(attrs)
+
+
+def write_manifest(group: zarr.Group, manifest: Manifest) -> None:
+    group.attrs[ATTRS] = manifest.to_attrs()
+
+
+def slide_table(group: zarr.Group) -> SlideTable:
+    """The store's slide table (either schema)."""
+    return read_slides(group, read_manifest(group))
 
 
 StoreLocation = str | Path | Location
 
 
 def create_store(
-    location: StoreLocation,
-    *,
-    patch_size: int,
-    shard_size: int,
-    codec: str,
-    metadata: Mapping[str, Any],
-    masks: bool = False,
+    location: StoreLocation, manifest: Manifest, *, patch_size: int, masks: bool = False,
 ) -> zarr.Group:
-    """Create an empty, incomplete store (no patches yet); ``begin_run`` then sizes it.
+    """Create an empty, incomplete store (no patches, slides or annotations yet) described by
+    ``manifest`` (its codec and shard size); a run then fills it.
 
     ``location`` is a directory or an ``s3://`` URL (see ``parse_location``). ``masks`` adds the
     ``(N, H, W)`` uint8 ``masks`` array. Raises ``StoreExistsError`` when the location holds
     anything (``delete_store`` first to replace a store).
     """
-    if codec not in CODECS:
-        raise ParameterError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    if shard_size < 1:
-        raise ParameterError(f"shard size must be at least 1 patch, got {shard_size}")
-    spec = CODECS[codec]
+    if manifest.codec not in CODECS:
+        raise ParameterError(f"unknown codec {manifest.codec!r}; choose one of {', '.join(CODECS)}")
+    spec = CODECS[manifest.codec]
     spec.encoder()  # fails now, with the fix, when an optional codec is not installed
     location = parse_location(location)
     if exists(location):
-        raise StoreExistsError(
-            f"{location}: already exists; pass --overwrite to replace it or --resume to finish it"
-        )
+        raise StoreExistsError(f"{location}: already exists; replace it (overwrite) or finish it (resume)")
     try:
         group = zarr.create_group(open_zarr_store(location, "w"), zarr_format=3)
     except OSError as exc:
         raise StoreError(f"{location}: cannot create the store ({exc}); check the path") from None
-    group.attrs[_ATTRS] = {
-        **metadata, "schema_version": SCHEMA_VERSION, "complete": False, "n_patches": 0,
-        "shard_size": shard_size, "codec": codec, "codec_lossless": spec.lossless,
-        "requires": list(spec.requires), "label_names": [], "slides": [],
-    }
-    compressor = spec.compressor()
+    write_manifest(group, replace(manifest, codec_lossless=spec.lossless, requires=spec.requires))
+    shard_size = manifest.shard_size
     coordinates = {"coordinates": " ".join(COORDINATE_ARRAYS)}
     group.create_array(
         "patches",
@@ -230,7 +234,7 @@ def create_store(
         chunks=(1, patch_size, patch_size, 3),
         shards=(shard_size, patch_size, patch_size, 3),
         serializer="auto" if spec.serializer is None else spec.serializer(),
-        compressors=checksummed(compressor),
+        compressors=checksummed(spec.compressor()),
         fill_value=255,
         dimension_names=PATCH_DIMS,
         attributes=coordinates,
@@ -250,13 +254,12 @@ def create_store(
                 "meaning": "label code + 1 of the annotation covering each pixel; 0 none, 255 unlabelled",
             },
         )
-    for name, dtype in COORDINATE_ARRAYS.items():
-        group.create_array(
-            name, shape=(0,), dtype=dtype, chunks=(_COORD_CHUNK,),
-            compressors=checksummed(ZstdCodec(level=0)),  # zarr's default, plus the checksum
-            fill_value=False if dtype == "bool" else -1,
-            dimension_names=("patch",),
-        )
+    create_table(group, COORDINATE_COLUMNS, "patch", coordinate_chunk_rows(shard_size))
+    create_table(group.create_group("slides"), SLIDE_COLUMNS, TABLE_DIMS["slides"])
+    annotations = group.create_group("annotations")
+    create_table(annotations, ANNOTATION_COLUMNS, TABLE_DIMS["annotations"])
+    create_table(annotations, RING_COLUMNS, TABLE_DIMS["rings"])
+    create_table(annotations, VERTEX_COLUMNS, TABLE_DIMS["vertices"])
     return group
 
 
@@ -293,7 +296,7 @@ def why_not_a_store(location: Location) -> str | None:
     except ValueError:
         return "its zarr.json is not JSON"
     attributes = document.get("attributes") if isinstance(document, dict) else None
-    if not isinstance(attributes, dict) or not isinstance(attributes.get(_ATTRS), dict):
+    if not isinstance(attributes, dict) or not isinstance(attributes.get(ATTRS), dict):
         return "its zarr.json has no wsizarr attributes"
     foreign = sorted({key.split("/")[0] for key in list_keys(location)} - _STORE_NAMES)
     if foreign:
@@ -318,56 +321,56 @@ def delete_store(location: Location) -> None:
     delete(location)
 
 
-def plan_digest(arrays: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 of a store's 1-D arrays (the plan), to check a store against its plan."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-    return digest.hexdigest()
-
-
-def begin_run(
-    group: zarr.Group,
-    arrays: Mapping[str, np.ndarray],
-    *,
-    first_patch: int,
-    slides: list[dict[str, Any]],
-    label_names: list[str],
-    plan_digest: str,
-) -> None:
-    """Size the store for a run that adds the patches ``arrays`` at ``first_patch``.
-
-    Idempotent, so a resumed run calls it again: the store is marked incomplete first, then
-    the 1-D arrays are grown and written, then the shards wholly before ``first_patch`` are
-    marked done (the shard holding ``first_patch`` is rewritten with its earlier patches).
-    """
-    metadata = _metadata(group)
-    shard_size = metadata["shard_size"]
-    n = first_patch + len(arrays["x"])
-    group.attrs[_ATTRS] = {
-        **metadata, "complete": False, "n_patches": n, "slides": slides,
-        "label_names": label_names, "plan_digest": plan_digest,
-        "run": {"first_patch": first_patch, "first_slide": int(arrays["slide"].min(initial=len(slides)))},
+def begin_run(group: zarr.Group, manifest: Manifest) -> dict[str, TableWriter]:
+    """Start (or restart) the run ``manifest.run`` describes: mark the store incomplete and
+    return the writers of its tables, each positioned at the run's first row (rows an
+    unfinished plan left beyond it are replaced, and trimmed when the writers close)."""
+    run = manifest.run
+    if run is None:
+        raise ValueError("begin_run needs a manifest with a run")
+    write_manifest(group, replace(manifest, complete=False))
+    if _DONE in group:
+        del group[_DONE]
+    annotations = group["annotations"]
+    first_ring = _row_count(annotations, "first_ring", "n_rings", run.first_annotation)
+    first_vertex = _row_count(annotations, "ring_start", "ring_length", first_ring)
+    return {
+        "patches": TableWriter(group, COORDINATE_COLUMNS, run.first_patch),
+        "slides": TableWriter(group["slides"], SLIDE_COLUMNS, run.first_slide),
+        "annotations": TableWriter(annotations, ANNOTATION_COLUMNS, run.first_annotation),
+        "rings": TableWriter(annotations, RING_COLUMNS, first_ring),
+        "vertices": TableWriter(annotations, VERTEX_COLUMNS, first_vertex),
     }
-    for name, dtype in COORDINATE_ARRAYS.items():
-        array = group[name]
-        array.resize((n,))
-        array[first_patch:] = np.asarray(arrays[name]).astype(dtype, copy=False)
-        if name == "label":
-            array.attrs["label_names"] = label_names
+
+
+def _row_count(group: zarr.Group, start: str, length: str, rows: int) -> int:
+    """The rows of the next table that the first ``rows`` rows of this one use."""
+    if rows == 0:
+        return 0
+    return int(group[start][rows - 1]) + int(group[length][rows - 1])
+
+
+def end_planning(group: zarr.Group, manifest: Manifest) -> Manifest:
+    """Size the patch arrays for the planned run and record that its plan is complete: from
+    now on shards are written, and ``_shards_done`` marks those wholly before the run's first
+    patch (the shard holding it is rewritten with its earlier patches)."""
+    run = manifest.run
+    assert run is not None
+    n = manifest.n_patches
     for name in ("patches", "masks"):
         if name in group:
             group[name].resize((n, *group[name].shape[1:]))
-    n_shards = -(-n // shard_size)
-    if _DONE not in group or group[_DONE].shape != (n_shards,):
-        if _DONE in group:
-            del group[_DONE]
-        done = group.create_array(
-            _DONE, shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
-            dimension_names=("shard",), config={"write_empty_chunks": True},
-        )
-        done[: first_patch // shard_size] = 1
+    group["label"].attrs["label_names"] = list(manifest.label_names)
+    if _DONE in group:
+        del group[_DONE]
+    done = group.create_array(
+        _DONE, shape=(manifest.n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
+        dimension_names=("shard",), config={"write_empty_chunks": True},
+    )
+    done[: run.first_patch // manifest.shard_size] = 1
+    planned = replace(manifest, run=replace(run, planned=True))
+    write_manifest(group, planned)
+    return planned
 
 
 def open_store(location: StoreLocation, *, require_complete: bool = True) -> zarr.Group:
@@ -391,13 +394,13 @@ def open_store(location: StoreLocation, *, require_complete: bool = True) -> zar
         group = zarr.open_group(zarr_store, mode="r", zarr_format=3)
     except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError) as exc:
         raise StoreError(f"{location}: not a Zarr v3 group ({exc}); is this a wsizarr store?") from None
-    metadata = _metadata(group)
-    if metadata.get("schema_version") != SCHEMA_VERSION:
+    manifest = read_manifest(group)
+    if manifest.schema_version not in (1, SCHEMA_VERSION):
         raise StoreError(
-            f"{location}: schema version {metadata.get('schema_version')} is not supported by "
+            f"{location}: schema version {manifest.schema_version} is not supported by "
             f"this wsizarr (schema {SCHEMA_VERSION}); upgrade wsizarr"
         )
-    if require_complete and not metadata.get("complete"):
+    if require_complete and not manifest.complete:
         done = done_shards(group)
         raise IncompleteStoreError(
             f"{location}: the extraction did not finish ({int(done.sum())} of {len(done)} shards "
@@ -409,23 +412,28 @@ def open_store(location: StoreLocation, *, require_complete: bool = True) -> zar
 def open_for_writing(location: StoreLocation) -> zarr.Group:
     """Open an existing store to resume or append to it."""
     location = parse_location(location)
-    open_store(location, require_complete=False)
+    if open_store_manifest(location).legacy is not None:
+        raise StoreError(
+            f"{location}: was written by an older wsizarr (schema 1), which this version reads "
+            "but does not add to; rewrite it as schema 2 with `wsizarr migrate STORE` first"
+        )
     return zarr.open_group(
         open_zarr_store(location, "a"), mode="r+", zarr_format=3, use_consolidated=False
     )
 
 
-def store_metadata(group: zarr.Group) -> dict[str, Any]:
-    """The store's ``wsizarr`` attributes."""
-    return _metadata(group)
+def open_store_manifest(location: StoreLocation) -> Manifest:
+    """The manifest of the store at ``location`` (finished or not)."""
+    return read_manifest(open_store(location, require_complete=False))
 
 
 def done_shards(group: zarr.Group) -> np.ndarray:
     """A boolean array, one entry per shard: True where the shard is fully written."""
-    metadata = _metadata(group)
-    n_shards = -(-metadata["n_patches"] // metadata["shard_size"])
-    if metadata.get("complete"):
-        return np.ones(n_shards, bool)
+    manifest = read_manifest(group)
+    if manifest.complete:
+        return np.ones(manifest.n_shards, bool)
+    if _DONE not in group or manifest.run is None or not manifest.run.planned:
+        return np.zeros(manifest.n_shards, bool)
     return np.asarray(group[_DONE][:], dtype=bool)
 
 
@@ -464,11 +472,11 @@ def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.nda
     Marking after writing makes a crash lose at most the shards in flight. A store created
     before chunk checksums existed keeps getting shards without them.
     """
-    metadata = _metadata(group)
+    manifest = read_manifest(group)
     for name, values in arrays.items():
         array = group[name]
-        codec = metadata["codec"] if name == "patches" else MASK_CODEC
-        data = encode_shard(values, metadata["shard_size"], codec, checksums=has_chunk_checksums(array))
+        codec = manifest.codec if name == "patches" else MASK_CODEC
+        data = encode_shard(values, manifest.shard_size, codec, checksums=has_chunk_checksums(array))
         chunk_coords = (shard_index,) + (0,) * (array.ndim - 1)
         key = f"{array.path}/{array.metadata.encode_chunk_key(chunk_coords)}"
         sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
@@ -500,8 +508,7 @@ def finalize_store(group: zarr.Group, location: Location) -> None:
             f"{group.store}: {int((~done).sum())} shards are missing; resume the extraction"
         )
     remove_partial_writes(location)
-    metadata = {k: v for k, v in _metadata(group).items() if k != "run"}
-    group.attrs[_ATTRS] = {**metadata, "complete": True}
+    write_manifest(group, replace(read_manifest(group), complete=True, run=None))
     if _DONE in group:
         del group[_DONE]
     with warnings.catch_warnings():
@@ -514,25 +521,26 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
     """A summary of a store, complete or not: counts per label and slide, shapes, bytes, parameters."""
     location = parse_location(location)
     group = open_store(location, require_complete=False)
-    metadata = _metadata(group)
+    manifest = read_manifest(group)
+    paths = slide_table(group).paths
     patches = group["patches"]
     done = done_shards(group)
     n_bytes, n_files = size_bytes(location)
-    label_names = metadata.get("label_names", [])
+    label_names = manifest.label_names
     labels = np.asarray(group["label"][:])
     slides = np.asarray(group["slide"][:])
     codes, counts = np.unique(labels, return_counts=True)
     slide_codes, slide_counts = np.unique(slides, return_counts=True)
     return {
         "store": str(location),
-        "complete": bool(metadata.get("complete")),
+        "complete": manifest.complete,
         "shards_done": int(done.sum()),
         "n_shards": len(done),
         "n_patches": int(patches.shape[0]),
         "patch_shape": list(patches.shape[1:]),
         "chunks": list(patches.chunks),
         "shards": list(patches.shards or patches.chunks),
-        "codec": metadata.get("codec"),
+        "codec": manifest.codec,
         "bytes_on_disk": n_bytes,
         "files": n_files,
         "per_label": {
@@ -540,12 +548,14 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
             for code, count in zip(codes.tolist(), counts.tolist())
         },
         "per_slide": {
-            metadata["slides"][code]["path"]: int(count)
+            paths[code]: int(count)
             for code, count in zip(slide_codes.tolist(), slide_counts.tolist())
         },
-        "parameters": metadata.get("parameters", {}),
-        "wsizarr_version": metadata.get("wsizarr_version"),
-        "schema_version": metadata.get("schema_version"),
+        "n_slides": manifest.n_slides,
+        "n_annotations": manifest.n_annotations,
+        "parameters": dict(manifest.parameters),
+        "wsizarr_version": manifest.wsizarr_version,
+        "schema_version": manifest.schema_version,
     }
 
 

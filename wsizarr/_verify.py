@@ -7,7 +7,6 @@ import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
@@ -16,8 +15,10 @@ from ._errors import CorruptStoreError, ParameterError, SlideError
 from ._locations import Location, list_keys, parse_store_location
 from ._reader import PatchReader
 from ._slide import SlideInfo, resize_patch
+from ._manifest import Manifest, SlideTable
 from ._tiles import SlideReader, TileReader, interpolate_like_openslide, open_reader
-from ._store import COORDINATE_ARRAYS, done_shards, open_store, plan_digest, store_metadata
+from ._manifest import plan_sha256
+from ._store import COORDINATE_ARRAYS, done_shards, open_store, read_manifest, slide_table
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -65,12 +66,13 @@ def verify(
         raise ParameterError(f"--sample {sample}: give the number of patches to re-read from the slides, 0 or more")
     location = parse_store_location(store, storage_options)
     group = open_store(location, require_complete=False)
-    metadata = store_metadata(group)
+    manifest = read_manifest(group)
+    slides = slide_table(group)
     problems: list[str] = []
-    n = metadata["n_patches"]
-    shard_size = metadata["shard_size"]
-    n_shards = -(-n // shard_size)
-    if not metadata.get("complete"):
+    n = manifest.n_patches
+    shard_size = manifest.shard_size
+    n_shards = manifest.n_shards
+    if not manifest.complete:
         problems.append(f"incomplete: {int(done_shards(group).sum())} of {n_shards} shards marked done; resume it")
     keys = set(list_keys(location))
     stray = sorted(keys - set(_expected_keys(group)))
@@ -106,16 +108,15 @@ def verify(
             problems.append(f"array {name} has {len(values)} entries, the store {n} patches")
     if group["patches"].shape[0] != n:
         problems.append(f"patches has {group['patches'].shape[0]} entries, the store {n}")
-    if plan_digest(arrays) != metadata.get("plan_digest"):
-        problems.append("the 1-D arrays do not match the plan digest: coordinates or labels were altered")
-    if arrays["label"].size and arrays["label"].max() >= len(metadata["label_names"]):
+    problems += _plan_problems(manifest, slides.columns, arrays)
+    if arrays["label"].size and arrays["label"].max() >= len(manifest.label_names):
         problems.append("label codes beyond the label names")
-    if arrays["slide"].size and arrays["slide"].max() >= len(metadata["slides"]):
+    if arrays["slide"].size and arrays["slide"].max() >= len(slides):
         problems.append("slide indices beyond the slide table")
     compared = 0
     if not problems and sample:
         compared = _compare_sample(
-            reader, group, metadata, arrays, sample, seed, problems, storage_options
+            reader, group, manifest, slides, arrays, sample, seed, problems, storage_options
         )
     return VerifyReport(str(location), n, n_shards, checked, compared, tuple(problems))
 
@@ -132,31 +133,49 @@ def _expected_keys(group: zarr.Group) -> Iterator[str]:
     """Every key the store may hold: metadata documents and the chunk (or shard) keys of its
     arrays' grids (a chunk of fill values may be absent)."""
     yield "zarr.json"
-    for name, array in group.arrays():
+    for name, member in group.members(max_depth=None):
         yield f"{name}/zarr.json"
+        if not isinstance(member, zarr.Array):
+            continue
+        array = member
         grid = [-(-size // step) for size, step in zip(array.shape, array.shards or array.chunks)]
         for coords in itertools.product(*map(range, grid)):
             yield f"{name}/{array.metadata.encode_chunk_key(coords)}"
 
 
+def _plan_problems(manifest: Manifest, slides: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """The 1-D arrays against the SHA-256 of each slide's plan (schema 1: of the whole plan)."""
+    if manifest.legacy is not None:
+        if plan_sha256(arrays) != manifest.legacy.get("plan_digest"):
+            return ["the 1-D arrays do not match the plan digest: coordinates or labels were altered"]
+        return []
+    for index, (first, count, recorded) in enumerate(zip(slides["first_patch"], slides["n_patches"], slides["plan_sha256"])):
+        rows = slice(int(first), int(first + count))
+        if plan_sha256({name: values[rows] for name, values in arrays.items()}) != recorded:
+            return [
+                f"the 1-D arrays of slide {index} (patches {rows.start}..{rows.stop - 1}) do not match its plan "
+                "digest: coordinates or labels were altered"
+            ]
+    return []
+
+
 def _compare_sample(
-    reader: PatchReader, group: zarr.Group, metadata: Mapping[str, Any],
+    reader: PatchReader, group: zarr.Group, manifest: Manifest, slides: SlideTable,
     arrays: Mapping[str, np.ndarray], sample: int, seed: int, problems: list[str],
     storage_options: Mapping[str, str] | None,
 ) -> int:
     """Re-read ``sample`` random patches from their slides with the reader that wrote them;
     where the other reader also reads the slide, cross-check the two; a line per mismatch."""
     rng = np.random.default_rng(seed)
-    n = metadata["n_patches"]
+    n = manifest.n_patches
     picks = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    lossless = metadata.get("codec_lossless", True)
+    lossless = manifest.codec_lossless
     patch_size = group["patches"].shape[1]
     compared = 0
     for slide_index in np.unique(arrays["slide"][picks]).tolist():
-        entry = metadata["slides"][slide_index]
-        read_size = entry.get("read_size_px", patch_size)
+        read_size = slides.resolution(slide_index).read_size_px
         try:
-            readers = _open_readers(SlideInfo.from_attrs(entry), entry.get("reader", "openslide"), storage_options)
+            readers = _open_readers(slides.info(slide_index), slides.reader(slide_index), storage_options)
         except SlideError as exc:
             problems.append(f"cannot re-read patches of slide {slide_index}: {exc}")
             continue

@@ -1,0 +1,239 @@
+"""Running tasks, and the shard task: produce one whole shard of patches (and masks).
+
+:class:`TaskRunner` runs any picklable task function on threads, processes or a
+``dask.distributed`` client; planning and shard tasks share it. A shard task reads its rows of
+the plan from the store (the coordinator never holds the whole plan), the pixels from the
+slides, and writes the shard in one piece.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import zarr
+
+from ._errors import SlideError
+from ._geometry import rasterize
+from ._locations import Location
+from ._manifest import read_annotations
+from ._options import ExecutionOptions
+from ._reader import PatchReader
+from ._slide import Resolution, SlideInfo, resize_patch
+from ._store import open_for_writing, store_writes, write_shard
+from ._tiles import equal_runs, open_reader
+
+__all__ = ["ShardJob", "ShardTask", "SlideSource", "TaskRunner", "read_shard", "run_shard_task", "shard_tasks"]
+
+_UNLABELLED_MASK = 255
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class TaskRunner:
+    """Runs tasks on ``workers`` threads or processes, or on a dask ``client``.
+
+    ``ordered`` yields results in the order of the inputs with a bounded number in flight (so
+    results waiting for an earlier one stay few); ``unordered`` yields them as they finish. An
+    error (or Ctrl-C) stops the run: queued tasks are cancelled and worker processes ended.
+    """
+
+    def __init__(self, execution: ExecutionOptions) -> None:
+        self.workers = execution.workers or os.cpu_count() or 1
+        self._client = execution.client
+        self._pool: Any = None
+        if self._client is None:
+            if execution.executor == "processes":
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            else:
+                self._pool = ThreadPoolExecutor(self.workers)
+
+    def __enter__(self) -> TaskRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(failed=exc[0] is not None)
+
+    def _submit(self, fn: Callable[[T], R], item: T) -> Any:
+        if self._client is not None:
+            return self._client.submit(fn, item, pure=False)
+        return self._pool.submit(fn, item)
+
+    def ordered(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
+        items = iter(items)
+        window = window or 4 * self.workers
+        pending: deque[Any] = deque(self._submit(fn, item) for item in itertools.islice(items, window))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in itertools.islice(items, 1):
+                    pending.append(self._submit(fn, item))
+                yield result
+        except BaseException:
+            self._cancel(pending)
+            raise
+
+    def unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        futures = [self._submit(fn, item) for item in items]
+        if self._client is not None:
+            from distributed import as_completed as finished
+        else:
+            finished = as_completed
+        try:
+            for future in finished(futures):
+                yield future.result()
+        except BaseException:
+            self._cancel(futures)
+            raise
+
+    def _cancel(self, futures: Iterable[Any]) -> None:
+        futures = list(futures)
+        if self._client is not None:
+            self._client.cancel(futures)
+            return
+        for future in futures:
+            future.cancel()
+        # a resume redoes unfinished shards; worker processes are ended, not orphaned
+        # (ProcessPoolExecutor has no public way to end them before Python 3.14)
+        if isinstance(self._pool, ProcessPoolExecutor):
+            for process in list((self._pool._processes or {}).values()):
+                process.terminate()
+
+    def close(self, failed: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=failed)
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    """How to read one slide: its geometry, the resolution read, the reader (``tiles`` or
+    ``openslide``) and, for a slide on S3, its storage options."""
+
+    path: str
+    info: SlideInfo
+    resolution: Resolution
+    reader: str = "openslide"
+    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+    patch_rows: range = range(0)  # its rows of the store's patch arrays
+    annotation_rows: range = range(0)  # and of its annotation table
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of execution: the patches ``[start, stop)`` of shard ``index``."""
+
+    index: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, eq=False)
+class ShardJob:
+    """What one shard task needs besides the store: the run's first patch (earlier patches of
+    its shard are kept as written), the sources of the slides it covers, and the layout."""
+
+    store: Location
+    task: ShardTask
+    first_patch: int
+    slides: Mapping[int, SlideSource]
+    patch_size: int
+    masks: bool
+
+
+def shard_tasks(n_patches: int, shard_size: int, done: np.ndarray | None = None) -> list[ShardTask]:
+    """One task per shard not yet done."""
+    return [
+        ShardTask(index, start, min(start + shard_size, n_patches))
+        for index, start in enumerate(range(0, n_patches, shard_size))
+        if done is None or not done[index]
+    ]
+
+
+def run_shard_task(job: ShardJob) -> int:
+    """Produce and write one whole shard (any executor calls this); returns its patch count.
+
+    A shard that starts before ``job.first_patch`` (the store's last, partial shard when
+    appending) keeps its earlier patches: they are read back, checksums checked (a damaged or
+    missing shard is a ``CorruptStoreError``, never white patches), and written with the new ones.
+    """
+    group = open_for_writing(job.store)
+    task = job.task
+    arrays = read_shard(group, job)
+    with store_writes(job.store):
+        if task.start < job.first_patch:
+            earlier = PatchReader(job.store, group=group)
+            arrays = {
+                name: np.concatenate([earlier.read_shard(task.index, name)[: job.first_patch - task.start], values])
+                for name, values in arrays.items()
+            }
+        write_shard(group, task.index, arrays)
+    return task.stop - task.start
+
+
+def read_shard(group: zarr.Group, job: ShardJob) -> dict[str, np.ndarray]:
+    """The pixels of the run's patches in ``job.task``, store indices ``max(task.start,
+    job.first_patch)`` to ``task.stop``: ``patches`` ``(n, P, P, 3)`` uint8 (and ``masks``
+    ``(n, P, P)``), from the plan rows in the store.
+
+    Each slide's patches are read through one open reader (``_tiles``): with ``tiles`` each
+    tile is decoded once for the whole task and patches are cropped from the level's own
+    pixels; with ``openslide`` the patches of one annotation share one ``read_region`` where
+    the level's downsample is whole.
+    """
+    rows = slice(max(job.task.start, job.first_patch), job.task.stop)
+    plan = {name: np.asarray(group[name][rows]) for name in ("slide", "x", "y", "annotation_id")}
+    n, size = rows.stop - rows.start, job.patch_size
+    arrays = {"patches": np.empty((n, size, size, 3), np.uint8)}
+    if job.masks:
+        arrays["masks"] = np.empty((n, size, size), np.uint8)
+    for start, stop in equal_runs(plan["slide"]):
+        slide_index = int(plan["slide"][start])
+        source = job.slides[slide_index]
+        footprint = source.resolution.read_size_px
+        patches = arrays["patches"][start:stop]
+        regions = patches if footprint == size else np.empty((stop - start, footprint, footprint, 3), np.uint8)
+        xs, ys = plan["x"][start:stop], plan["y"][start:stop]
+        try:
+            with open_reader(source.info, source.reader, source.storage_options) as reader:
+                reader.read_patches(
+                    source.resolution.level, xs, ys, plan["annotation_id"][start:stop], footprint, regions,
+                )
+        except SlideError as exc:
+            message = str(exc)
+            raise SlideError(message if source.path in message else f"{source.path}: {message}") from None
+        if regions is not patches:
+            for i, region in enumerate(regions):
+                patches[i] = resize_patch(region, size)
+        if job.masks:
+            arrays["masks"][start:stop] = _masks(group["annotations"], source, size, xs, ys)
+    return arrays
+
+
+def _masks(
+    annotations: zarr.Group, source: SlideSource, size: int, xs: np.ndarray, ys: np.ndarray,
+) -> np.ndarray:
+    """Per patch, the annotations that intersect it rasterised as label code + 1, and the
+    exclusions over them as 0."""
+    stored = read_annotations(annotations, source.annotation_rows)
+    boxes = np.array([a.bbox for a in stored]).reshape(-1, 4)
+    shapes = [
+        (a.rings[0], a.rings[1:], 0 if a.exclusion else _UNLABELLED_MASK if a.label < 0 else a.label + 1)
+        for a in stored
+    ]
+    extent0 = source.resolution.read_size_px * source.info.level_downsamples[source.resolution.level]
+    scale = size / extent0
+    out = np.zeros((len(xs), size, size), np.uint8)
+    for i, (x, y) in enumerate(zip(xs.tolist(), ys.tolist())):
+        hits = np.flatnonzero(
+            (boxes[:, 0] < x + extent0) & (boxes[:, 2] >= x) & (boxes[:, 1] < y + extent0) & (boxes[:, 3] >= y)
+        )
+        if len(hits):
+            out[i] = rasterize([shapes[k] for k in hits], (size, size), (x, y), scale)
+    return out

@@ -1,0 +1,428 @@
+"""What a store says about itself: the O(1) manifest in its attributes, and its tables as arrays.
+
+Schema 2 keeps the root ``zarr.json`` the same size whatever the cohort: the ``wsizarr``
+attribute (:class:`Manifest`) holds only the schema and package versions, the recorded
+parameters, label names, codec, counts, completeness and the state of a run under way. The
+per-slide and per-annotation records are tables of aligned arrays in the ``slides/`` and
+``annotations/`` groups (:data:`SLIDE_COLUMNS`, :data:`ANNOTATION_COLUMNS`), written a chunk at
+a time by :class:`TableWriter` as slides are planned, and read whole (O(slides)) or by rows.
+
+Schema 1 stores (slide table in the attributes) still open read-only: :func:`read_slides`
+returns the same table for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from ._errors import StoreError
+from ._slide import Resolution, SlideInfo
+
+__all__ = [
+    "ANNOTATION_COLUMNS", "COORDINATE_COLUMNS", "MAX_LEVELS", "SCHEMA_VERSION", "SLIDE_COLUMNS",
+    "Column", "Manifest", "RunState", "SlideTable", "StoredAnnotation", "TableWriter",
+    "annotation_rows", "create_table", "plan_sha256", "read_annotations", "read_slides",
+    "read_table", "slide_row",
+]
+
+SCHEMA_VERSION = 2
+MAX_LEVELS = 32  # level columns are padded to this many levels (-1 / NaN)
+ATTRS = "wsizarr"
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run under way: it adds slides from ``first_slide``, patches from ``first_patch`` and
+    annotations from ``first_annotation``; ``planned`` once every slide's plan is in the
+    store (shards are written only then, so an unplanned run has written none)."""
+
+    first_slide: int
+    first_patch: int
+    first_annotation: int
+    planned: bool = False
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The store's ``wsizarr`` attribute, typed; O(1) in slides, annotations and patches."""
+
+    wsizarr_version: str
+    parameters: Mapping[str, Any]
+    shard_size: int
+    codec: str
+    codec_lossless: bool = True
+    requires: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+    label_names: tuple[str, ...] = ()
+    n_patches: int = 0
+    n_slides: int = 0
+    n_annotations: int = 0
+    complete: bool = False
+    run: RunState | None = None
+    legacy: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_patches // self.shard_size)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The JSON-ready attribute; only schema 2 is ever written."""
+        if self.legacy is not None:
+            raise StoreError("a schema 1 store is read-only: migrate it with `wsizarr migrate STORE`")
+        attrs = {k: v for k, v in asdict(self).items() if k not in ("legacy", "run")}
+        attrs["requires"] = list(self.requires)
+        attrs["label_names"] = list(self.label_names)
+        attrs["parameters"] = dict(self.parameters)
+        if self.run is not None:
+            attrs["run"] = asdict(self.run)
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Manifest:
+        """The manifest of either schema (schema 1's slide table is kept as ``legacy``)."""
+        version = attrs.get("schema_version")
+        legacy = attrs if version == 1 else None
+        run = attrs.get("run")
+        return cls(
+            wsizarr_version=attrs.get("wsizarr_version", "?"), parameters=dict(attrs.get("parameters", {})),
+            shard_size=int(attrs["shard_size"]), codec=attrs["codec"],
+            codec_lossless=bool(attrs.get("codec_lossless", True)),
+            requires=tuple(attrs.get("requires", ())), schema_version=version,
+            label_names=tuple(attrs.get("label_names", ())), n_patches=int(attrs.get("n_patches", 0)),
+            n_slides=len(attrs.get("slides", ())) if legacy else int(attrs.get("n_slides", 0)),
+            n_annotations=int(attrs.get("n_annotations", 0)), complete=bool(attrs.get("complete")),
+            run=None if run is None or legacy else RunState(**run), legacy=legacy,
+        )
+
+    def updated(self, **changes: Any) -> Manifest:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One array of a table: its dtype (``str`` for text), the shape of one row, its fill value
+    and the rows per chunk."""
+
+    dtype: str
+    row_shape: tuple[int, ...] = ()
+    fill: Any = None
+    chunk_rows: int = 4096
+
+
+def _text(chunk_rows: int = 4096) -> Column:
+    return Column("str", (), "", chunk_rows)
+
+
+SLIDE_COLUMNS: dict[str, Column] = {
+    "path": _text(),
+    "content_hash": _text(),
+    "annotations": _text(),  # the annotation file ("" for records)
+    "annotations_sha256": _text(),
+    "vendor": _text(),
+    "dimensions": Column("int64", (2,), -1),
+    "level_dimensions": Column("int64", (MAX_LEVELS, 2), -1),
+    "level_downsamples": Column("float64", (MAX_LEVELS,), np.nan),
+    "mpp": Column("float64", (2,), np.nan),
+    "objective_power": Column("float64", (), np.nan),
+    "level": Column("int32", (), -1),  # the level read
+    "read_size_px": Column("int32", (), -1),
+    "effective_mpp": Column("float64", (), np.nan),
+    "reader": _text(),
+    "first_patch": Column("int64", (), -1),
+    "n_patches": Column("int64", (), 0),
+    "first_annotation": Column("int64", (), -1),
+    "n_annotations": Column("int64", (), 0),
+    "plan_sha256": _text(),  # of the slide's rows of the 1-D patch arrays
+}
+_ANNOTATION_ROWS = 1 << 14
+ANNOTATION_COLUMNS: dict[str, Column] = {
+    "slide": Column("int32", (), -1, _ANNOTATION_ROWS),
+    "id": Column("int64", (), -1, _ANNOTATION_ROWS),
+    "name": _text(_ANNOTATION_ROWS),
+    "label": Column("int32", (), -1, _ANNOTATION_ROWS),  # code into label_names, -1 none
+    "type": _text(_ANNOTATION_ROWS),
+    "exclusion": Column("bool", (), False, _ANNOTATION_ROWS),
+    "bbox": Column("float64", (4,), np.nan, _ANNOTATION_ROWS),  # level-0 x0, y0, x1, y1
+    "first_ring": Column("int64", (), -1, _ANNOTATION_ROWS),  # exterior, then holes
+    "n_rings": Column("int32", (), 0, _ANNOTATION_ROWS),
+}
+_RING_ROWS = 1 << 16
+RING_COLUMNS: dict[str, Column] = {
+    "ring_start": Column("int64", (), -1, _RING_ROWS),  # first row of ``vertices``
+    "ring_length": Column("int64", (), 0, _RING_ROWS),
+}
+VERTEX_COLUMNS: dict[str, Column] = {"vertices": Column("float64", (2,), np.nan, _RING_ROWS)}
+COORDINATE_COLUMNS: dict[str, Column] = {
+    "x": Column("int64", (), -1), "y": Column("int64", (), -1), "level": Column("int32", (), -1),
+    "annotation_id": Column("int64", (), -1), "label": Column("int32", (), -1),
+    "slide": Column("int32", (), -1), "padded": Column("bool", (), False),
+}
+TABLE_DIMS = {"slides": "slide", "annotations": "annotation", "rings": "ring", "vertices": "vertex"}
+
+
+def coordinate_chunk_rows(shard_size: int) -> int:
+    """Rows per chunk of the 1-D patch arrays: about 64 Ki, a whole number of shards, so a
+    shard's plan is in one chunk of each."""
+    return shard_size * max(1, (1 << 16) // shard_size)
+
+
+def create_table(
+    group: zarr.Group, columns: Mapping[str, Column], dim: str, chunk_rows: int | None = None,
+    attributes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Create empty arrays for ``columns`` in ``group`` along dimension ``dim``, each chunk
+    compressed and ending in its crc32c."""
+    for name, column in columns.items():
+        rows = chunk_rows or column.chunk_rows
+        extra_dims = tuple(f"{name}_{i}" for i in range(len(column.row_shape)))
+        group.create_array(
+            name, shape=(0, *column.row_shape), dtype=str if column.dtype == "str" else column.dtype,
+            chunks=(rows, *column.row_shape), compressors=(ZstdCodec(level=0), Crc32cCodec()),
+            fill_value=column.fill, dimension_names=(dim, *extra_dims),
+            attributes=dict((attributes or {}).get(name, {})),
+        )
+
+
+class TableWriter:
+    """Appends rows to a table's arrays from row ``start``, a whole chunk at a time.
+
+    Rows are buffered until they fill the chunk they belong to, so each chunk is written once
+    (the first may be a partly filled chunk of an earlier run, rewritten with its old rows) and
+    memory stays one chunk per column. ``close()`` writes the rest and trims the arrays to the
+    rows written.
+    """
+
+    def __init__(self, group: zarr.Group, columns: Mapping[str, Column], start: int) -> None:
+        self._arrays = {name: group[name] for name in columns}
+        self._columns = columns
+        self._chunk = min(a.chunks[0] for a in self._arrays.values())
+        self._flushed = start  # rows before this are in the store
+        self._pending: dict[str, list[np.ndarray]] = {name: [] for name in columns}
+        self._n_pending = 0
+
+    @property
+    def rows(self) -> int:
+        """Rows in the table once everything appended is written."""
+        return self._flushed + self._n_pending
+
+    def append(self, rows: Mapping[str, np.ndarray]) -> None:
+        lengths = {len(values) for values in rows.values()}
+        if len(lengths) != 1 or set(rows) != set(self._columns):
+            raise ValueError(f"rows must give every column once, with one length: {sorted(rows)}")
+        for name, values in rows.items():
+            self._pending[name].append(np.asarray(values))
+        self._n_pending += lengths.pop()
+        boundary = (self.rows // self._chunk) * self._chunk
+        if boundary > self._flushed:
+            self._write(boundary)
+
+    def close(self) -> int:
+        """Write the remaining rows; returns the table's length."""
+        self._write(self.rows)
+        for array in self._arrays.values():
+            if array.shape[0] != self._flushed:
+                array.resize((self._flushed, *array.shape[1:]))
+        return self._flushed
+
+    def _write(self, stop: int) -> None:
+        if stop <= self._flushed:
+            return
+        take = stop - self._flushed
+        for name, array in self._arrays.items():
+            values = np.concatenate(self._pending[name]) if self._pending[name] else np.zeros(0)
+            column = self._columns[name]
+            if array.shape[0] < stop:
+                array.resize((stop, *array.shape[1:]))
+            data = values[:take]
+            array[self._flushed:stop] = data.astype(object) if column.dtype == "str" else data.astype(column.dtype, copy=False)
+            self._pending[name] = [values[take:]] if len(values) > take else []
+        self._n_pending -= take
+        self._flushed = stop
+
+
+def read_table(group: zarr.Group, names: Iterable[str] | None = None, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Columns of a table (all of them by default), ``rows`` of each."""
+    wanted = list(names) if names is not None else [name for name, _ in group.arrays()]
+    return {name: _plain(np.asarray(group[name][rows])) for name in wanted}
+
+
+def _plain(values: np.ndarray) -> np.ndarray:
+    """Text columns as arrays of Python ``str`` (zarr gives numpy's variable-width strings)."""
+    return values.astype(object) if values.dtype.kind == "T" else values
+
+
+def slide_row(
+    info: SlideInfo, resolution: Resolution, *, content_hash: str, annotations: str | None,
+    annotations_sha256: str, reader: str, first_patch: int, n_patches: int, first_annotation: int,
+    n_annotations: int, plan_sha256: str,
+) -> dict[str, np.ndarray]:
+    """One slide's row of ``SLIDE_COLUMNS`` (arrays of length 1)."""
+    if info.level_count > MAX_LEVELS:
+        raise StoreError(f"{info.path}: {info.level_count} levels; the store holds at most {MAX_LEVELS}")
+    level_dimensions = np.full((MAX_LEVELS, 2), -1, np.int64)
+    level_dimensions[: info.level_count] = info.level_dimensions
+    downsamples = np.full(MAX_LEVELS, np.nan)
+    downsamples[: info.level_count] = info.level_downsamples
+    values: dict[str, Any] = {
+        "path": info.path, "content_hash": content_hash, "annotations": annotations or "",
+        "annotations_sha256": annotations_sha256, "vendor": info.vendor or "",
+        "dimensions": info.dimensions, "level_dimensions": level_dimensions,
+        "level_downsamples": downsamples, "mpp": info.mpp or (np.nan, np.nan),
+        "objective_power": np.nan if info.objective_power is None else info.objective_power,
+        "level": resolution.level, "read_size_px": resolution.read_size_px,
+        "effective_mpp": np.nan if resolution.mpp is None else resolution.mpp, "reader": reader,
+        "first_patch": first_patch, "n_patches": n_patches, "first_annotation": first_annotation,
+        "n_annotations": n_annotations, "plan_sha256": plan_sha256,
+    }
+    return {
+        name: np.array([values[name]], dtype=object if column.dtype == "str" else column.dtype)
+        for name, column in SLIDE_COLUMNS.items()
+    }
+
+
+def annotation_rows(
+    slide_index: int, annotations: Sequence[Any], exclusions: Sequence[Any], labels: Mapping[str, int],
+    first_ring: int, first_vertex: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The rows of one slide's annotations (then its exclusions): the annotation table's, the
+    rings' and the vertices'."""
+    records = [*annotations, *exclusions]
+    rings = [ring for a in records for ring in (a.vertices, *a.holes)]
+    lengths = np.array([len(r) for r in rings], np.int64)
+    n_rings = np.array([1 + len(a.holes) for a in records], np.int32)
+    table = {
+        "slide": np.full(len(records), slide_index, np.int32),
+        "id": np.array([a.id for a in records], np.int64),
+        "name": np.array([a.name for a in records], dtype=object),
+        "label": np.array(
+            [-1 if a.label is None or k >= len(annotations) else labels[a.label] for k, a in enumerate(records)],
+            np.int32,
+        ),
+        "type": np.array([a.type for a in records], dtype=object),
+        "exclusion": np.arange(len(records)) >= len(annotations),
+        "bbox": np.array([a.bbox for a in records], np.float64).reshape(-1, 4),
+        "first_ring": first_ring + np.concatenate([[0], np.cumsum(n_rings)[:-1]]).astype(np.int64)
+        if records else np.zeros(0, np.int64),
+        "n_rings": n_rings,
+    }
+    ring_rows = {
+        "ring_start": first_vertex + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        if rings else np.zeros(0, np.int64),
+        "ring_length": lengths,
+    }
+    vertices = np.concatenate([np.asarray(r, np.float64) for r in rings]) if rings else np.zeros((0, 2))
+    return table, ring_rows, {"vertices": vertices}
+
+
+@dataclass(frozen=True)
+class StoredAnnotation:
+    """An annotation (or exclusion) as the store holds it: label code (-1 none), level-0
+    bounding box and rings (exterior first, then holes)."""
+
+    id: int
+    label: int
+    exclusion: bool
+    bbox: tuple[float, float, float, float]
+    rings: tuple[np.ndarray, ...]
+
+
+def read_annotations(annotations: zarr.Group, rows: range | slice) -> list[StoredAnnotation]:
+    """The annotations in ``rows`` of the store's annotation table, with their vertices."""
+    if rows.stop <= rows.start:
+        return []
+    table = read_table(annotations, ("id", "label", "exclusion", "bbox", "first_ring", "n_rings"), slice(rows.start, rows.stop))
+    first_ring = int(table["first_ring"][0])
+    ring_rows = slice(first_ring, int(table["first_ring"][-1] + table["n_rings"][-1]))
+    starts = np.asarray(annotations["ring_start"][ring_rows])
+    lengths = np.asarray(annotations["ring_length"][ring_rows])
+    base = int(starts[0]) if len(starts) else 0
+    vertices = np.asarray(annotations["vertices"][base: int(starts[-1] + lengths[-1])]) if len(starts) else np.zeros((0, 2))
+    rings = [vertices[s - base: s - base + n] for s, n in zip(starts.tolist(), lengths.tolist())]
+    out = []
+    for k in range(len(table["id"])):
+        own = int(table["first_ring"][k]) - first_ring
+        out.append(StoredAnnotation(
+            int(table["id"][k]), int(table["label"][k]), bool(table["exclusion"][k]),
+            tuple(float(v) for v in table["bbox"][k]), tuple(rings[own: own + int(table["n_rings"][k])]),
+        ))
+    return out
+
+
+def plan_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of one slide's rows of the 1-D patch arrays (names sorted, little-endian bytes)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SlideTable:
+    """The store's slides as columns (either schema): ``path[i]``, ``info(i)``, ``resolution(i)``."""
+
+    columns: Mapping[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.columns["path"])
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(p) for p in self.columns["path"]]
+
+    def info(self, index: int) -> SlideInfo:
+        c = self.columns
+        count = int((c["level_downsamples"][index] == c["level_downsamples"][index]).sum())
+        mpp = c["mpp"][index]
+        power = float(c["objective_power"][index])
+        return SlideInfo(
+            path=str(c["path"][index]), vendor=str(c["vendor"][index]) or None,
+            dimensions=tuple(int(v) for v in c["dimensions"][index]),
+            level_dimensions=tuple((int(w), int(h)) for w, h in c["level_dimensions"][index][:count]),
+            level_downsamples=tuple(float(d) for d in c["level_downsamples"][index][:count]),
+            mpp=None if np.isnan(mpp).any() else (float(mpp[0]), float(mpp[1])),
+            objective_power=None if np.isnan(power) else power,
+        )
+
+    def resolution(self, index: int) -> Resolution:
+        c = self.columns
+        mpp = float(c["effective_mpp"][index])
+        return Resolution(int(c["level"][index]), int(c["read_size_px"][index]), None if np.isnan(mpp) else mpp)
+
+    def reader(self, index: int) -> str:
+        return str(self.columns["reader"][index])
+
+    def annotations(self, index: int) -> str | None:
+        return str(self.columns["annotations"][index]) or None
+
+
+def read_slides(group: zarr.Group, manifest: Manifest) -> SlideTable:
+    """The slide table of a store of either schema."""
+    if manifest.legacy is None:
+        return SlideTable(read_table(group["slides"]))
+    rows = manifest.legacy.get("slides", [])
+    columns: dict[str, list[Any]] = {name: [] for name in SLIDE_COLUMNS}
+    for entry in rows:
+        info = SlideInfo.from_attrs(entry)
+        read_size = entry.get("read_size_px") or manifest.parameters.get("patch_size", 0)
+        resolution = Resolution(entry.get("level") or 0, read_size, entry.get("effective_mpp"))
+        row = slide_row(
+            info, resolution, content_hash=entry.get("content_hash") or "",
+            annotations=entry.get("annotations"), annotations_sha256=entry.get("annotations_sha256") or "",
+            reader=entry.get("reader", "openslide"), first_patch=-1, n_patches=0, first_annotation=-1,
+            n_annotations=len(entry.get("annotation_names", ())), plan_sha256="",
+        )
+        for name, values in row.items():
+            columns[name].append(values[0])
+    return SlideTable({
+        name: np.array(values, dtype=object if SLIDE_COLUMNS[name].dtype == "str" else SLIDE_COLUMNS[name].dtype)
+        .reshape(len(rows), *SLIDE_COLUMNS[name].row_shape)
+        for name, values in columns.items()
+    })
