@@ -128,3 +128,31 @@ def s3_server(tmp_path_factory):
 
     with start(tmp_path_factory.mktemp("s3")) as server:
         yield server
+
+
+def slide_rows(store, storage_options=None) -> list[dict]:
+    """The store's slide table as one dict per slide (the shape schema 1 kept in the
+    attributes), with the names of each slide's annotations."""
+    from wsizarr._locations import open_zarr_store, parse_location
+    from wsizarr._manifest import read_table
+    from wsizarr._store import slide_table
+
+    import zarr
+
+    group = zarr.open_group(open_zarr_store(parse_location(store, storage_options), "r"), mode="r")
+    slides = slide_table(group)
+    annotations = read_table(group["annotations"], ("slide", "name", "exclusion"))
+    rows = []
+    for i in range(len(slides)):
+        info, resolution = slides.info(i), slides.resolution(i)
+        mine = (annotations["slide"] == i) & ~annotations["exclusion"]
+        rows.append({
+            "path": info.path, "vendor": info.vendor, "dimensions": list(info.dimensions),
+            "level_downsamples": list(info.level_downsamples),
+            "mpp": None if info.mpp is None else list(info.mpp), "level": resolution.level,
+            "read_size_px": resolution.read_size_px, "effective_mpp": resolution.mpp,
+            "reader": slides.reader(i), "content_hash": str(slides.columns["content_hash"][i]),
+            "annotations": slides.annotations(i), "annotation_names": list(annotations["name"][mine]),
+            "plan_sha256": str(slides.columns["plan_sha256"][i]),
+        })
+    return rows

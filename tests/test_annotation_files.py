@@ -135,7 +135,7 @@ def test_a_file_of_mostly_degenerate_regions_keeps_the_rest(tmp_path):
     assert {s.reason for s in result.skipped} == {"no area"}
     assert result.skipped[0].where == "3: layer 1 region 2"
     assert describe(result, path)["skipped"] == {"no area": 266}
-    with pytest.raises(AnnotationError, match=r"scope.xml:3: layer 1 region 2: it has no area .*without --strict-annotations") as info:
+    with pytest.raises(AnnotationError, match=r"scope.xml:3: layer 1 region 2: it has no area .*without strict_annotations=True") as info:
         read_annotation_file(path, strict=True)
     assert "\n" not in str(info.value)
     nothing = _imagescope(tmp_path, _layer(1, [_region(1, [(0, 0), (5, 5), (9, 9)]), _region(2, [(1, 1)] * 3)]), name="none.xml")

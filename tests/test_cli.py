@@ -12,7 +12,7 @@ import zarr
 
 from wsizarr._cli import main
 
-from .conftest import ANNOTATIONS, SLIDES
+from .conftest import ANNOTATIONS, SLIDES, slide_rows
 
 WSIZARR = shutil.which("wsizarr")
 
@@ -106,7 +106,7 @@ def test_sampler_resolution_and_mask_options(tmp_path, aperio_even_case):
     params = data["parameters"]
     assert params["sampler"] == "grid" and params["mpp"] == 0.5 and params["level"] is None
     assert params["masks"] is True and params["drop_partial"] is True
-    (slide,) = zarr.open_group(out, mode="r").attrs["wsizarr"]["slides"]
+    (slide,) = slide_rows(out)
     assert slide["level"] == 0 and slide["read_size_px"] == 128 and slide["effective_mpp"] == 0.5
     bad = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
               "--out", tmp_path / "bad.zarr", "--sampler", "spiral")

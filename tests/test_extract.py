@@ -13,7 +13,7 @@ from wsizarr._annotations import read_annotations
 from wsizarr._sampling import plan_jitter
 from wsizarr._slide import open_slide, slide_info
 
-from .conftest import ANNOTATIONS, SLIDES, read_level_pixels, read_like_openslide
+from .conftest import ANNOTATIONS, SLIDES, read_level_pixels, read_like_openslide, slide_rows
 
 
 def _assert_pixel_exact(store, slide_path, patch_size):
@@ -21,7 +21,7 @@ def _assert_pixel_exact(store, slide_path, patch_size):
     decode) for the tiles reader, read_region for OpenSlide's; at whole downsamples both."""
     group = zarr.open_group(store, mode="r")
     patches = group["patches"][:]
-    (slide,) = group.attrs["wsizarr"]["slides"]
+    (slide,) = slide_rows(store)
     whole = float(slide["level_downsamples"][int(group["level"][0])]).is_integer()
     references = [read_level_pixels] if slide["reader"] == "tiles" else [read_like_openslide]
     references += [read_like_openslide, read_level_pixels] if whole else []
@@ -44,7 +44,7 @@ def test_every_patch_equals_an_independent_decode_at_every_level(request, tmp_pa
             per_annotation=6, shard_size=16, seed=level, reader=reader,
         )
         assert summary.n_patches == 6 * len(read_annotations(case.annotations))
-        assert zarr.open_group(store, mode="r").attrs["wsizarr"]["slides"][0]["reader"] == reader
+        assert slide_rows(store)[0]["reader"] == reader
         _assert_pixel_exact(store, case.slide, 64)
 
 
@@ -108,7 +108,7 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
         "label_from": "name", "exclude_detections": False, "exclude_labels": [],
         "strict_annotations": False, "reader": "auto",
     }
-    (slide,) = meta["slides"]
+    (slide,) = slide_rows(store)
     assert slide["vendor"] == "aperio" and slide["level_downsamples"] == [1.0, 4.0, 16.0]
     assert slide["level"] == 1 and slide["read_size_px"] == 96 and slide["effective_mpp"] == 1.0
     assert len(slide["content_hash"]) >= 40
@@ -152,7 +152,7 @@ def test_open_dataset_decodes_labels(demo_store):
 def test_existing_store_is_not_replaced_without_overwrite(demo_store, aperio_even_case):
     store, _ = demo_store
     before = sorted(p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file())
-    with pytest.raises(StoreExistsError, match="already exists; pass --overwrite"):
+    with pytest.raises(StoreExistsError, match=r"already exists; replace it \(overwrite=True\)"):
         extract(aperio_even_case.slide, aperio_even_case.annotations, store)
     assert sorted(p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()) == before
 
@@ -185,7 +185,7 @@ def test_incomplete_store_is_resumed_to_the_identical_store(tmp_path, aperio_eve
         extract(aperio_even_case.slide, aperio_even_case.annotations, crashed, workers=1,
                 progress=stop_after_two_shards, **kwargs)
     assert wsizarr.store_info(crashed)["complete"] is False
-    with pytest.raises(IncompleteStoreError, match="run the same extract command with --resume"):
+    with pytest.raises(IncompleteStoreError, match="run the same extraction with resume=True"):
         open_dataset(crashed)
     summary = extract(aperio_even_case.slide, aperio_even_case.annotations, crashed, resume=True, **kwargs)
     assert 0 < summary.shards_written < summary.n_shards
@@ -200,6 +200,7 @@ def test_a_store_killed_while_being_created_is_created_again_on_resume(tmp_path,
     order) leaves a store without a run: --resume creates it again instead of failing."""
     import shutil
 
+    from wsizarr._manifest import Manifest
     from wsizarr._store import create_store
 
     kwargs = dict(level=1, patch_size=64, per_annotation=5, shard_size=16, seed=1)
@@ -207,9 +208,8 @@ def test_a_store_killed_while_being_created_is_created_again_on_resume(tmp_path,
     extract(aperio_even_case.slide, aperio_even_case.annotations, reference, **kwargs)
     crashed = tmp_path / "crashed.zarr"
     metadata = dict(zarr.open_group(reference, mode="r").attrs["wsizarr"])
-    create_store(crashed, patch_size=64, shard_size=16, codec="zstd",
-                 metadata={"wsizarr_version": wsizarr.__version__, "parameters": metadata["parameters"]})
-    shutil.rmtree(crashed / "padded")  # as if killed before the last array was created
+    create_store(crashed, Manifest(wsizarr.__version__, metadata["parameters"], 16, "zstd"), patch_size=64)
+    shutil.rmtree(crashed / "annotations")  # as if killed before the last table was created
     summary = extract(aperio_even_case.slide, aperio_even_case.annotations, crashed, resume=True, **kwargs)
     assert summary.shards_written == summary.n_shards
     for name in ("patches", "x", "y", "padded"):
@@ -220,10 +220,10 @@ def test_a_store_killed_while_being_created_is_created_again_on_resume(tmp_path,
     ("kwargs", "error", "message"),
     [
         ({"level": 7}, ParameterError, "level 7 does not exist"),
-        ({"patch_size": -1}, ParameterError, "patch size"),
+        ({"patch_size": -1}, ParameterError, "patch_size"),
         ({"codec": "gif"}, ParameterError, "unknown codec 'gif'"),
         ({"workers": 0}, ParameterError, "workers must be at least 1"),
-        ({"shard_size": 0}, ParameterError, "shard size"),
+        ({"shard_size": 0}, ParameterError, "shard_size"),
     ],
 )
 def test_invalid_parameters_leave_nothing_behind(tmp_path, aperio_case, kwargs, error, message):

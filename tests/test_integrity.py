@@ -263,7 +263,7 @@ def test_verify_checks_every_patch_and_reports_stray_files(store):
         f"1 stray files in the store (first: {stray.relative_to(store).as_posix()}), e.g. left by a "
         "killed writer; delete them",
     )
-    with pytest.raises(ParameterError, match="--sample -5"):
+    with pytest.raises(ParameterError, match="sample=-5"):
         verify(store, sample=-5)
     assert_one_line_error(run("verify", store, "--sample", "-5"), "--sample -5", "0 or more")
 

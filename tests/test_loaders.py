@@ -86,7 +86,7 @@ def test_a_damaged_or_missing_shard_is_named(tmp_path, aperio_even_case):
     shard.unlink()
     with pytest.raises(StoreError, match="shard 1 of 'patches' is unreadable \\(the shard file is missing\\)"):
         PatchReader(store).read_shard(1)
-    with pytest.raises(ParameterError, match="no 'masks' array; extract with --masks"):
+    with pytest.raises(ParameterError, match="no 'masks' array; extract with masks=True"):
         PatchReader(store).read_shard(0, "masks")
 
 
@@ -355,7 +355,7 @@ def test_patch_dataset_targets_selection_and_layout(cohort_store, stored):
 def test_patch_dataset_mask_target_needs_masks(tmp_path, aperio_even_case):
     store = tmp_path / "nomasks.zarr"
     extract(aperio_even_case.slide, aperio_even_case.annotations, store, level=1, patch_size=32, per_annotation=2)
-    with pytest.raises(ParameterError, match="target='mask' needs a store extracted with --masks"):
+    with pytest.raises(ParameterError, match="target='mask' needs a store extracted with masks=True"):
         PatchDataset(store, target="mask")
 
 

@@ -13,6 +13,7 @@ from wsizarr import SlideError, extract, verify
 from wsizarr._locations import open_zarr_store, parse_location
 from wsizarr._tiles import RangedFile, TileReader, tiff_slide_info
 
+from .conftest import slide_rows
 from .test_cli import run
 
 ARRAYS = ("patches", "x", "y", "level", "annotation_id", "label", "slide", "padded")
@@ -46,7 +47,7 @@ def test_extract_from_s3_equals_local_and_verifies(s3_server, aperio_case, tmp_p
     assert summary.n_patches == 80
     remote = zarr.open_group(open_zarr_store(parse_location(out, s3_server.options), "r"), mode="r")
     _assert_same_patches(zarr.open_group(local, mode="r"), remote)
-    (entry,) = remote.attrs["wsizarr"]["slides"]
+    (entry,) = slide_rows(out, s3_server.options)
     assert entry["path"] == slide and entry["annotations"] == annotations and entry["reader"] == "tiles"
     report = verify(out, sample=20, storage_options=s3_server.options)
     assert report.ok and report.patches_compared == 20
@@ -70,7 +71,7 @@ def test_cli_cohort_from_s3_prefixes_with_background(s3_server, aperio_case, ape
     extract([aperio_case.slide, aperio_even_case.slide], [aperio_case.annotations, aperio_even_case.annotations],
             local, level=2, patch_size=32, per_annotation=3, background=4)
     _assert_same_patches(zarr.open_group(local, mode="r"), remote)
-    assert [s["path"] for s in remote.attrs["wsizarr"]["slides"]] == [
+    assert [s["path"] for s in slide_rows(tmp_path / "remote.zarr")] == [
         s3_server.url(f"cohort/slides/{case.slide.name}") for case in (aperio_case, aperio_even_case)
     ]
     assert "background" in remote["label"].attrs["label_names"]

@@ -18,7 +18,7 @@ from wsizarr._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask,
 )
 
-from .conftest import SLIDES, read_like_openslide
+from .conftest import SLIDES, read_like_openslide, slide_rows
 
 
 def _slide(dims=(10000, 8000), downsamples=(1.0, 4.0, 16.0), mpp=(0.25, 0.25), power=40.0) -> SlideInfo:
@@ -96,9 +96,9 @@ def test_resolution_by_microns_or_magnification(kwargs, level, read, mpp):
 
 
 def test_resolution_errors():
-    with pytest.raises(ParameterError, match="records no microns per pixel.*--level"):
+    with pytest.raises(ParameterError, match="records no microns per pixel.*choose a level"):
         resolve_resolution(_slide(mpp=None), 256, mpp=0.5)
-    with pytest.raises(ParameterError, match="no objective power.*--level"):
+    with pytest.raises(ParameterError, match="no objective power.*choose a level"):
         resolve_resolution(_slide(power=None), 256, magnification=20)
     with pytest.raises(ParameterError, match="finer than level 0"):
         resolve_resolution(_slide(), 256, mpp=0.1)
@@ -119,7 +119,7 @@ def test_mpp_extraction_resizes_with_antialiasing(tmp_path, generic_case):
     extract(generic_case.slide, generic_case.annotations, store, mpp=0.75, patch_size=64,
             per_annotation=4, sampler="jitter")  # 0.75 mpp: level 1 (0.5 mpp) read 96 px, resized
     group = zarr.open_group(store, mode="r")
-    (slide,) = group.attrs["wsizarr"]["slides"]
+    (slide,) = slide_rows(store)
     assert slide["read_size_px"] == 96 and slide["effective_mpp"] == pytest.approx(0.75)
     assert set(group["level"][:].tolist()) == {1}
     from PIL import Image
@@ -162,9 +162,9 @@ def test_background_patches_come_from_tissue_outside_annotations(tmp_path, aperi
 def test_invalid_sampler_parameters():
     with pytest.raises(ParameterError, match="unknown sampler 'spiral'"):
         plan_patches([SQUARE], _slide(), sampler="spiral")
-    with pytest.raises(ParameterError, match="--min-overlap"):
+    with pytest.raises(ParameterError, match="min_overlap"):
         plan_patches([SQUARE], _slide(), sampler="grid", min_overlap=0)
-    with pytest.raises(ParameterError, match="--stride"):
+    with pytest.raises(ParameterError, match="stride"):
         plan_patches([SQUARE], _slide(), sampler="grid", stride=0)
     with pytest.raises(ParameterError, match="tissue mask"):
         plan_patches([SQUARE], _slide(), background=5)

@@ -23,7 +23,7 @@ import numpy as np
 import shapely
 from lxml import etree
 
-from ._errors import AnnotationError, ParameterError
+from ._errors import AnnotationError, ParameterError, option
 from ._geometry import ellipse, points_in_polygon, rotate
 
 __all__ = [
@@ -262,7 +262,7 @@ class _Builder:
         """Leave an object out (``reason`` counts it, ``detail`` explains it), or refuse it."""
         if self.strict:
             raise AnnotationError(
-                f"{self.at(where)}: {detail}; fix or remove it (without --strict-annotations it is skipped)"
+                f"{self.at(where)}: {detail}; fix or remove it (without {option('strict_annotations', True)} it is skipped)"
             )
         self.skipped.append(Skipped(where, reason, detail))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._errors import ParameterError
+from ._errors import ParameterError, option
 from ._locations import Location, parse_location
 from ._output import output_file
 from ._reader import PatchReader
@@ -97,5 +97,5 @@ def _claim(folder: Path, names: set[str], overwrite: bool) -> None:
     if taken and not overwrite:
         raise ParameterError(
             f"{folder}: already holds {len(taken)} of the files export writes (first: {taken[0]}); "
-            "pass --overwrite to replace them or choose an empty folder"
+            f"pass {option('overwrite', True)} to replace them or choose an empty folder"
         )

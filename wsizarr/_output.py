@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._errors import ParameterError
+from ._errors import ParameterError, option
 
 __all__ = ["check_output_file", "output_file"]
 
@@ -23,7 +23,7 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
     if path.is_dir():
         raise ParameterError(f"{path}: is a folder; name a file to write")
     if path.exists() and not overwrite:
-        raise ParameterError(f"{path}: exists; choose another name, or pass --overwrite to replace it")
+        raise ParameterError(f"{path}: exists; choose another name, or pass {option('overwrite', True)} to replace it")
     return path
 
 

@@ -32,7 +32,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
-from ._errors import CorruptStoreError, ParameterError
+from ._errors import CorruptStoreError, ParameterError, option
 from ._locations import Location, open_zarr_store, parse_location, read_key
 from ._store import (
     CHECKSUM_BYTES, CODECS, MASK_CODEC, MISSING_CHUNK, checksum,
@@ -220,7 +220,7 @@ class PatchReader:
         if name not in self._layouts:
             raise ParameterError(
                 f"{self.location}: the store has no '{name}' array"
-                + ("; extract with --masks to add one" if name == "masks" else "")
+                + (f"; extract with {option('masks', True)} to add one" if name == "masks" else "")
             )
         return self._layouts[name]
 

@@ -12,7 +12,8 @@ import numpy as np
 import openslide
 from PIL import Image
 
-from ._errors import ParameterError, SlideError
+from ._errors import ParameterError, SlideError, option
+from ._options import ResolutionOptions
 
 __all__ = [
     "Resolution", "SlideInfo", "TissueMask", "composite_on_white", "level0_from_level_px",
@@ -102,10 +103,7 @@ def resolve_resolution(
     Raises ``ParameterError`` for conflicting options, a target finer than level 0, or a
     slide without the metadata the target needs.
     """
-    if patch_size < 1:
-        raise ParameterError(f"patch size must be a positive number of pixels, got {patch_size}")
-    if sum(option is not None for option in (level, mpp, magnification)) > 1:
-        raise ParameterError("give only one of --level, --mpp and --magnification")
+    ResolutionOptions(level=level, mpp=mpp, magnification=magnification, patch_size=patch_size)  # checks them
     base_mpp = None if info.mpp is None else (info.mpp[0] + info.mpp[1]) / 2
     if mpp is None and magnification is None:
         level = 0 if level is None else level
@@ -114,21 +112,17 @@ def resolve_resolution(
             level, patch_size, None if base_mpp is None else base_mpp * info.level_downsamples[level]
         ), patch_size)
     if mpp is not None:
-        if not 0 < mpp < math.inf:
-            raise ParameterError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
         if base_mpp is None:
             raise ParameterError(
-                f"{info.path}: the slide records no microns per pixel, so --mpp cannot be "
-                "resolved; choose a level with --level instead"
+                f"{info.path}: the slide records no microns per pixel, so {option('mpp')} cannot be "
+                f"resolved; choose a {option('level')} instead"
             )
         target = mpp / base_mpp
     else:
-        if not 0 < magnification < math.inf:
-            raise ParameterError(f"--magnification must be positive, got {magnification}")
         if info.objective_power is None:
             raise ParameterError(
-                f"{info.path}: the slide records no objective power, so --magnification cannot "
-                "be resolved; choose a level with --level instead"
+                f"{info.path}: the slide records no objective power, so {option('magnification')} "
+                f"cannot be resolved; choose a {option('level')} instead"
             )
         target = info.objective_power / magnification
     if target < 1 - tolerance:

@@ -45,7 +45,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ._errors import (
-    IncompleteStoreError, ParameterError, StoreError, StoreExistsError, WsizarrError,
+    IncompleteStoreError, ParameterError, StoreError, StoreExistsError, WsizarrError,    option,
 )
 from ._manifest import (
     ANNOTATION_COLUMNS, ATTRS, COORDINATE_COLUMNS, RING_COLUMNS, SCHEMA_VERSION, SLIDE_COLUMNS,
@@ -387,7 +387,7 @@ def open_store(location: StoreLocation, *, require_complete: bool = True) -> zar
         if not location.path.endswith(_PARTIAL_SUFFIX) and exists(partial):
             raise IncompleteStoreError(
                 f"{location}: not written yet; an unfinished extraction is at {partial}: rerun "
-                "the same extract command with --resume"
+                f"the same extraction with {option('resume', True)}"
             ) from None
         raise
     try:
@@ -404,7 +404,7 @@ def open_store(location: StoreLocation, *, require_complete: bool = True) -> zar
         done = done_shards(group)
         raise IncompleteStoreError(
             f"{location}: the extraction did not finish ({int(done.sum())} of {len(done)} shards "
-            "written); run the same extract command with --resume"
+            f"written); run the same extraction with {option('resume', True)}"
         )
     return group
 
@@ -495,7 +495,7 @@ def store_writes(location: Location) -> Iterator[None]:
         cause = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise StoreError(
             f"{location}: writing the store failed ({cause}); fix that, then rerun the same "
-            "command with --resume (finished shards are kept)"
+            f"extraction with {option('resume', True)} (finished shards are kept)"
         ) from None
 
 

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 import tifffile
 
-from ._errors import ParameterError, SlideError, StoreError
+from ._errors import ParameterError, SlideError, StoreError, option
 from ._locations import object_size, parse_location, read_range
 from ._slide import SlideInfo, composite_on_white, open_slide, read_rgb
 
@@ -205,7 +205,7 @@ class TiledTiff:
             else:
                 raise SlideError(
                     f"{name}: tifffile finds no tiled 8-bit RGB pyramid with the slide's level sizes; "
-                    "read it with --reader openslide (or convert it to a tiled pyramidal TIFF)"
+                    f"read it with {option('reader', 'openslide')} (or convert it to a tiled pyramidal TIFF)"
                 )
         except BaseException:
             self._tif.close()
@@ -458,7 +458,7 @@ class OpenSlideReader(SlideReader):
         if is_remote(info.path):
             raise SlideError(
                 f"{info.path}: OpenSlide reads local files only; copy the slide to a local disk, or "
-                "use --reader tiles (Aperio SVS and generic tiled TIFF)"
+                f"use {option('reader', 'tiles')} (Aperio SVS and generic tiled TIFF)"
             )
         self.slide = open_slide(info.path)
 

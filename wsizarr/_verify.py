@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ._errors import CorruptStoreError, ParameterError, SlideError
+from ._errors import CorruptStoreError, ParameterError, SlideError, option
 from ._locations import Location, list_keys, parse_store_location
 from ._reader import PatchReader
 from ._slide import SlideInfo, resize_patch
@@ -63,7 +63,7 @@ def verify(
     them (pixel for pixel; PSNR >= 30 dB for lossy codecs; 0 skips the slides), cross-checked
     with the other reader where it applies. ``storage_options`` serve the store and slides on S3."""
     if sample < 0:
-        raise ParameterError(f"--sample {sample}: give the number of patches to re-read from the slides, 0 or more")
+        raise ParameterError(f"{option('sample', sample)}: give the number of patches to re-read from the slides, 0 or more")
     location = parse_store_location(store, storage_options)
     group = open_store(location, require_complete=False)
     manifest = read_manifest(group)

@@ -25,7 +25,7 @@ try:
 except ImportError:
     raise ImportError("wsizarr.torch needs PyTorch: pip install 'wsizarr[torch]'") from None
 
-from ._errors import ParameterError
+from ._errors import ParameterError, option
 from ._loaders import PatchTable, StoreLike, gather_patches, open_patches, shuffled_batches
 from ._store import COORDINATE_ARRAYS
 
@@ -59,7 +59,7 @@ class _StoreSource:
         self.reader, self.table = open_patches(store, storage_options)
         if target == "mask" and "masks" not in self.reader.arrays:
             raise ParameterError(
-                f"{self.reader.location}: target='mask' needs a store extracted with --masks"
+                f"{self.reader.location}: target='mask' needs a store extracted with {option('masks', True)}"
             )
         self.indices = (
             np.arange(len(self.table)) if indices is None else self.table.select(indices=indices)
