@@ -149,6 +149,7 @@ def slide_rows(store, storage_options=None) -> list[dict]:
         rows.append({
             "path": info.path, "vendor": info.vendor, "dimensions": list(info.dimensions),
             "level_downsamples": list(info.level_downsamples),
+            "level_dimensions": [list(d) for d in info.level_dimensions],
             "mpp": None if info.mpp is None else list(info.mpp), "level": resolution.level,
             "read_size_px": resolution.read_size_px, "effective_mpp": resolution.mpp,
             "reader": slides.reader(i), "content_hash": str(slides.columns["content_hash"][i]),

@@ -11,6 +11,7 @@ import csv
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ import zarr
 
 from wsizarr import CorruptStoreError, ParameterError, export, extract, open_dataset, verify
 from wsizarr._locations import parse_location
+from wsizarr._manifest import Manifest, RunState
 from wsizarr._reader import PatchReader
 from wsizarr._store import (
-    CHECKSUM_BYTES, CODECS, COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, encode_shard,
+    CHECKSUM_BYTES, CODECS, COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, encode_shard, end_planning,
+    read_manifest,
     finalize_store, has_chunk_checksums, index_size, write_shard,
 )
 
@@ -68,10 +71,14 @@ def patch_at(data: bytes, position: int, first_patch: int) -> int | None:
 
 def _write(path: Path, pixels: np.ndarray, codec: str) -> None:
     """A store of ``pixels`` written the way extraction writes it: create, size, shard by shard."""
-    group = create_store(path, patch_size=pixels.shape[1], shard_size=SHARD, codec=codec, metadata={})
+    group = create_store(path, Manifest("test", {}, SHARD, codec), patch_size=pixels.shape[1])
     n = len(pixels)
-    arrays = {name: np.zeros(n, dtype) for name, dtype in COORDINATE_ARRAYS.items()}
-    begin_run(group, arrays, first_patch=0, slides=[], label_names=[], plan_digest="")
+    manifest = replace(read_manifest(group), run=RunState(0, 0, 0), n_patches=n)
+    writers = begin_run(group, manifest)
+    writers["patches"].append({name: np.zeros(n, dtype) for name, dtype in COORDINATE_ARRAYS.items()})
+    for writer in writers.values():
+        writer.close()
+    end_planning(group, manifest)
     for shard in range(-(-n // SHARD)):
         write_shard(group, shard, {"patches": pixels[shard * SHARD:(shard + 1) * SHARD]})
     finalize_store(group, parse_location(path))

@@ -25,10 +25,12 @@ from ._errors import (
 from ._export import export
 from ._extract import ExtractionSummary, extract
 from ._loaders import PatchTable, iter_batches, open_dataset, read_patch_table
+from ._migrate import migrate
 from ._preview import overlay, preview, write_report
 from ._sampling import PatchPlan, plan_jitter
 from ._slide import SlideInfo
-from ._store import SCHEMA_VERSION, store_info
+from ._manifest import SCHEMA_VERSION
+from ._store import store_info
 from ._verify import VerifyReport, verify
 from ._version import __version__
 
@@ -56,6 +58,7 @@ __all__ = [
     "export",
     "extract",
     "iter_batches",
+    "migrate",
     "open_dataset",
     "overlay",
     "parse_label_map",

@@ -240,6 +240,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     unlock.add_argument("store", help="the --out of the extraction: a directory, a .zip file or s3://bucket/prefix.zarr")
     _add_storage_option(unlock)
+    migrate = commands.add_parser(
+        "migrate", help="rewrite a store made by an older wsizarr (schema 1) as schema 2, in place",
+    )
+    migrate.add_argument("store", help="a directory or s3://bucket/prefix.zarr")
+    _add_storage_option(migrate)
     verify = commands.add_parser("verify", help="check a store against its plan and its slides")
     verify.add_argument("store")
     verify.add_argument(
@@ -292,6 +297,9 @@ def _dask_client(address: str | None) -> object:
         raise WsizarrError(f"cannot reach the dask scheduler at {address} ({exc}); check the address") from None
 
 
+_SHOWN = 10  # slides listed by `info` (all of them with --json)
+
+
 def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | None) -> None:
     from ._locations import parse_location
     from ._store import store_info
@@ -306,9 +314,13 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     _say(f"chunks      {info['chunks']}  shards {info['shards']}  codec {info['codec']}")
     _say(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files")
     _say("per label   " + ", ".join(f"{_printable(k)}: {v}" for k, v in info["per_label"].items()))
-    _say("per slide   " + ", ".join(f"{_printable(k)}: {v}" for k, v in info["per_slide"].items()))
+    per_slide = list(info["per_slide"].items())
+    more = f", ... and {len(per_slide) - _SHOWN} more slides" if len(per_slide) > _SHOWN else ""
+    _say("per slide   " + ", ".join(f"{_printable(k)}: {v}" for k, v in per_slide[:_SHOWN]) + more)
     _say("parameters  " + ", ".join(f"{k}={v}" for k, v in info["parameters"].items()))
-    _say(f"schema      {info['schema_version']} (wsizarr {info['wsizarr_version']})")
+    legacy = " (read-only: `wsizarr migrate` rewrites it as schema 2)" if info["schema_version"] == 1 else ""
+    _say(f"schema      {info['schema_version']}{legacy} (wsizarr {info['wsizarr_version']})")
+    _say(f"tables      {info['n_slides']} slides, {info['n_annotations']} annotations")
 
 
 def _print_annotations(args: argparse.Namespace) -> None:
@@ -430,6 +442,12 @@ def _run(args: argparse.Namespace) -> int:
             _print_annotations(args)
         elif args.command == "info":
             _print_info(args.store, args.json, _storage_options(args))
+        elif args.command == "migrate":
+            from ._migrate import migrate
+
+            manifest = migrate(args.store, storage_options=_storage_options(args))
+            _say(f"{args.store}: schema {manifest.schema_version}, {manifest.n_slides} slides, "
+                 f"{manifest.n_annotations} annotations, {manifest.n_patches} patches")
         elif args.command == "verify":
             from ._verify import verify
 

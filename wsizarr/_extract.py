@@ -326,7 +326,7 @@ def _plan(
             counts.add(plan)
         rows = recorded
     else:
-        manifest = replace(manifest, run=run, label_names=decision.label_names)
+        manifest = replace(manifest, run=run, label_names=decision.label_names, complete=False)
         writers = begin_run(group, manifest)
         for plan in runner.ordered(plan_slide, requests):
             _write_plan(writers, plan, codes, prepared[plan.slide_index - run.first_slide])

@@ -71,10 +71,12 @@ __all__ = [
     "checksum",
     "checksummed",
     "create_store",
+    "create_tables",
     "delete_store",
     "done_shards",
     "encode_shard",
     "ensure_own_store",
+    "consolidate",
     "finalize_store",
     "has_chunk_checksums",
     "index_size",
@@ -255,12 +257,20 @@ def create_store(
             },
         )
     create_table(group, COORDINATE_COLUMNS, "patch", coordinate_chunk_rows(shard_size))
+    create_tables(group)
+    return group
+
+
+def create_tables(group: zarr.Group) -> None:
+    """Create the store's empty slide and annotation tables (replacing any left by a crash)."""
+    for name in _TABLES:
+        if name in group:
+            del group[name]
     create_table(group.create_group("slides"), SLIDE_COLUMNS, TABLE_DIMS["slides"])
     annotations = group.create_group("annotations")
     create_table(annotations, ANNOTATION_COLUMNS, TABLE_DIMS["annotations"])
     create_table(annotations, RING_COLUMNS, TABLE_DIMS["rings"])
     create_table(annotations, VERTEX_COLUMNS, TABLE_DIMS["vertices"])
-    return group
 
 
 def checksummed(compressor: BytesBytesCodec | None) -> tuple[BytesBytesCodec, ...]:
@@ -499,6 +509,14 @@ def store_writes(location: Location) -> Iterator[None]:
         ) from None
 
 
+def consolidate(group: zarr.Group) -> None:
+    """Write the consolidated metadata (one read opens the whole store)."""
+    with warnings.catch_warnings():
+        # consolidated metadata is a zarr-python extension; other readers simply ignore it
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(group.store)
+
+
 def finalize_store(group: zarr.Group, location: Location) -> None:
     """Mark the store at ``location`` complete once every shard is written (removing what
     killed writers left half-written); ``IncompleteStoreError`` otherwise."""
@@ -511,10 +529,7 @@ def finalize_store(group: zarr.Group, location: Location) -> None:
     write_manifest(group, replace(read_manifest(group), complete=True, run=None))
     if _DONE in group:
         del group[_DONE]
-    with warnings.catch_warnings():
-        # consolidated metadata is a zarr-python extension; other readers simply ignore it
-        warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(group.store)
+    consolidate(group)
 
 
 def store_info(location: StoreLocation) -> dict[str, Any]:
