@@ -29,6 +29,7 @@ from ._locations import (
 from ._lock import writer_lock
 from ._reader import PatchReader
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
+from ._shards import n_shards
 from ._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, resize_patch, resolve_resolution, slide_info,
     tissue_mask, tissue_mask_of,
@@ -862,7 +863,7 @@ def _summary(
 ) -> ExtractionSummary:
     n = metadata["n_patches"]
     return ExtractionSummary(
-        store=str(out), n_patches=n, n_shards=-(-n // metadata["shard_size"]),
+        store=str(out), n_patches=n, n_shards=n_shards(n, metadata["shard_size"]),
         shards_written=shards_written, seconds=time.perf_counter() - started,
         bytes_on_disk=size_bytes(out)[0], n_slides=len(metadata["slides"]),
         skipped_annotations=0 if plan is None else len(plan.skipped_annotations),

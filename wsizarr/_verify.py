@@ -3,7 +3,6 @@ slides."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import zarr
 from ._errors import CorruptStoreError, ParameterError, SlideError
 from ._locations import Location, list_keys, parse_store_location
 from ._reader import PatchReader
+from ._shards import n_shards, shard_key
 from ._slide import SlideInfo, resize_patch
 from ._tiles import SlideReader, TileReader, interpolate_like_openslide, open_reader
 from ._store import COORDINATE_ARRAYS, done_shards, open_store, plan_digest, store_metadata
@@ -69,9 +69,9 @@ def verify(
     problems: list[str] = []
     n = metadata["n_patches"]
     shard_size = metadata["shard_size"]
-    n_shards = -(-n // shard_size)
+    shards = n_shards(n, shard_size)
     if not metadata.get("complete"):
-        problems.append(f"incomplete: {int(done_shards(group).sum())} of {n_shards} shards marked done; resume it")
+        problems.append(f"incomplete: {int(done_shards(group).sum())} of {shards} shards marked done; resume it")
     keys = set(list_keys(location))
     stray = sorted(keys - set(_expected_keys(group)))
     if stray:
@@ -82,8 +82,8 @@ def verify(
     reader = PatchReader(location, group=group)
     checked = 0
     for name in reader.arrays:
-        present = [shard for shard in range(n_shards) if reader.shard_key(shard, name) in keys]
-        missing = sorted(set(range(n_shards)) - set(present))
+        present = [shard for shard in range(shards) if reader.shard_key(shard, name) in keys]
+        missing = sorted(set(range(shards)) - set(present))
         if missing:
             problems.append(
                 f"{len(missing)} shard files of '{name}' missing (first: shard {missing[0]}, "
@@ -117,7 +117,7 @@ def verify(
         compared = _compare_sample(
             reader, group, metadata, arrays, sample, seed, problems, storage_options
         )
-    return VerifyReport(str(location), n, n_shards, checked, compared, tuple(problems))
+    return VerifyReport(str(location), n, shards, checked, compared, tuple(problems))
 
 
 def _damaged(errors: list[CorruptStoreError]) -> str:
@@ -130,13 +130,13 @@ def _damaged(errors: list[CorruptStoreError]) -> str:
 
 def _expected_keys(group: zarr.Group) -> Iterator[str]:
     """Every key the store may hold: metadata documents and the chunk (or shard) keys of its
-    arrays' grids (a chunk of fill values may be absent)."""
+    arrays' grids, which step along the ``patch`` dimension only (a chunk of fill values may be
+    absent)."""
     yield "zarr.json"
     for name, array in group.arrays():
         yield f"{name}/zarr.json"
-        grid = [-(-size // step) for size, step in zip(array.shape, array.shards or array.chunks)]
-        for coords in itertools.product(*map(range, grid)):
-            yield f"{name}/{array.metadata.encode_chunk_key(coords)}"
+        for shard in range(n_shards(array.shape[0], (array.shards or array.chunks)[0])):
+            yield shard_key(name, shard, array.ndim)
 
 
 def _compare_sample(
