@@ -30,7 +30,8 @@ from bench_write import real_patches  # noqa: E402  (a sibling script)
 
 from tests.s3server import S3Server, seaweedfs  # noqa: E402
 from wsizarr._locations import open_zarr_store, parse_location  # noqa: E402
-from wsizarr._store import CODECS, checksummed, encode_shard  # noqa: E402
+from wsizarr._shards import encode_shard, shard_key  # noqa: E402
+from wsizarr._store import CODECS, checksummed  # noqa: E402
 
 PATCH = 256
 
@@ -64,7 +65,7 @@ def run(
     buffers = [default_buffer_prototype().buffer.from_bytes(data) for data in shards]
 
     def write(index: int) -> None:
-        key = f"patches/{array.metadata.encode_chunk_key((index, 0, 0, 0))}"
+        key = shard_key("patches", index, array.ndim)
         sync(array.store.set(key, buffers[index]))
 
     def write_all() -> None:
@@ -97,7 +98,7 @@ def main() -> None:
 
     pixels = real_patches(args.shards * args.shard_size)
     shards = [
-        encode_shard(pixels[i:i + args.shard_size], args.shard_size, "zstd")
+        encode_shard(pixels[i:i + args.shard_size], args.shard_size, CODECS["zstd"].encoder())
         for i in range(0, len(pixels), args.shard_size)
     ]
     n, megabytes = len(pixels), sum(map(len, shards)) / 1e6

@@ -23,7 +23,8 @@ import openslide
 import zarr
 
 from wsizarr._slide import read_rgb
-from wsizarr._store import CODECS, checksummed, encode_shard
+from wsizarr._shards import encode_shard, n_shards, shard_key
+from wsizarr._store import CODECS, checksummed
 
 CMU = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 PATCH = 256
@@ -61,12 +62,12 @@ def wsizarr_encoder(root: Path, pixels: np.ndarray, codec: str, threads: int) ->
     store = array.store
 
     def write(shard: int) -> None:
-        data = encode_shard(pixels[shard * SHARD:(shard + 1) * SHARD], SHARD, codec)
-        key = f"{array.path}/{array.metadata.encode_chunk_key((shard, 0, 0, 0))}"
+        data = encode_shard(pixels[shard * SHARD:(shard + 1) * SHARD], SHARD, CODECS[codec].encoder())
+        key = shard_key(array.path, shard, array.ndim)
         sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(write, range(-(-len(pixels) // SHARD))))
+        list(pool.map(write, range(n_shards(len(pixels), SHARD))))
 
 
 def main() -> None:

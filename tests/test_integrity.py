@@ -23,10 +23,10 @@ from wsizarr import CorruptStoreError, ParameterError, export, extract, open_dat
 from wsizarr._locations import parse_location
 from wsizarr._manifest import Manifest, RunState
 from wsizarr._reader import PatchReader
+from wsizarr._shards import CHECKSUM_BYTES, encode_shard, has_chunk_checksums, index_size
 from wsizarr._store import (
-    CHECKSUM_BYTES, CODECS, COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, encode_shard, end_planning,
-    read_manifest,
-    finalize_store, has_chunk_checksums, index_size, write_shard,
+    CODECS, COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, end_planning, finalize_store,
+    read_manifest, write_shard,
 )
 
 from .test_cli import assert_one_line_error, run
@@ -101,7 +101,7 @@ def test_encode_shard_writes_what_zarr_writes_and_reads(tmp_path, good, codec):
                               chunks=(1, 48, 48, 3), shards=(SHARD, 48, 48, 3), serializer=inner[0],
                               compressors=inner[1:], fill_value=255)
     plain[:] = pixels[:SHARD]
-    assert (tmp_path / "z.zarr" / "c" / "0" / "0" / "0" / "0").read_bytes() == encode_shard(pixels[:SHARD], SHARD, codec)
+    assert (tmp_path / "z.zarr" / "c" / "0" / "0" / "0" / "0").read_bytes() == encode_shard(pixels[:SHARD], SHARD, CODECS[codec].encoder())
     for name in COORDINATE_ARRAYS:  # the 1-D arrays carry checksums too
         codecs = zarr.open_group(tmp_path / "w.zarr", mode="r")[name].metadata.codecs
         assert type(codecs[-1]).__name__ == "Crc32cCodec"
@@ -229,8 +229,8 @@ def _drop_checksums(store: Path) -> None:
         document.write_text(json.dumps(strip(json.loads(document.read_text()))))
     for name, values in pixels.items():
         for shard in range(-(-len(values) // SHARD)):
-            data = encode_shard(values[shard * SHARD:(shard + 1) * SHARD], SHARD,
-                                codec if name == "patches" else MASK_CODEC, checksums=False)
+            encoder = CODECS[codec if name == "patches" else MASK_CODEC].encoder()
+            data = encode_shard(values[shard * SHARD:(shard + 1) * SHARD], SHARD, encoder, checksums=False)
             shard_file(store, shard, name).write_bytes(data)
 
 

@@ -10,7 +10,8 @@ import zarr
 from PIL import Image
 
 from wsizarr import ParameterError, export, extract, verify
-from wsizarr._store import encode_shard
+from wsizarr._shards import encode_shard
+from wsizarr._store import CODECS
 
 from .conftest import ANNOTATIONS, SLIDES
 from .test_cli import run
@@ -43,7 +44,7 @@ def test_altered_pixels_are_caught(store):
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     pixels = np.asarray(group["patches"][16:32]).copy()
     pixels[3, 10:20, 10:20] = 0  # a black square in patch 19
-    data = encode_shard(pixels, 16, "zstd")
+    data = encode_shard(pixels, 16, CODECS["zstd"].encoder())
     (store / "patches" / "c" / "1" / "0" / "0" / "0").write_bytes(data)
     report = verify(store, sample=40)
     assert not report.ok and any("patch 19 " in p and "differs from its slide" in p for p in report.problems)

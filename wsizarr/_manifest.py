@@ -23,6 +23,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ._errors import StoreError
+from ._shards import n_shards
 from ._slide import Resolution, SlideInfo
 
 __all__ = [
@@ -70,7 +71,7 @@ class Manifest:
 
     @property
     def n_shards(self) -> int:
-        return -(-self.n_patches // self.shard_size)
+        return n_shards(self.n_patches, self.shard_size)
 
     def to_attrs(self) -> dict[str, Any]:
         """The JSON-ready attribute; only schema 2 is ever written."""

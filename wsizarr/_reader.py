@@ -2,13 +2,14 @@
 
 ``encode_shard`` writes every shard of ``patches`` (and ``masks``) as the standard
 ``sharding_indexed`` bytes: one inner chunk per patch ending in its crc32c, then the
-``(offset, nbytes)`` index and its crc32c. :class:`PatchReader` reads them back the same way: a
-whole shard with one GET, decoded straight into one array (zarr's pipeline would decode chunk by
-chunk, costing more than the codec), and a single patch with one ranged GET once its shard's
-index is cached. Every checksum is checked before decoding, so a missing, truncated or damaged
-shard is a ``CorruptStoreError`` naming the shard and the patch, never wrong or white pixels;
-``checked_store`` puts the same checks under zarr and xarray. Stores whose layout differs
-(another writer's index location or chunking) are read through zarr itself.
+``(offset, nbytes)`` index and its crc32c (the layout lives in ``_shards``). :class:`PatchReader`
+reads them back with the same ``ShardIndex``: a whole shard with one GET, decoded straight into
+one array (zarr's pipeline would decode chunk by chunk, costing more than the codec), and a
+single patch with one ranged GET once its shard's index is cached. Every checksum is checked
+before decoding, so a missing, truncated or damaged shard is a ``CorruptStoreError`` naming the
+shard and the patch, never wrong or white pixels; ``checked_store`` puts the same checks under
+zarr and xarray. Stores whose layout differs (another writer's index location or chunking) are
+read through zarr itself.
 
 A reader pickles without its open store and reopens it lazily in each process, so it is safe to
 hand to DataLoader workers under fork and spawn.
@@ -27,17 +28,17 @@ import numcodecs.abc
 import numpy as np
 import zarr
 from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
-from zarr.codecs.sharding import ShardingCodec, ShardingCodecIndexLocation
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
 from ._errors import CorruptStoreError, ParameterError, option
 from ._locations import Location, open_zarr_store, parse_location, read_key
-from ._store import (
-    CHECKSUM_BYTES, CODECS, MASK_CODEC, MISSING_CHUNK, checksum,
-    has_chunk_checksums, index_size, open_store, read_manifest,
+from ._shards import (
+    ShardDamaged, ShardIndex, chunk_payload, has_chunk_checksums, index_size, is_standard,
+    n_shards, parse_shard_key, received, shard_key,
 )
+from ._store import CODECS, MASK_CODEC, open_store, read_manifest
 
 __all__ = ["FetchedShard", "PatchReader"]
 
@@ -56,20 +57,12 @@ class _Layout:
     checksums: bool  # each inner chunk ends in its crc32c (stores written before: no)
 
     def shard_key(self, shard: int) -> str:
-        return f"{self.path}/c/{shard}" + "/0" * len(self.patch_shape)
+        return shard_key(self.path, shard, 1 + len(self.patch_shape))
 
 
 def _layout(array: zarr.Array, codec: str) -> _Layout:
-    sharding = array.metadata.codecs[0] if array.metadata.codecs else None
-    standard = (
-        isinstance(sharding, ShardingCodec)
-        and sharding.index_location == ShardingCodecIndexLocation.end
-        and tuple(sharding.chunk_shape) == (1, *array.shape[1:])
-        and array.metadata.chunk_key_encoding.name == "default"
-        and getattr(array.metadata.chunk_key_encoding, "separator", "/") == "/"
-    )
     return _Layout(
-        array.path, tuple(array.shape[1:]), codec, int(array.fill_value), standard,
+        array.path, tuple(array.shape[1:]), codec, int(array.fill_value), is_standard(array),
         has_chunk_checksums(array),
     )
 
@@ -104,7 +97,7 @@ class PatchReader:
         self._pid = os.getpid()
         self._store: Store | None = None
         self._decoders: dict[str, numcodecs.abc.Codec | None] = {}
-        self._indexes: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._indexes: OrderedDict[tuple[str, int], ShardIndex] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -123,7 +116,7 @@ class PatchReader:
 
     @property
     def n_shards(self) -> int:
-        return -(-self.n_patches // self.shard_size)
+        return n_shards(self.n_patches, self.shard_size)
 
     def shard_key(self, shard: int, name: str = "patches") -> str:
         """The store key of ``shard`` of the image array ``name``."""
@@ -156,8 +149,8 @@ class PatchReader:
         if not layout.standard:
             return FetchedShard(self, layout, shard, stop - start, self._read_with_zarr(layout, slice(start, stop)))
         assert self._store is not None  # opened by _check_process
-        received = read_key(self.location, self._store, layout.shard_key(shard), reuse)
-        return FetchedShard(self, layout, shard, stop - start, received, self._whole_shard_index(layout, shard, received))
+        data = read_key(self.location, self._store, layout.shard_key(shard), reuse)
+        return FetchedShard(self, layout, shard, stop - start, data, self._parse_index(layout, shard, data, whole=True))
 
     def check_shard(self, shard: int, name: str = "patches") -> list[CorruptStoreError]:
         """What is wrong with each damaged patch of ``shard``: every chunk's checksum is checked
@@ -190,19 +183,16 @@ class PatchReader:
             return out
         shards, rows = np.divmod(indices, self.shard_size)
         sync(self._cache_indexes(layout, sorted(set(shards.tolist()))))
-        requests = []
+        requests: list[tuple[str, RangeByteRequest] | None] = []
         for shard, row in zip(shards.tolist(), rows.tolist()):
-            offset, nbytes = self._indexes[(layout.path, shard)][row]
-            missing = offset == MISSING_CHUNK
+            chunk = self._indexes[(layout.path, shard)].chunk(row)
             requests.append(
-                None if missing else (layout.shard_key(shard), RangeByteRequest(int(offset), int(offset + nbytes)))
+                None if chunk is None
+                else (layout.shard_key(shard), RangeByteRequest(chunk[0], chunk[0] + chunk[1]))
             )
-        chunks = sync(_gather([self._get(*r) for r in requests if r is not None]))
-        received = iter(chunks)
+        chunks = iter(sync(_gather([self._get(*r) for r in requests if r is not None])))
         for out_row, (request, shard, row) in enumerate(zip(requests, shards.tolist(), rows.tolist())):
-            data = None if request is None else next(received)
-            if request is not None:
-                self._check_range(layout, shard, data, request[1])
+            data = None if request is None else self._received(layout, shard, next(chunks), request[1])
             self._decode(layout, shard, row, data, out[out_row])
         return out
 
@@ -253,48 +243,32 @@ class PatchReader:
         while len(self._indexes) > keep:
             self._indexes.popitem(last=False)
 
-    def _parse_index(self, layout: _Layout, shard: int, data: np.ndarray | None) -> np.ndarray:
-        """The ``(offset, nbytes)`` pairs at the end of ``data`` (the shard or its tail), checked."""
-        if data is None:
-            raise self._corrupt(layout, shard, "the shard file is missing")
-        size = index_size(self.shard_size)
-        if len(data) < size:
-            raise self._corrupt(
-                layout, shard, "the shard file is empty" if not len(data) else
-                f"the shard file is truncated: {len(data)} bytes, shorter than its index",
-            )
-        index_bytes, stored = data[-size:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
-        if checksum(index_bytes) != stored.tobytes():
-            raise self._corrupt(layout, shard, "its index fails its checksum: the file is damaged or truncated")
-        return np.frombuffer(index_bytes.tobytes(), "<u8").reshape(-1, 2)  # (offset, nbytes) rows
+    def _parse_index(
+        self, layout: _Layout, shard: int, data: np.ndarray | None, *, whole: bool = False
+    ) -> ShardIndex:
+        """The index at the end of ``data`` (the shard or, unless ``whole``, its tail), checked."""
+        try:
+            return ShardIndex.parse(data, self.shard_size, whole=whole)
+        except ShardDamaged as exc:
+            raise self._corrupt(layout, shard, str(exc)) from None
 
-    def _whole_shard_index(self, layout: _Layout, shard: int, data: np.ndarray | None) -> np.ndarray:
-        """The index of a whole shard file, checked to address only bytes before the index."""
-        index = self._parse_index(layout, shard, data)
-        assert data is not None  # _parse_index raised otherwise
-        stored = index[:, 0] != MISSING_CHUNK
-        end = int(index[stored].sum(axis=1).max(initial=0))
-        if end > len(data) - index_size(self.shard_size):
-            raise self._corrupt(layout, shard, f"the shard file is truncated: {len(data)} bytes, its index needs more")
-        return index
-
-    def _check_range(
+    def _received(
         self, layout: _Layout, shard: int, data: np.ndarray | None, request: RangeByteRequest
-    ) -> None:
-        """A ranged read of one chunk of ``shard`` received every byte it asked for."""
-        if data is None:
-            raise self._corrupt(layout, shard, "the shard file is missing")
-        if len(data) != request.end - request.start:
-            raise self._corrupt(layout, shard, "the shard file is truncated")
+    ) -> np.ndarray:
+        """``data``, checked to be every byte a ranged read of one chunk of ``shard`` asked for."""
+        try:
+            return received(data, request.end - request.start)
+        except ShardDamaged as exc:
+            raise self._corrupt(layout, shard, str(exc)) from None
 
     def _payload(self, layout: _Layout, shard: int, row: int, chunk: np.ndarray) -> np.ndarray:
         """The encoded patch of a stored chunk, its checksum (if the layout has one) checked."""
         if not layout.checksums:
             return chunk
-        payload, stored = chunk[:-CHECKSUM_BYTES], chunk[-CHECKSUM_BYTES:]
-        if len(chunk) < CHECKSUM_BYTES or checksum(payload) != stored.tobytes():
-            raise self._corrupt(layout, shard, "fails its checksum: its bytes are damaged", row)
-        return payload
+        try:
+            return chunk_payload(chunk)
+        except ShardDamaged as exc:
+            raise self._corrupt(layout, shard, str(exc), row) from None
 
     def _decode(
         self, layout: _Layout, shard: int, row: int, chunk: np.ndarray | None, out: np.ndarray
@@ -331,13 +305,14 @@ class PatchReader:
 
     def _shard_of_key(self, key: str) -> tuple[_Layout, int] | None:
         """The checked layout and shard a store key holds, or None for any other key."""
-        path, _, rest = key.partition("/c/")
-        layout = self._layouts.get(path)
-        first = rest.split("/", 1)[0]
-        if layout is None or not layout.standard or not first.isdigit():
+        found = parse_shard_key(key)
+        if found is None:
             return None
-        shard = int(first)
-        return (layout, shard) if key == layout.shard_key(shard) and shard < self.n_shards else None
+        path, shard, ndim = found
+        layout = self._layouts.get(path)
+        if layout is None or not layout.standard or ndim != 1 + len(layout.patch_shape):
+            return None
+        return (layout, shard) if shard < self.n_shards else None
 
 
 def _as_bytes(buffer: Buffer | None) -> np.ndarray | None:
@@ -371,20 +346,19 @@ class _CheckedStore(WrapperStore[Store]):
         data = _as_bytes(buffer)
         reader = self._reader
         if byte_range is None:  # a whole shard: its index and every chunk
-            index = reader._whole_shard_index(layout, shard, data)
+            index = reader._parse_index(layout, shard, data, whole=True)
             assert data is not None
-            for row, (offset, nbytes) in enumerate(index.tolist()):
-                if offset != MISSING_CHUNK:
-                    reader._payload(layout, shard, row, data[offset : offset + nbytes])
+            for row, offset, nbytes in index.stored_chunks():
+                reader._payload(layout, shard, row, data[offset : offset + nbytes])
         elif isinstance(byte_range, SuffixByteRequest):  # zarr reads the index for a few chunks
             reader._indexes[(layout.path, shard)] = reader._parse_index(layout, shard, data)
             reader._trim_indexes(_CACHED_INDEXES)
         elif isinstance(byte_range, RangeByteRequest):  # one chunk, found in the index read before
             index = reader._indexes.get((layout.path, shard))
-            rows = [] if index is None else np.flatnonzero(index[:, 0] == byte_range.start).tolist()
-            reader._check_range(layout, shard, data, byte_range)
-            if rows and data is not None:
-                reader._payload(layout, shard, rows[0], data)
+            row = None if index is None else index.row_at(byte_range.start)
+            chunk = reader._received(layout, shard, data, byte_range)
+            if row is not None:
+                reader._payload(layout, shard, row, chunk)
         return buffer
 
 
@@ -397,7 +371,7 @@ class FetchedShard:
     shard: int
     n_patches: int
     data: np.ndarray  # the shard file, or (another writer's layout) its decoded patches
-    index: np.ndarray | None = None  # (offset, nbytes) of every patch; None: data is patches
+    index: ShardIndex | None = None  # where each patch is in data; None: data is patches
 
     @property
     def first_patch(self) -> int:
@@ -429,5 +403,5 @@ class FetchedShard:
 
     def _chunk(self, row: int) -> np.ndarray | None:
         assert self.index is not None
-        offset, nbytes = self.index[row]
-        return None if offset == MISSING_CHUNK else self.data[offset : offset + nbytes]
+        chunk = self.index.chunk(row)
+        return None if chunk is None else self.data[chunk[0] : chunk[0] + chunk[1]]

@@ -4,7 +4,7 @@ Layout (schema version 2), the patch arrays along the ``patch`` dimension of len
 
 * ``patches``  ``(N, H, W, 3)`` uint8, dims ``(patch, row, column, channel)``, one patch per
   chunk, ``shard_size`` patches per shard, a standard lossless codec by default; every chunk of
-  every array ends in its crc32c.
+  every array ends in its crc32c (the shard bytes: ``_shards``).
 * ``masks`` (optional) ``(N, H, W)`` uint8, label code + 1 of the annotation covering a pixel.
 * ``x``, ``y`` int64 level-0 top-left; ``level`` int32; ``annotation_id`` int64; ``label`` int32
   (names in its ``label_names`` attribute, -1 unlabelled); ``slide`` int32 (row of the slide
@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numcodecs
 import numcodecs.abc
 import numpy as np
@@ -56,30 +55,24 @@ from ._locations import (
     Location, delete, exists, list_keys, open_zarr_store, parse_location, remove_partial_writes,
     size_bytes,
 )
+from ._shards import encode_shard, has_chunk_checksums, n_shards, shard_key
 
 __all__ = [
-    "CHECKSUM_BYTES",
     "CODECS",
     "COORDINATE_ARRAYS",
-    "INDEX_ENTRY_BYTES",
     "MASK_CODEC",
     "MASK_DIMS",
-    "MISSING_CHUNK",
     "PATCH_DIMS",
     "SCHEMA_VERSION",
     "begin_run",
-    "checksum",
     "checksummed",
     "create_store",
     "create_tables",
     "delete_store",
     "done_shards",
-    "encode_shard",
     "ensure_own_store",
     "consolidate",
     "finalize_store",
-    "has_chunk_checksums",
-    "index_size",
     "open_store",
     "open_for_writing",
     "partial_location",
@@ -151,32 +144,6 @@ CODECS: dict[str, _Codec] = {
         serializer=_jpeg_serializer, lossless=False, requires=_IMAGE_REQUIRES,
     ),
 }
-
-# The shard byte layout (zarr's ``sharding_indexed``, index at the end), shared by the writer,
-# the reader and ``verify``: inner chunks back to back, each ending in its own crc32c (stores
-# written before the checksums were added have none), then one (offset, nbytes) uint64 pair per chunk and the
-# crc32c of those pairs.
-INDEX_ENTRY_BYTES = 16  # one little-endian (offset, nbytes) uint64 pair
-MISSING_CHUNK = np.uint64(2**64 - 1)  # the offset and nbytes of a chunk that is not stored
-CHECKSUM_BYTES = 4  # a little-endian crc32c
-
-
-def checksum(data: bytes | memoryview | np.ndarray) -> bytes:
-    """The crc32c of ``data`` as zarr's ``crc32c`` codec appends it (4 bytes, little-endian)."""
-    return google_crc32c.value(data).to_bytes(CHECKSUM_BYTES, "little")
-
-
-def index_size(shard_size: int) -> int:
-    """Bytes of a shard's index, its checksum included."""
-    return INDEX_ENTRY_BYTES * shard_size + CHECKSUM_BYTES
-
-
-def has_chunk_checksums(array: zarr.Array) -> bool:
-    """Whether each inner chunk of the sharded ``array`` ends in a crc32c (its last codec)."""
-    sharding = array.metadata.codecs[0] if array.metadata.codecs else None
-    inner = getattr(sharding, "codecs", ())
-    return bool(inner) and isinstance(inner[-1], Crc32cCodec)
-
 
 _DONE = "_shards_done"
 _TABLES = ("slides", "annotations")
@@ -447,35 +414,6 @@ def done_shards(group: zarr.Group) -> np.ndarray:
     return np.asarray(group[_DONE][:], dtype=bool)
 
 
-def encode_shard(pixels: np.ndarray, shard_size: int, codec: str, *, checksums: bool = True) -> bytes:
-    """Encode ``pixels`` (at most ``shard_size`` patches) as one Zarr v3 shard, in one piece.
-
-    The bytes are exactly what zarr's ``sharding_indexed`` codec reads: the inner chunks (one
-    patch each: ``bytes`` or the image codec, the compressor, then with ``checksums`` the
-    chunk's crc32c) back to back, then the index (see ``INDEX_ENTRY_BYTES``) and its crc32c.
-    Encoding whole shards here skips zarr's per-chunk pipeline, which costs more than the
-    compression itself.
-    """
-    encoder = CODECS[codec].encoder()
-    index = np.full((shard_size, 2), MISSING_CHUNK, dtype="<u8")
-    parts: list[bytes] = []
-    offset = 0
-    for i, patch in enumerate(pixels):
-        data = np.ascontiguousarray(patch)
-        encoded = data.tobytes() if encoder is None else bytes(encoder.encode(data))
-        parts.append(encoded)
-        nbytes = len(encoded)
-        if checksums:
-            parts.append(checksum(encoded))
-            nbytes += CHECKSUM_BYTES
-        index[i] = (offset, nbytes)
-        offset += nbytes
-    index_bytes = index.tobytes()
-    parts.append(index_bytes)
-    parts.append(checksum(index_bytes))
-    return b"".join(parts)
-
-
 def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.ndarray]) -> None:
     """Write one whole shard of ``patches`` (and ``masks``), then mark it done.
 
@@ -486,9 +424,9 @@ def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.nda
     for name, values in arrays.items():
         array = group[name]
         codec = manifest.codec if name == "patches" else MASK_CODEC
-        data = encode_shard(values, manifest.shard_size, codec, checksums=has_chunk_checksums(array))
-        chunk_coords = (shard_index,) + (0,) * (array.ndim - 1)
-        key = f"{array.path}/{array.metadata.encode_chunk_key(chunk_coords)}"
+        encoder = CODECS[codec].encoder()
+        data = encode_shard(values, manifest.shard_size, encoder, checksums=has_chunk_checksums(array))
+        key = shard_key(array.path, shard_index, array.ndim)
         sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
     group[_DONE][shard_index] = 1
 

@@ -3,7 +3,6 @@ slides."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import zarr
 from ._errors import CorruptStoreError, ParameterError, SlideError, option
 from ._locations import Location, list_keys, parse_store_location
 from ._reader import PatchReader
+from ._shards import n_shards, shard_key
 from ._slide import SlideInfo, resize_patch
 from ._manifest import Manifest, SlideTable
 from ._tiles import SlideReader, TileReader, interpolate_like_openslide, open_reader
@@ -71,9 +71,9 @@ def verify(
     problems: list[str] = []
     n = manifest.n_patches
     shard_size = manifest.shard_size
-    n_shards = manifest.n_shards
+    shards = manifest.n_shards
     if not manifest.complete:
-        problems.append(f"incomplete: {int(done_shards(group).sum())} of {n_shards} shards marked done; resume it")
+        problems.append(f"incomplete: {int(done_shards(group).sum())} of {shards} shards marked done; resume it")
     keys = set(list_keys(location))
     stray = sorted(keys - set(_expected_keys(group)))
     if stray:
@@ -84,8 +84,8 @@ def verify(
     reader = PatchReader(location, group=group)
     checked = 0
     for name in reader.arrays:
-        present = [shard for shard in range(n_shards) if reader.shard_key(shard, name) in keys]
-        missing = sorted(set(range(n_shards)) - set(present))
+        present = [shard for shard in range(shards) if reader.shard_key(shard, name) in keys]
+        missing = sorted(set(range(shards)) - set(present))
         if missing:
             problems.append(
                 f"{len(missing)} shard files of '{name}' missing (first: shard {missing[0]}, "
@@ -118,7 +118,7 @@ def verify(
         compared = _compare_sample(
             reader, group, manifest, slides, arrays, sample, seed, problems, storage_options
         )
-    return VerifyReport(str(location), n, n_shards, checked, compared, tuple(problems))
+    return VerifyReport(str(location), n, shards, checked, compared, tuple(problems))
 
 
 def _damaged(errors: list[CorruptStoreError]) -> str:
@@ -131,16 +131,15 @@ def _damaged(errors: list[CorruptStoreError]) -> str:
 
 def _expected_keys(group: zarr.Group) -> Iterator[str]:
     """Every key the store may hold: metadata documents and the chunk (or shard) keys of its
-    arrays' grids (a chunk of fill values may be absent)."""
+    arrays' grids, which step along the ``patch`` dimension only (a chunk of fill values may be
+    absent)."""
     yield "zarr.json"
     for name, member in group.members(max_depth=None):
         yield f"{name}/zarr.json"
         if not isinstance(member, zarr.Array):
             continue
-        array = member
-        grid = [-(-size // step) for size, step in zip(array.shape, array.shards or array.chunks)]
-        for coords in itertools.product(*map(range, grid)):
-            yield f"{name}/{array.metadata.encode_chunk_key(coords)}"
+        for shard in range(n_shards(member.shape[0], (member.shards or member.chunks)[0])):
+            yield shard_key(name, shard, member.ndim)
 
 
 def _plan_problems(manifest: Manifest, slides: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> list[str]:
