@@ -55,7 +55,7 @@ from ._locations import (
     Location, delete, exists, list_keys, open_zarr_store, parse_location, remove_partial_writes,
     size_bytes,
 )
-from ._shards import encode_shard, has_chunk_checksums, n_shards, shard_key
+from ._shards import encode_shard, has_chunk_checksums, shard_key
 
 __all__ = [
     "CODECS",
