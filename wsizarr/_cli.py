@@ -131,7 +131,7 @@ def _annotation_kwargs(args: argparse.Namespace) -> dict:
 
 def _record(record: type, args: argparse.Namespace, **values: Any) -> Any:
     """An ``_options`` record from the parsed flags of its fields (and ``values``)."""
-    return record(**{f.name: getattr(args, f.name) for f in fields(record) if hasattr(args, f.name)}, **values)
+    return record(**{f.name: getattr(args, f.name) for f in fields(record) if hasattr(args, f.name)} | values)
 
 
 def _extract_options(args: argparse.Namespace, mode: str) -> ExtractOptions:

@@ -448,8 +448,9 @@ def store_writes(location: Location) -> Iterator[None]:
 
 
 def consolidate(group: zarr.Group) -> None:
-    """Write the consolidated metadata (one read opens the whole store)."""
-    with warnings.catch_warnings():
+    """Write the consolidated metadata (one read opens the whole store) into the root
+    ``zarr.json``, as compact JSON: every open reads it whole."""
+    with warnings.catch_warnings(), zarr.config.set({"json_indent": None}):
         # consolidated metadata is a zarr-python extension; other readers simply ignore it
         warnings.simplefilter("ignore", UserWarning)
         zarr.consolidate_metadata(group.store)
