@@ -12,8 +12,8 @@ import itertools
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,9 +40,10 @@ R = TypeVar("R")
 class TaskRunner:
     """Runs tasks on ``workers`` threads or processes, or on a dask ``client``.
 
-    ``ordered`` yields results in the order of the inputs with a bounded number in flight (so
-    results waiting for an earlier one stay few); ``unordered`` yields them as they finish. An
-    error (or Ctrl-C) stops the run: queued tasks are cancelled and worker processes ended.
+    Both ways keep a bounded number of tasks in flight, so the coordinator's memory does not
+    grow with the number of tasks: ``ordered`` yields results in the order of the inputs (the
+    few that finish early wait for an earlier one), ``unordered`` as they finish. An error (or
+    Ctrl-C) stops the run: queued tasks are cancelled and worker processes ended.
     """
 
     def __init__(self, execution: ExecutionOptions) -> None:
@@ -68,8 +69,7 @@ class TaskRunner:
 
     def ordered(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
         items = iter(items)
-        window = window or 4 * self.workers
-        pending: deque[Any] = deque(self._submit(fn, item) for item in itertools.islice(items, window))
+        pending: deque[Any] = deque(self._submit(fn, item) for item in itertools.islice(items, window or self._window()))
         try:
             while pending:
                 result = pending.popleft().result()
@@ -80,18 +80,34 @@ class TaskRunner:
             self._cancel(pending)
             raise
 
-    def unordered(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
-        futures = [self._submit(fn, item) for item in items]
-        if self._client is not None:
-            from distributed import as_completed as finished
-        else:
-            finished = as_completed
+    def unordered(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
+        items = iter(items)
+        pending = {self._submit(fn, item) for item in itertools.islice(items, window or self._window())}
         try:
-            for future in finished(futures):
-                yield future.result()
+            while pending:
+                done, pending = self._first_done(pending)
+                for future in done:
+                    yield future.result()
+                pending |= {self._submit(fn, item) for item in itertools.islice(items, len(done))}
         except BaseException:
-            self._cancel(futures)
+            self._cancel(pending)
             raise
+
+    def _window(self) -> int:
+        """Tasks kept in flight: enough to keep every worker busy, few enough that waiting
+        results and queued tasks stay small."""
+        if self._client is not None:
+            return 4 * max(1, sum(self._client.nthreads().values()))
+        return 4 * self.workers
+
+    def _first_done(self, pending: set[Any]) -> tuple[set[Any], set[Any]]:
+        if self._client is not None:
+            from distributed import wait as dask_wait
+
+            done, not_done = dask_wait(list(pending), return_when="FIRST_COMPLETED")
+        else:
+            done, not_done = wait(pending, return_when=FIRST_COMPLETED)
+        return set(done), set(not_done)
 
     def _cancel(self, futures: Iterable[Any]) -> None:
         futures = list(futures)
@@ -147,13 +163,11 @@ class ShardJob:
     masks: bool
 
 
-def shard_tasks(n_patches: int, shard_size: int, done: np.ndarray | None = None) -> list[ShardTask]:
-    """One task per shard not yet done."""
-    return [
-        ShardTask(index, start, min(start + shard_size, n_patches))
-        for index, start in enumerate(range(0, n_patches, shard_size))
-        if done is None or not done[index]
-    ]
+def shard_tasks(n_patches: int, shard_size: int, done: np.ndarray | None = None) -> Iterator[ShardTask]:
+    """One task per shard not yet done, made as they are needed."""
+    for index, start in enumerate(range(0, n_patches, shard_size)):
+        if done is None or not done[index]:
+            yield ShardTask(index, start, min(start + shard_size, n_patches))
 
 
 def run_shard_task(job: ShardJob) -> int:

@@ -253,13 +253,13 @@ def run_extraction(
                 )
             with _removed_on_failure(location, created=existing is None and decision.write_plan):
                 manifest, sources, counts = _plan(runner, group, str(location), decision, inputs.prepared, options)
-            tasks = shard_tasks(manifest.n_patches, manifest.shard_size, done_shards(group))
-            _execute(runner, location, manifest, sources, tasks, options)
+            done = done_shards(group)
+            _execute(runner, location, manifest, sources, done, options)
             lock.check()  # still this writer's store: finalise it
             finalize_store(group, location)
             if building.beside:
                 _publish(location, target)
-        return summarise(read_manifest(group), len(tasks), counts)
+        return summarise(read_manifest(group), int((~done).sum()), counts)
 
 
 def _prepare(
@@ -382,19 +382,19 @@ def _rows(first: Any, count: Any) -> range:
 
 def _execute(
     runner: TaskRunner, location: Location, manifest: Manifest, sources: Mapping[int, SlideSource],
-    tasks: Sequence[ShardTask], options: ExtractOptions,
+    done: np.ndarray, options: ExtractOptions,
 ) -> None:
-    """Run the shard tasks, reporting ``progress(patches done, patches in the store)``; each
-    task gets the sources of the slides its rows come from."""
+    """Run a task for each shard not ``done``, reporting ``progress(patches done, patches in
+    the store)``; each task gets the sources of the slides its rows come from."""
     run = manifest.run
     assert run is not None
     indices = sorted(sources)
     stops = np.array([sources[i].patch_rows.stop for i in indices])
     progress = options.execution.progress
-    total = manifest.n_patches
-    done = total - sum(t.stop - t.start for t in tasks)
+    total, shard_size = manifest.n_patches, manifest.shard_size
+    finished = int(np.minimum(shard_size, total - shard_size * np.arange(len(done)))[done].sum())
     if progress:
-        progress(done, total)
+        progress(finished, total)
 
     def job(task: ShardTask) -> ShardJob:
         first = int(np.searchsorted(stops, max(task.start, run.first_patch), side="right"))
@@ -402,10 +402,11 @@ def _execute(
         covered = {i: sources[i] for i in indices[first: last + 1]}
         return ShardJob(location, task, run.first_patch, covered, options.resolution.patch_size, options.layout.masks)
 
-    for count in runner.unordered(run_shard_task, [job(task) for task in tasks]):
-        done += count
+    jobs = (job(task) for task in shard_tasks(total, shard_size, done))
+    for count in runner.unordered(run_shard_task, jobs):
+        finished += count
         if progress:
-            progress(done, total)
+            progress(finished, total)
 
 
 @contextmanager
