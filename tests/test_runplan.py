@@ -115,7 +115,7 @@ def test_label_order_fixes_codes_and_must_cover_the_labels():
     plan = plan_run("create", None, store="s", parameters=PARAMETERS, prepared=[_prepared("a", {"b"})],
                     existing_hashes=[], wants_background=False, label_order=("b", "a"))
     assert plan.label_names == ("b", "a")
-    with pytest.raises(ParameterError, match="labels c are not in the label_order"):
+    with pytest.raises(ParameterError, match="labels c are not in the label order"):
         plan_run("create", None, store="s", parameters=PARAMETERS, prepared=[_prepared("a", {"c"})],
                  existing_hashes=[], wants_background=False, label_order=("b",))
 
@@ -168,8 +168,8 @@ def test_errors_name_options_as_the_library_or_the_command_line_does():
     assert info.value.render(as_flag).startswith("--min-overlap is a fraction")
     with pytest.raises(ParameterError) as info:
         ExtractOptions.from_keywords(overwrite=True, resume=True)
-    assert "overwrite=True, resume=True and append=True exclude" in str(info.value)
-    assert "--overwrite, --resume and --append exclude" in info.value.render(as_flag)
+    assert "overwrite=True excludes resume=True and append=True" in str(info.value)
+    assert "--overwrite excludes --resume and --append" in info.value.render(as_flag)
 
 
 def test_the_recorded_parameters_come_from_the_records():

@@ -426,8 +426,8 @@ def _run(args: argparse.Namespace) -> int:
                 from ._output import check_output_file
 
                 check_output_file(args.report, overwrite=args.overwrite)  # not after an hour's work
-            if args.overwrite + args.resume + args.append > 1:
-                raise ParameterError("--overwrite, --resume and --append exclude each other; choose one")
+            if args.overwrite and (args.resume or args.append):
+                raise ParameterError("--overwrite excludes --resume and --append; choose one")
             mode = "overwrite" if args.overwrite else "resume" if args.resume else "append" if args.append else "create"
             summary = run_extraction(
                 slides, args.annotations, args.out, _extract_options(args, mode), _storage_options(args),

@@ -198,10 +198,10 @@ class ExtractOptions:
     def from_keywords(cls, *, overwrite: bool = False, resume: bool = False, append: bool = False,
                       **keywords: Any) -> ExtractOptions:
         """The options from ``extract()``'s flat keywords (each a field of one group)."""
-        if overwrite + resume + append > 1:
+        if overwrite and (resume or append):
             raise ParameterError(
-                f"{option('overwrite', True)}, {option('resume', True)} and {option('append', True)} "
-                "exclude each other; choose one"
+                f"{option('overwrite', True)} excludes {option('resume', True)} and {option('append', True)}; "
+                "choose one"
             )
         groups: dict[str, Any] = {}
         for name, group in (("resolution", ResolutionOptions), ("sampling", SamplingOptions),
@@ -211,6 +211,7 @@ class ExtractOptions:
             groups[name] = group(**{k: keywords.pop(k) for k in list(keywords) if k in names})
         if keywords:
             raise TypeError(f"unknown options: {', '.join(sorted(keywords))}")
+        # an interrupted append is finished by resuming it: resume with append is a resume
         mode: Mode = "overwrite" if overwrite else "resume" if resume else "append" if append else "create"
         return cls(**groups, mode=mode)
 

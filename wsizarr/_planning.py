@@ -326,8 +326,8 @@ def label_names(
         missing = sorted(found - set(label_order))
         if missing:
             raise ParameterError(
-                f"labels {', '.join(missing)} are not in the {option('label_order')} "
-                f"({', '.join(label_order)}); add them or map them to listed labels"
+                f"labels {', '.join(missing)} are not in the label order ({', '.join(label_order)}); "
+                f"add them to {option('label_order')} or map them to listed labels"
             )
         if names and names != list(label_order)[: len(names)]:
             raise ParameterError(
