@@ -163,7 +163,7 @@ def test_resume_refuses_edited_annotations(tmp_path, aperio_even_case):
         (["--patch-size", "1000", "--level", "2"], "more than the whole level (256x192)"),
         (["--patch-size", "8000", "--level", "0"], "GiB in memory"),
         (["--seed", "-1"], "--seed must be a whole number >= 0"),
-        (["--magnification", "nan"], "--magnification must be positive"),
+        (["--magnification", "nan"], "--magnification must be a positive number"),
     ],
     ids=["mpp-inf", "mpp-huge", "patch-larger-than-level", "shard-too-big", "negative-seed", "nan-magnification"],
 )

@@ -34,9 +34,9 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ParameterError(f"unknown {name.replace('_', ' ')} {value!r}; choose one of {', '.join(choices)}")
 
 
-def _positive_finite(name: str, value: float | None, what: str) -> None:
+def _positive_finite(name: str, value: float | None, unit: str = "") -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise ParameterError(f"{option(name)} must be a positive number of {what}, got {value}")
+        raise ParameterError(f"{option(name)} must be a positive number{unit}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class ResolutionOptions:
             )
         if self.level is not None and self.level < 0:
             raise ParameterError(f"{option('level')} must be 0 or more, got {self.level}")
-        _positive_finite("mpp", self.mpp, "microns per pixel")
-        _positive_finite("magnification", self.magnification, "times")
+        _positive_finite("mpp", self.mpp, " of microns per pixel")
+        _positive_finite("magnification", self.magnification)
         if self.patch_size < 1:
             raise ParameterError(f"{option('patch_size')} must be at least 1 pixel, got {self.patch_size}")
 
