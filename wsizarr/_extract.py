@@ -22,10 +22,7 @@ from ._annotations import (
 )
 from ._errors import ParameterError, SlideError, StoreError, StoreExistsError, WsizarrError
 from ._geometry import rasterize
-from ._locations import (
-    Location, exists, list_keys, object_size, parse_location, parse_store_location, publish,
-    read_range, size_bytes,
-)
+from ._locations import Location, parse_location, parse_store_location
 from ._lock import writer_lock
 from ._reader import PatchReader
 from ._sampling import BACKGROUND_LABEL, PatchPlan, concat_plans, plan_patches
@@ -264,7 +261,7 @@ def _annotation_folder(
             return None
         prefix = parse_location(str(annotations), storage_options)
         return {
-            Path(key).stem: f"{str(annotations).rstrip('/')}/{key}" for key in list_keys(prefix)
+            Path(key).stem: f"{str(annotations).rstrip('/')}/{key}" for key in prefix.keys()
             if Path(key).suffix.lower() in ANNOTATION_SUFFIXES
         }
     if isinstance(annotations, (str, Path)) and Path(annotations).is_dir():
@@ -281,7 +278,7 @@ def _slide_list(slides: str | Path | Sequence[str | Path], storage_options: Mapp
     out: list[SlidePath] = []
     for path in paths:
         if is_remote(path) and str(path).endswith("/"):
-            keys = list_keys(parse_location(str(path), storage_options))
+            keys = parse_location(str(path), storage_options).keys()
             out += [f"{str(path).rstrip('/')}/{k}" for k in keys if Path(k).suffix.lower() in _REMOTE_SLIDE_SUFFIXES]
         else:
             out.append(_path_or_url(path))
@@ -387,8 +384,8 @@ class _Reading:
         location = parse_location(url, storage_options)
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder, Path(location.path).name)
-            size = object_size(location)
-            local.write_bytes(read_range(location, 0, size) if size else b"")
+            size = location.size()
+            local.write_bytes(location.read_range(0, size) if size else b"")
             return self._read_file(local)
 
 
@@ -517,13 +514,13 @@ def extract(
         append=append, patch_size=patch_size, shard_size=shard_size,
     )
     with writer_lock(target) as lock:  # one writer per store, from the first check to the swap
-        target_exists, partial_exists = exists(target), exists(partial)
+        target_exists, partial_exists = target.exists(), partial.exists()
         if overwrite and target_exists:
             ensure_own_store(target)
         # Where this run builds: a zip, or a store being overwritten, is built beside the target
         # (`partial`) and swapped in only once complete, so a failed run leaves the old one intact.
         beside = (overwrite and target_exists) or (partial_exists and (overwrite or resume))
-        if target.kind == "zip" or beside:
+        if not target.can_append or beside:  # a zip is written whole, at the end
             building, building_exists = partial, partial_exists
         else:
             building, building_exists = target, target_exists
@@ -685,7 +682,7 @@ def _check_options(
     append: bool, patch_size: int, shard_size: int,
 ) -> None:
     """Refuse option combinations no run can satisfy, before any slide is opened."""
-    if target.kind == "zip" and append:
+    if append and not target.can_append:
         raise ParameterError(
             f"{target}: a zip cannot be appended to; append to a directory store, then `wsizarr pack` it"
         )
@@ -742,9 +739,9 @@ def _check_same_run(
 
 def _publish(building: Location, target: Location) -> None:
     """Swap the finished store built beside ``target`` into its place."""
-    if exists(target):
+    if target.exists():
         ensure_own_store(target)
-    publish(building, target)
+    target.replace_with(building)
 
 
 def _prepare_slides(
@@ -864,7 +861,7 @@ def _summary(
     return ExtractionSummary(
         store=str(out), n_patches=n, n_shards=-(-n // metadata["shard_size"]),
         shards_written=shards_written, seconds=time.perf_counter() - started,
-        bytes_on_disk=size_bytes(out)[0], n_slides=len(metadata["slides"]),
+        bytes_on_disk=out.usage()[0], n_slides=len(metadata["slides"]),
         skipped_annotations=0 if plan is None else len(plan.skipped_annotations),
         padded=0 if plan is None else int(plan.padded.sum()),
         dropped_partial=0 if plan is None else plan.dropped_partial,

@@ -33,7 +33,7 @@ from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
 from ._errors import CorruptStoreError, ParameterError
-from ._locations import Location, open_zarr_store, parse_location, read_key
+from ._locations import Location, parse_location
 from ._store import (
     CHECKSUM_BYTES, CODECS, MASK_CODEC, MISSING_CHUNK, checksum,
     has_chunk_checksums, index_size, open_store, store_metadata,
@@ -147,7 +147,7 @@ class PatchReader:
     ) -> FetchedShard:
         """``shard``'s bytes, received with one request and checked, to decode patch by patch
         into arrays the caller owns (no copy of the whole shard in between). ``reuse``: an
-        earlier ``FetchedShard.buffer`` the caller is done with (see ``read_key``)."""
+        earlier ``FetchedShard.buffer`` the caller is done with (see ``Location.read_key``)."""
         layout = self._layout_of(name)
         self._check_process()
         if not 0 <= shard < self.n_shards:
@@ -156,7 +156,7 @@ class PatchReader:
         if not layout.standard:
             return FetchedShard(self, layout, shard, stop - start, self._read_with_zarr(layout, slice(start, stop)))
         assert self._store is not None  # opened by _check_process
-        received = read_key(self.location, self._store, layout.shard_key(shard), reuse)
+        received = self.location.read_key(self._store, layout.shard_key(shard), reuse)
         return FetchedShard(self, layout, shard, stop - start, received, self._whole_shard_index(layout, shard, received))
 
     def check_shard(self, shard: int, name: str = "patches") -> list[CorruptStoreError]:
@@ -229,7 +229,7 @@ class PatchReader:
         if self._pid != os.getpid():
             self._reset()
         if self._store is None:
-            self._store = open_zarr_store(self.location, "r")
+            self._store = self.location.open("r")
 
     async def _get(
         self, key: str, byte_range: RangeByteRequest | SuffixByteRequest | None = None

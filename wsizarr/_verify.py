@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 from ._errors import CorruptStoreError, ParameterError, SlideError
-from ._locations import Location, list_keys, parse_store_location
+from ._locations import Location, parse_store_location
 from ._reader import PatchReader
 from ._slide import SlideInfo, resize_patch
 from ._tiles import SlideReader, TileReader, interpolate_like_openslide, open_reader
@@ -72,7 +72,7 @@ def verify(
     n_shards = -(-n // shard_size)
     if not metadata.get("complete"):
         problems.append(f"incomplete: {int(done_shards(group).sum())} of {n_shards} shards marked done; resume it")
-    keys = set(list_keys(location))
+    keys = set(location.keys())
     stray = sorted(keys - set(_expected_keys(group)))
     if stray:
         problems.append(
