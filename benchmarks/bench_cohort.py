@@ -28,7 +28,7 @@ def main() -> None:
 
     import wsizarr
     from tests.s3server import seaweedfs
-    from wsizarr._locations import parse_location, size_bytes
+    from wsizarr._locations import parse_location
 
     slides = sorted((HERE / "out").glob("scanner-*-120.svs"))
     if not slides:
@@ -58,7 +58,7 @@ def main() -> None:
             if client is not None:
                 client.close()
                 cluster.close()
-            _, objects = size_bytes(parse_location(out, options or None))
+            _, objects = parse_location(out, options or None).usage()
             rows.append((name, summary.n_patches, summary.n_patches / seconds, objects))
         shutil.rmtree(Path(scratch) / "local.zarr", ignore_errors=True)
     print(f"{'target':34s} {'N':>7s} {'patches/s':>10s} {'objects':>8s} {'per 10k':>8s}")

@@ -214,16 +214,18 @@ def _child() -> None:
 
 def _count_fetched_bytes() -> list[int]:
     """Instrument the ranged GETs of slides on S3: the list receives every GET's size."""
-    import wsizarr._tiles
+    from wsizarr._annotations import ANNOTATION_SUFFIXES
+    from wsizarr._locations import S3Location
 
     fetched: list[int] = []
-    read_range = wsizarr._tiles.read_range
+    read_range = S3Location.read_range
 
     def counting(location, start, length):
-        fetched.append(length)  # list.append is atomic under the GIL: worker threads share it
+        if Path(location.path).suffix.lower() not in ANNOTATION_SUFFIXES:  # a slide's
+            fetched.append(length)  # list.append is atomic under the GIL: worker threads share it
         return read_range(location, start, length)
 
-    wsizarr._tiles.read_range = counting
+    S3Location.read_range = counting
     return fetched
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_write import real_patches  # noqa: E402  (a sibling script)
 
 from tests.s3server import S3Server, seaweedfs  # noqa: E402
-from wsizarr._locations import open_zarr_store, parse_location  # noqa: E402
+from wsizarr._locations import parse_location  # noqa: E402
 from wsizarr._shards import encode_shard, shard_key  # noqa: E402
 from wsizarr._store import CODECS, checksummed  # noqa: E402
 
@@ -47,7 +47,7 @@ def fsspec_store(server: S3Server, prefix: str) -> zarr.abc.store.Store:
 
 
 def obstore_store(server: S3Server, prefix: str) -> zarr.abc.store.Store:
-    return open_zarr_store(parse_location(server.url(prefix), server.options), "w")
+    return parse_location(server.url(prefix), server.options).open("w")
 
 
 def run(

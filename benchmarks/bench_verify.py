@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wsizarr import extract, verify
 from wsizarr._demo import write_demo_annotations, write_demo_slide
-from wsizarr._locations import parse_location, size_bytes
+from wsizarr._locations import parse_location
 
 OUT = Path(__file__).resolve().parent / "out"
 GLOMERULI = 24  # the demo slide's annotations
@@ -46,7 +46,7 @@ def main() -> None:
         times.append(time.perf_counter() - started)
         assert report.ok, report
     seconds = statistics.median(times)
-    megabytes = size_bytes(parse_location(store))[0] / 1e6
+    megabytes = parse_location(store).usage()[0] / 1e6
     print(f"{store.name}: {report.n_patches} patches in {report.shards} shards, {megabytes:.0f} MB")
     print(f"verify --sample 0: {seconds:.2f} s (median of {args.repeats}), "
           f"{report.patches_checked / seconds:,.0f} patches/s, {megabytes / seconds:,.0f} MB/s")

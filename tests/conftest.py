@@ -133,13 +133,13 @@ def s3_server(tmp_path_factory):
 def slide_rows(store, storage_options=None) -> list[dict]:
     """The store's slide table as one dict per slide (the shape schema 1 kept in the
     attributes), with the names of each slide's annotations."""
-    from wsizarr._locations import open_zarr_store, parse_location
+    from wsizarr._locations import parse_location
     from wsizarr._manifest import read_table
     from wsizarr._store import slide_table
 
     import zarr
 
-    group = zarr.open_group(open_zarr_store(parse_location(store, storage_options), "r"), mode="r")
+    group = zarr.open_group(parse_location(store, storage_options).open("r"), mode="r")
     slides = slide_table(group)
     annotations = read_table(group["annotations"], ("slide", "name", "exclusion"))
     rows = []

@@ -14,7 +14,7 @@ import zarr
 
 from wsizarr import IncompleteStoreError, ParameterError, StoreError, StoreExistsError, extract, open_dataset, store_info
 from wsizarr._demo import write_demo_annotations, write_demo_slide
-from wsizarr._locations import list_keys, open_zarr_store, parse_location
+from wsizarr._locations import parse_location
 
 from .test_cli import WSIZARR, run
 from .test_crash import start_and_kill
@@ -24,7 +24,7 @@ KWARGS = dict(level=0, patch_size=64, per_annotation=25, shard_size=16, seed=9)
 
 
 def _group(location):
-    return zarr.open_group(open_zarr_store(location, "r"), mode="r")
+    return zarr.open_group(location.open("r"), mode="r")
 
 
 def _assert_same(a, b):
@@ -47,14 +47,14 @@ def test_extract_to_s3_equals_local_and_counts_objects(s3_server, aperio_even_ca
     location = parse_location(url, s3_server.options)
     assert summary.n_patches == 200 and summary.store == url
     _assert_same(zarr.open_group(local_reference, mode="r"), _group(location))
-    keys = list_keys(location)
+    keys = location.keys()
     shards = [k for k in keys if k.startswith("patches/c/")]
     assert len(shards) == 13  # 200 patches, 16 a shard
     others = [k for k in keys if not k.startswith("patches/c/")]  # metadata, one chunk per small array
     assert all(k.endswith("zarr.json") or re.search(r"/c/0(/0)*$", k) for k in others), others
     info = store_info(location)
     assert info["complete"] and info["files"] == len(keys)
-    dataset = xr.open_zarr(open_zarr_store(location, "r"), consolidated=True)
+    dataset = xr.open_zarr(location.open("r"), consolidated=True)
     assert dataset["patches"].shape == (200, 64, 64, 3) and "annotation_id" in dataset.coords
     decoded = open_dataset(url, storage_options=s3_server.options)
     np.testing.assert_array_equal(decoded["patches"].values, zarr.open_group(local_reference, mode="r")["patches"][:])
@@ -76,7 +76,7 @@ def test_sigkill_on_s3_then_resume(s3_server, aperio_even_case, local_reference)
             "--out", url, "--level", "0", "--patch-size", "64", "--per-annotation", "25",
             "--shard-size", "16", "--seed", "9"]
     start_and_kill([*args, "--workers", "1"], env,
-                   when=lambda: len(list_keys(location, "_shards_done/c/")) >= 2, interval=0.02)
+                   when=lambda: len(location.keys("_shards_done/c/")) >= 2, interval=0.02)
     info = store_info(location)
     assert not info["complete"] and 2 <= info["shards_done"] < 13
     with pytest.raises(IncompleteStoreError):
@@ -175,7 +175,7 @@ def test_overwrite_on_s3_builds_beside_and_refuses_foreign_prefixes(s3_server, a
             overwrite=True, **KWARGS)
     location = parse_location(url, options)
     _assert_same(zarr.open_group(local_reference, mode="r"), _group(location))
-    assert not list_keys(parse_location(s3_server.url("replaced.zarr.partial.zarr"), options))
+    assert not parse_location(s3_server.url("replaced.zarr.partial.zarr"), options).keys()
     assert len(open_dataset(url, storage_options=options).patch) == 200
 
     foreign = s3_server.url("someone-elses")
@@ -186,4 +186,4 @@ def test_overwrite_on_s3_builds_beside_and_refuses_foreign_prefixes(s3_server, a
     with pytest.raises(StoreError, match="is not a wsizarr store"):
         extract(aperio_even_case.slide, aperio_even_case.annotations, foreign, storage_options=options,
                 overwrite=True, **KWARGS)
-    assert list_keys(parse_location(foreign, options)) == ["data.csv"]
+    assert parse_location(foreign, options).keys() == ["data.csv"]

@@ -360,10 +360,10 @@ def test_patch_dataset_mask_target_needs_masks(tmp_path, aperio_even_case):
 
 
 def test_zip_store_through_workers(cohort_store, stored, tmp_path):
-    from wsizarr._locations import pack_zip, parse_location
+    from wsizarr._locations import parse_location
 
     packed = tmp_path / "cohort.zip"
-    pack_zip(parse_location(str(cohort_store)), packed)
+    parse_location(packed).pack(parse_location(str(cohort_store)))
     dataset = PatchDataset(packed, with_meta=True)
     for images, _, meta in DataLoader(dataset, batch_size=20, num_workers=2):
         np.testing.assert_array_equal(images.permute(0, 2, 3, 1).numpy(), stored["patches"][meta["index"].numpy()])

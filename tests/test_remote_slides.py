@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from wsizarr import SlideError, extract, verify
-from wsizarr._locations import open_zarr_store, parse_location
+from wsizarr._locations import parse_location
 from wsizarr._tiles import RangedFile, TileReader, tiff_slide_info
 
 from .conftest import slide_rows
@@ -45,7 +45,7 @@ def test_extract_from_s3_equals_local_and_verifies(s3_server, aperio_case, tmp_p
     out = s3_server.url("one/aperio.zarr")
     summary = extract(slide, annotations, out, storage_options=s3_server.options, **kwargs)
     assert summary.n_patches == 80
-    remote = zarr.open_group(open_zarr_store(parse_location(out, s3_server.options), "r"), mode="r")
+    remote = zarr.open_group(parse_location(out, s3_server.options).open("r"), mode="r")
     _assert_same_patches(zarr.open_group(local, mode="r"), remote)
     (entry,) = slide_rows(out, s3_server.options)
     assert entry["path"] == slide and entry["annotations"] == annotations and entry["reader"] == "tiles"

@@ -31,14 +31,13 @@ def _manifest(**changes) -> Manifest:
 
 
 def _where(mode, **state):
-    state = {"target_exists": False, "partial_exists": False, "can_append": True, "single_file": False} | state
+    state = {"target_exists": False, "partial_exists": False, "can_append": True} | state
     return where_to_build(mode, target="out.zarr", partial="out.zarr.partial.zarr", **state)
 
 
 def test_where_a_run_builds():
-    assert _where("create") == _where("create", single_file=False)
     assert not _where("create").beside and not _where("create").exists
-    assert _where("create", single_file=True, can_append=False).beside  # a zip: built beside, packed at the end
+    assert _where("create", can_append=False).beside  # a zip: built beside, packed at the end
     assert _where("overwrite", target_exists=True).beside  # the old store stays until the new one is complete
     assert not _where("overwrite").beside  # nothing to keep
     resumed = _where("resume", partial_exists=True)
@@ -51,7 +50,7 @@ def test_where_a_run_builds():
     [
         ("create", {"target_exists": True}, StoreExistsError, "already exists"),
         ("append", {}, StoreError, "nothing to append to"),
-        ("append", {"target_exists": True, "can_append": False, "single_file": True}, ParameterError, "zip cannot be appended"),
+        ("append", {"target_exists": True, "can_append": False}, ParameterError, "zip cannot be appended"),
         ("create", {"partial_exists": True}, StoreError, "unfinished store at out.zarr.partial.zarr"),
         ("append", {"target_exists": True, "partial_exists": True}, StoreError, "unfinished store"),
     ],

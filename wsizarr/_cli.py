@@ -474,15 +474,17 @@ def _run(args: argparse.Namespace) -> int:
                 path = _preview.write_report(args.store, args.out, **common)
             print(f"wrote {path}")
         elif args.command == "pack":
-            from ._locations import pack_zip, parse_location
+            from ._locations import parse_location
             from ._store import open_store
 
             from ._lock import writer_lock
 
             source = parse_location(args.store, _storage_options(args))
             open_store(source)  # only a finished store is packed
-            with writer_lock(parse_location(args.zip)):  # parse_location refuses a non-zip
-                print(f"packed {source} into {pack_zip(source, args.zip)}")
+            target = parse_location(args.zip)
+            with writer_lock(target):
+                target.pack(source)  # refuses anything but a new .zip file
+            print(f"packed {source} into {target}")
         elif args.command == "unlock":
             from ._locations import parse_location
             from ._lock import break_lock, lock_name

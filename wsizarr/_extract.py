@@ -22,7 +22,7 @@ import zarr
 from ._annotations import ANNOTATION_SUFFIXES
 from ._errors import ParameterError
 from ._execution import ShardJob, ShardTask, SlideSource, TaskRunner, run_shard_task, shard_tasks
-from ._locations import Location, exists, parse_store_location, publish, size_bytes
+from ._locations import Location, parse_store_location
 from ._lock import writer_lock
 from ._manifest import Manifest, annotation_rows, plan_sha256, read_table, slide_row
 from ._options import ExtractOptions
@@ -217,12 +217,12 @@ def run_extraction(
     target = parse_store_location(out, storage_options)
     partial = partial_location(target)
     with writer_lock(target) as lock, TaskRunner(options.execution) as runner:
-        target_exists, partial_exists = exists(target), exists(partial)
+        target_exists, partial_exists = target.exists(), partial.exists()
         if options.mode == "overwrite" and target_exists:
             ensure_own_store(target)
         building = where_to_build(
             options.mode, target=str(target), partial=str(partial), target_exists=target_exists,
-            partial_exists=partial_exists, can_append=target.kind != "zip", single_file=target.kind == "zip",
+            partial_exists=partial_exists, can_append=target.can_append,
         )
         location = partial if building.beside else target
         inputs = _prepare(runner, slides, annotations, options, storage_options)
@@ -422,9 +422,9 @@ def _removed_on_failure(location: Location, *, created: bool) -> Iterator[None]:
 
 def _publish(building: Location, target: Location) -> None:
     """Swap the finished store built beside ``target`` into its place."""
-    if exists(target):
+    if target.exists():
         ensure_own_store(target)
-    publish(building, target)
+    target.replace_with(building)
 
 
 def _summariser(out: Location, inputs: _Inputs, started: float) -> Callable[..., ExtractionSummary]:
@@ -433,7 +433,7 @@ def _summariser(out: Location, inputs: _Inputs, started: float) -> Callable[...,
         return ExtractionSummary(
             store=str(out), n_patches=manifest.n_patches, n_shards=manifest.n_shards,
             shards_written=shards_written, seconds=time.perf_counter() - started,
-            bytes_on_disk=size_bytes(out)[0], n_slides=manifest.n_slides,
+            bytes_on_disk=out.usage()[0], n_slides=manifest.n_slides,
             skipped_annotations=counts.skipped_annotations, padded=counts.padded,
             dropped_partial=counts.dropped_partial, dropped_excluded=counts.dropped_excluded,
             failed_slides=inputs.failures, slides_without_annotations=inputs.unmatched_slides,

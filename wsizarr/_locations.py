@@ -1,9 +1,11 @@
 """Where a store lives: a local directory, a single ``.zip`` file or an S3 prefix.
 
-``parse_location`` turns what a user typed into a :class:`Location`; the functions below open a
-zarr ``Store`` on it and answer what the store layer asks of any location (does it exist, delete
-it, list it, how big is it, pack it into a zip). Each kind of location is one small backend that
-fills in :class:`_Backend`; callers never branch on the kind.
+:class:`Location` is the contract every kind of location fills in: open a zarr ``Store`` on it,
+say whether anything is there, list, measure, delete, and swap in a store built
+:meth:`~Location.beside` it. ``LocalLocation``, ``ZipLocation`` and ``S3Location`` are the
+three kinds; ``parse_location`` turns what a user typed into one of them, so callers never ask
+which kind they hold (``can_append`` says what differs). A location may also name one file or S3
+object, e.g. a slide: ``size`` and ``read_range`` read it.
 
 S3 goes through zarr's own ``ObjectStore`` over obstore (``pip install 'wsizarr[cloud]'``).
 Credentials, endpoint and region come from the storage options, else from the usual AWS
@@ -20,7 +22,6 @@ import re
 import shutil
 import tempfile
 import zipfile
-from urllib.parse import urlsplit
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 import zarr
@@ -36,32 +38,23 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ._errors import ParameterError, StoreError, StoreExistsError
+from ._errors import ParameterError, StoreError, StoreExistsError, option
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig, S3Store
 
 __all__ = [
+    "STORAGE_OPTIONS",
+    "LocalLocation",
     "Location",
     "Mode",
-    "STORAGE_OPTIONS",
-    "delete",
-    "exists",
-    "list_keys",
-    "object_size",
-    "open_zarr_store",
-    "pack_zip",
+    "S3Location",
+    "ZipLocation",
     "parse_location",
     "parse_store_location",
     "positive_seconds",
-    "publish",
-    "read_key",
-    "read_range",
-    "remove_partial_writes",
-    "size_bytes",
 ]
 
-Kind = Literal["local", "zip", "s3"]
 Mode = Literal["r", "w", "a"]  # read only; create; add to an existing store (resume)
 STORAGE_OPTIONS = (
     "access_key_id", "secret_access_key", "session_token", "endpoint_url", "region", "timeout",
@@ -78,23 +71,11 @@ _PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's te
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: packing the same store gives the same zip
 
 
-@dataclass(frozen=True)
-class Location:
-    """A parsed store location; ``str()`` gives it back as the user would write it."""
-
-    kind: Kind
-    path: str  # local and zip: a filesystem path; s3: the key prefix inside the bucket
-    bucket: str = ""
-    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.path}" if self.kind == "s3" else self.path
-
-
 def parse_location(
     text: str | os.PathLike[str] | Location, storage_options: Mapping[str, str] | None = None
 ) -> Location:
-    """Parse ``s3://bucket/prefix``, a ``.zip`` file or a local directory.
+    """Parse ``s3://bucket/prefix``, a ``.zip`` file or a local directory (a ``Location`` is
+    returned as it is).
 
     ``storage_options`` (keys in ``STORAGE_OPTIONS``) apply to S3 only and override the AWS
     environment variables.
@@ -132,8 +113,8 @@ def parse_location(
                 f"{text}: S3 keys are not paths, so '.', '..' and '//' would name other objects "
                 "than they seem to; write the prefix plainly, e.g. s3://bucket/a/b.zarr"
             )
-        return Location("s3", prefix, bucket, options)
-    return Location("zip" if text.lower().endswith(".zip") else "local", text)
+        return S3Location(prefix, bucket, options)
+    return ZipLocation(text) if text.lower().endswith(".zip") else LocalLocation(text)
 
 
 def parse_store_location(
@@ -141,127 +122,345 @@ def parse_store_location(
 ) -> Location:
     """``parse_location`` for a store whose run may also read slides on S3: the storage options
     serve the slides too, so a local store ignores them instead of refusing them."""
-    remote = text.kind == "s3" if isinstance(text, Location) else os.fspath(text).startswith("s3://")
-    return parse_location(text, storage_options if remote else None)
+    if isinstance(text, Location):
+        return text
+    return parse_location(text, storage_options if os.fspath(text).startswith("s3://") else None)
 
 
-def open_zarr_store(location: Location, mode: Mode) -> Store:
-    """A zarr ``Store`` on ``location``: ``"r"`` read only, ``"w"`` create, ``"a"`` add to it.
+@dataclass(frozen=True)
+class Location(ABC):
+    """Where a store lives (or one file or S3 object, e.g. a slide); ``str()`` gives it back as
+    the user would write it."""
 
-    ``StoreError`` when the location cannot be reached or, for ``"r"`` and ``"a"``, holds
-    nothing; ``StoreExistsError`` for a zip opened with ``"w"`` that exists.
-    """
-    backend = _BACKENDS[location.kind]
-    found = backend.exists(location)  # on S3 one LIST, which also diagnoses bucket and keys
-    if mode != "w" and not found:
-        raise StoreError(f"{location}: store not found; check the location")
-    return backend.open(location, mode)
+    path: str  # a filesystem path; on S3 the key (or key prefix) inside the bucket
+
+    can_append = True
+    """Whether a store here can be added to piecewise (resumed, appended to); when not, a store
+    is built :meth:`beside` it and written here whole at the end."""
+
+    def __str__(self) -> str:
+        return self.path
+
+    def open(self, mode: Mode = "r", *, check: bool = True) -> Store:
+        """A zarr ``Store`` here: ``"r"`` read only, ``"w"`` create, ``"a"`` add to it.
+
+        ``check`` first asks whether anything is here (on S3 one LIST, which also diagnoses
+        bucket and credentials): ``StoreError`` when the location cannot be reached or, for
+        ``"r"`` and ``"a"``, holds nothing. ``StoreExistsError`` for a zip opened with ``"w"``
+        that exists.
+        """
+        if check:
+            found = self.exists()
+            if mode != "w" and not found:
+                raise StoreError(f"{self}: store not found; check the location")
+        return self._open(mode)
+
+    @abstractmethod
+    def _open(self, mode: Mode) -> Store: ...
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether anything is stored here."""
+
+    @abstractmethod
+    def delete(self) -> None:
+        """Delete everything stored here (for overwriting); nothing here is fine."""
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """The sorted keys (relative to the store's root) under the folder-like ``prefix``."""
+        return sorted(key for key, _ in self._listing(prefix.strip("/")))
+
+    @abstractmethod
+    def _listing(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """``(key, size in bytes)`` of every key under ``prefix`` ("" or "a/b", no slashes)."""
+
+    def usage(self) -> tuple[int, int]:
+        """Bytes stored and the number of files (or objects) that hold them."""
+        sizes = [size for _, size in self._listing("")]
+        return sum(sizes), len(sizes)
+
+    def read_key(self, store: Store, key: str, reuse: np.ndarray | None = None) -> np.ndarray | None:
+        """The whole value at ``key`` as a uint8 array (None if absent), read through ``store``
+        (opened here). A local file is read into ``reuse`` when it fits: for a large file, a
+        fresh allocation's page faults cost as much as the read itself."""
+        buffer = sync(store.get(key, default_buffer_prototype()))
+        return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
+
+    def remove_partial_writes(self) -> None:
+        """Remove the temporary files of writes that never finished (zarr's local store writes
+        ``<key>.<uuid hex>.partial`` and renames it; a killed writer leaves it behind). Only a
+        store's own writer, holding it, may call this. Nothing to do where a write is atomic
+        (S3 PUTs, a zip written whole)."""
+
+    @abstractmethod
+    def beside(self, suffix: str) -> Location:
+        """The location ``<this>{suffix}`` beside this one, where a store is built before it
+        replaces this one: a directory for a local directory or a zip, a prefix on S3."""
+
+    @abstractmethod
+    def replace_with(self, source: Location) -> None:
+        """Make the finished store built at ``source`` (:meth:`beside` this one) the store here,
+        replacing what is here only now that the new store is whole; ``source`` is gone
+        afterwards."""
+
+    def pack(self, source: Location) -> None:
+        """Copy every key of the finished store at ``source`` into the zip here (see
+        ``ZipLocation``); only a zip can be packed into."""
+        raise ParameterError(f"{self}: a packed store must be a .zip file; name it *.zip")
+
+    @abstractmethod
+    def size(self) -> int:
+        """The size in bytes of the one file or object here (e.g. a slide); ``StoreError``
+        naming it when it is absent or unreachable."""
+
+    @abstractmethod
+    def read_range(self, start: int, length: int) -> bytes:
+        """``length`` bytes of the one file or object here from ``start`` (on S3 one ranged GET)."""
 
 
-def exists(location: Location) -> bool:
-    """Whether anything is stored at ``location``."""
-    return _BACKENDS[location.kind].exists(location)
+@dataclass(frozen=True)
+class LocalLocation(Location):
+    """A directory on a local (or mounted) file system."""
 
+    def _open(self, mode: Mode) -> Store:
+        return zarr.storage.LocalStore(self.path, read_only=mode == "r")
 
-def delete(location: Location) -> None:
-    """Delete everything stored at ``location`` (for overwriting); nothing there is fine."""
-    _BACKENDS[location.kind].delete(location)
+    def exists(self) -> bool:
+        return Path(self.path).exists()
 
+    def delete(self) -> None:
+        _delete_path(Path(self.path))
 
-def read_key(
-    location: Location, store: Store, key: str, reuse: np.ndarray | None = None
-) -> np.ndarray | None:
-    """The whole value at ``key`` as a uint8 array (None if absent), read through ``store``
-    (opened on ``location``). A local file is read into ``reuse`` when it fits: for a large
-    file, a fresh allocation's page faults cost as much as the read itself."""
-    return _BACKENDS[location.kind].read(location, store, key, reuse)
+    def _listing(self, prefix: str) -> Iterator[tuple[str, int]]:
+        root = Path(self.path)
+        for file in (root / prefix).rglob("*"):
+            if file.is_file():
+                yield file.relative_to(root).as_posix(), file.stat().st_size
 
-
-def list_keys(location: Location, prefix: str = "") -> list[str]:
-    """The sorted keys (relative to the store's root) under the folder-like ``prefix``."""
-    listing = _BACKENDS[location.kind].listing(location, prefix.strip("/"))
-    return sorted(key for key, _ in listing)
-
-
-def remove_partial_writes(location: Location) -> None:
-    """Remove the temporary files of writes that never finished (zarr's local store writes
-    ``<key>.<uuid hex>.partial`` and renames it; a killed writer leaves it behind). Only a
-    store's own writer, holding it, may call this."""
-    _BACKENDS[location.kind].remove_partial_writes(location)
-
-
-def size_bytes(location: Location) -> tuple[int, int]:
-    """Bytes stored and the number of files (or objects) that hold them."""
-    return _BACKENDS[location.kind].usage(location)
-
-
-def pack_zip(source: Location, zip_path: str | os.PathLike[str]) -> Location:
-    """Copy every key of the finished store at ``source`` into one ZIP_STORED zip.
-
-    The zip is written under a temporary name beside ``zip_path`` and renamed when complete, so a
-    crash never leaves a truncated zip. ``StoreExistsError`` if ``zip_path`` exists.
-    """
-    target = parse_location(zip_path)
-    if target.kind != "zip":
-        raise ParameterError(f"{zip_path}: a packed store must be a .zip file; name it *.zip")
-    path = Path(target.path)
-    if not path.parent.is_dir():
-        raise StoreError(f"{path}: its directory does not exist; create it first")
-    if path.exists():
-        raise StoreExistsError(f"{path}: exists; delete it or choose another name")
-    _write_zip(source, path)
-    return target
-
-
-def publish(source: Location, target: Location) -> None:
-    """Make the finished store built at ``source`` the store at ``target``, replacing what is
-    there only now that the new store is whole; ``source`` is gone afterwards.
-
-    A directory is swapped in by two renames; a zip is packed beside and renamed over the old
-    one; on S3 the old store's root metadata goes first (so a half-copied prefix never looks
-    complete), then its keys, then the new keys are copied server-side, root metadata last.
-    """
-    _BACKENDS[target.kind].publish(source, target)
-
-
-def object_size(location: Location) -> int:
-    """The size in bytes of the one S3 object at ``location`` (``s3://bucket/key``, e.g. a
-    slide); ``StoreError`` naming the URL when it is absent or unreachable."""
-    obstore = _obstore(location)
-    with _s3_errors(location):
+    def read_key(self, store: Store, key: str, reuse: np.ndarray | None = None) -> np.ndarray | None:
         try:
-            return int(obstore.head(_s3_bucket(location), location.path)["size"])
-        except (obstore.exceptions.NotFoundError, FileNotFoundError):
-            raise StoreError(f"{location}: no such object; check the URL") from None
+            with open(Path(self.path, key), "rb", buffering=0) as file:
+                size = os.fstat(file.fileno()).st_size
+                buffer = reuse if reuse is not None and len(reuse) >= size else np.empty(size, np.uint8)
+                return buffer[: file.readinto(memoryview(buffer[:size]))]
+        except FileNotFoundError:
+            return None
+
+    def remove_partial_writes(self) -> None:
+        for file in Path(self.path).rglob("*.partial"):
+            if _PARTIAL_WRITE.search(file.name):
+                file.unlink(missing_ok=True)
+
+    def beside(self, suffix: str) -> LocalLocation:
+        return LocalLocation(f"{self.path}{suffix}")
+
+    def replace_with(self, source: Location) -> None:
+        """Two renames: the old directory aside, the new one in; then the old one goes."""
+        replaced = Path(f"{self.path}.{os.getpid()}.replaced")
+        had_target = self.exists()
+        if had_target:
+            os.rename(self.path, replaced)
+        os.rename(source.path, self.path)
+        if had_target:
+            _delete_path(replaced)
+
+    def size(self) -> int:
+        return _file_size(self)
+
+    def read_range(self, start: int, length: int) -> bytes:
+        return _file_range(self, start, length)
 
 
-def read_range(location: Location, start: int, length: int) -> bytes:
-    """``length`` bytes of the S3 object at ``location`` from ``start``: one ranged GET."""
-    with _s3_errors(location):
-        data = _obstore(location).get_range(_s3_bucket(location), location.path, start=start, length=length)
-    return bytes(data)
+@dataclass(frozen=True)
+class ZipLocation(Location):
+    """A single ``.zip`` file, written whole (``ZIP_STORED``): read it, or create it once."""
+
+    can_append = False
+
+    def _open(self, mode: Mode) -> Store:
+        if mode == "a":
+            raise StoreError(
+                f"{self}: a zip cannot be added to; write a directory, then `wsizarr pack` it"
+            )
+        if mode == "w" and self.exists():
+            raise StoreExistsError(f"{self}: exists; delete it or choose another name")
+        if mode == "r":  # opened now: zarr's ZipStore.get fails on a store not yet opened
+            return sync(zarr.storage.ZipStore.open(self.path, mode="r"))
+        return zarr.storage.ZipStore(self.path, mode=mode, compression=zipfile.ZIP_STORED)
+
+    def exists(self) -> bool:
+        return Path(self.path).exists()
+
+    def delete(self) -> None:
+        _delete_path(Path(self.path))
+
+    def _listing(self, prefix: str) -> Iterator[tuple[str, int]]:
+        with zipfile.ZipFile(self.path) as archive:
+            for info in archive.infolist():
+                inside = not prefix or info.filename.startswith(f"{prefix}/")
+                if inside and not info.is_dir():
+                    yield info.filename, info.compress_size
+
+    def usage(self) -> tuple[int, int]:
+        return Path(self.path).stat().st_size, 1
+
+    def beside(self, suffix: str) -> LocalLocation:
+        return LocalLocation(f"{self.path}{suffix}")
+
+    def replace_with(self, source: Location) -> None:
+        """Packs ``source`` beside the zip and renames it over the old one."""
+        _write_zip(source, Path(self.path))
+        source.delete()
+
+    def pack(self, source: Location) -> None:
+        """The zip is written under a temporary name beside it and renamed when complete, so a
+        crash never leaves a truncated zip. ``StoreExistsError`` if it exists."""
+        path = Path(self.path)
+        if not path.parent.is_dir():
+            raise StoreError(f"{path}: its directory does not exist; create it first")
+        if path.exists():
+            raise StoreExistsError(f"{path}: exists; delete it or choose another name")
+        _write_zip(source, path)
+
+    def size(self) -> int:
+        return _file_size(self)
+
+    def read_range(self, start: int, length: int) -> bytes:
+        return _file_range(self, start, length)
 
 
-def _s3_bucket(location: Location) -> S3Store:
-    """One client per bucket, endpoint and credentials (kept: a client per request would
-    repeat its set-up)."""
-    key = (os.getpid(), location.bucket, tuple(sorted(location.storage_options.items())))
-    if key not in _BUCKETS:
-        _BUCKETS[key] = _s3_store(Location("s3", "", location.bucket, location.storage_options))
-    return _BUCKETS[key]
+@dataclass(frozen=True)
+class S3Location(Location):
+    """An S3 key prefix (a store) or key (one object) in ``bucket``, reached with
+    ``storage_options`` (see ``STORAGE_OPTIONS``) or the AWS environment variables."""
+
+    bucket: str
+    storage_options: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.path}"
+
+    def _open(self, mode: Mode) -> Store:
+        return _S3ZarrStore(_s3_store(self, _DATA_RETRIES), read_only=mode == "r", location=self)
+
+    def exists(self) -> bool:
+        return any(True for _ in self._listing(""))
+
+    def delete(self) -> None:
+        keys = [key for key, _ in self._listing("")]
+        if keys:
+            with _s3_errors(self):
+                _obstore(self).delete(_s3_store(self), keys)
+
+    def _listing(self, prefix: str) -> Iterator[tuple[str, int]]:
+        with _s3_errors(self):
+            store = _s3_store(self)
+            for batch in _obstore(self).list(store, prefix or None, chunk_size=1000):
+                for meta in batch:
+                    yield meta["path"], meta["size"]
+
+    def beside(self, suffix: str) -> S3Location:
+        return S3Location(f"{self.path}{suffix}", self.bucket, self.storage_options)
+
+    def replace_with(self, source: Location) -> None:
+        """The old store's root metadata goes first (so a half-copied prefix never looks
+        complete), then its keys, then the new keys are copied server-side, root metadata last."""
+        new = source.keys()
+        old = self.keys()
+        obstore = _obstore(self)
+        bucket = _s3_store(self, root=True)
+        with _s3_errors(self):
+            if "zarr.json" in old:
+                obstore.delete(bucket, f"{self.path}/zarr.json")
+            obstore.delete(bucket, [f"{self.path}/{key}" for key in old if key != "zarr.json"])
+            for key in sorted(new, key=lambda key: key == "zarr.json"):  # root metadata last
+                obstore.copy(bucket, f"{source.path}/{key}", f"{self.path}/{key}")
+        source.delete()
+
+    def size(self) -> int:
+        obstore = _obstore(self)
+        with _s3_errors(self):
+            try:
+                return int(obstore.head(_s3_bucket(self), self.path)["size"])
+            except (obstore.exceptions.NotFoundError, FileNotFoundError):
+                raise StoreError(f"{self}: no such object; check the URL") from None
+
+    def read_range(self, start: int, length: int) -> bytes:
+        with _s3_errors(self):
+            data = _obstore(self).get_range(_s3_bucket(self), self.path, start=start, length=length)
+        return bytes(data)
+
+    # Single objects by their key from the bucket's root (e.g. a writer lock beside a store);
+    # failures are ``StoreError``s naming this location.
+
+    def get_object(self, key: str) -> tuple[bytes, str | None] | None:
+        """The content and ETag of the object ``key`` in this bucket; None when it is absent."""
+        obstore = _obstore(self)
+        with _s3_errors(self):
+            try:
+                result = obstore.get(_s3_bucket(self), key)
+                return bytes(result.bytes()), result.meta["e_tag"]
+            except (obstore.exceptions.NotFoundError, FileNotFoundError):
+                return None
+
+    def put_object(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> str | None:
+        """Write ``data`` to the object ``key`` in this bucket and return its ETag. Conditional
+        (one request, decided by the server): ``if_absent`` only when no object is there,
+        ``if_match`` only when the object still has that ETag; None when the condition fails."""
+        obstore = _obstore(self)
+        errors = obstore.exceptions
+        failed: tuple[type[BaseException], ...] = ()
+        mode: Any = "overwrite"
+        if if_absent:
+            mode, failed = "create", (errors.AlreadyExistsError,)
+        elif if_match is not None:
+            mode = {"e_tag": if_match}
+            failed = (errors.PreconditionError, errors.NotFoundError, FileNotFoundError)
+        with _s3_errors(self):
+            try:
+                return obstore.put(_s3_bucket(self), key, data, mode=mode)["e_tag"]
+            except failed:
+                return None
+
+    def delete_object(self, key: str) -> None:
+        """Delete the object ``key`` in this bucket (absent is fine)."""
+        with _s3_errors(self):
+            _obstore(self).delete(_s3_bucket(self), key)
 
 
-_BUCKETS: dict[tuple[Any, ...], S3Store] = {}
+def _delete_path(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _file_size(location: Location) -> int:
+    try:
+        return Path(location.path).stat().st_size
+    except FileNotFoundError:
+        raise StoreError(f"{location}: no such file; check the path") from None
+
+
+def _file_range(location: Location, start: int, length: int) -> bytes:
+    try:
+        with open(location.path, "rb") as file:
+            file.seek(start)
+            return file.read(length)
+    except FileNotFoundError:
+        raise StoreError(f"{location}: no such file; check the path") from None
 
 
 def _write_zip(source: Location, path: Path) -> None:
     """Pack ``source`` into a zip written beside ``path`` and renamed over it when complete."""
-    store = open_zarr_store(source, "r")
+    store = source.open("r")
     prototype = default_buffer_prototype()
     fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
-            for key in list_keys(source):
+            for key in source.keys():
                 buffer = sync(store.get(key, prototype))
                 if buffer is None:
                     raise StoreError(f"{source}: {key} vanished while packing; stop writers first")
@@ -274,115 +473,23 @@ def _write_zip(source: Location, path: Path) -> None:
         store.close()
 
 
-class _Backend(ABC):
-    """What every kind of location provides."""
-
-    @abstractmethod
-    def open(self, location: Location, mode: Mode) -> Store: ...
-
-    @abstractmethod
-    def exists(self, location: Location) -> bool: ...
-
-    @abstractmethod
-    def delete(self, location: Location) -> None: ...
-
-    def read(self, location: Location, store: Store, key: str, reuse: np.ndarray | None) -> np.ndarray | None:
-        buffer = sync(store.get(key, default_buffer_prototype()))
-        return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
-
-    @abstractmethod
-    def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
-        """``(key, size in bytes)`` of every key under ``prefix`` ("" or "a/b", no slashes)."""
-
-    @abstractmethod
-    def publish(self, source: Location, target: Location) -> None:
-        """Replace ``target`` by the finished store at ``source`` (see ``publish``)."""
-
-    def usage(self, location: Location) -> tuple[int, int]:
-        sizes = [size for _, size in self.listing(location, "")]
-        return sum(sizes), len(sizes)
-
-    def remove_partial_writes(self, location: Location) -> None:
-        """Nothing to do where a write is atomic (S3 PUTs, a zip written whole)."""
+def _s3_bucket(location: S3Location) -> S3Store:
+    """One client per bucket, endpoint and credentials (kept: a client per request would
+    repeat its set-up)."""
+    key = (os.getpid(), location.bucket, tuple(sorted(location.storage_options.items())))
+    if key not in _BUCKETS:
+        _BUCKETS[key] = _s3_store(location, root=True)
+    return _BUCKETS[key]
 
 
-class _Local(_Backend):
-    def open(self, location: Location, mode: Mode) -> Store:
-        return zarr.storage.LocalStore(location.path, read_only=mode == "r")
-
-    def exists(self, location: Location) -> bool:
-        return Path(location.path).exists()
-
-    def delete(self, location: Location) -> None:
-        path = Path(location.path)
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-    def read(self, location: Location, store: Store, key: str, reuse: np.ndarray | None) -> np.ndarray | None:
-        try:
-            with open(Path(location.path, key), "rb", buffering=0) as file:
-                size = os.fstat(file.fileno()).st_size
-                buffer = reuse if reuse is not None and len(reuse) >= size else np.empty(size, np.uint8)
-                return buffer[: file.readinto(memoryview(buffer[:size]))]
-        except FileNotFoundError:
-            return None
-
-    def remove_partial_writes(self, location: Location) -> None:
-        for file in Path(location.path).rglob("*.partial"):
-            if _PARTIAL_WRITE.search(file.name):
-                file.unlink(missing_ok=True)
-
-    def publish(self, source: Location, target: Location) -> None:
-        replaced = Path(f"{target.path}.{os.getpid()}.replaced")
-        had_target = self.exists(target)
-        if had_target:
-            os.rename(target.path, replaced)
-        os.rename(source.path, target.path)
-        if had_target:
-            self.delete(Location("local", str(replaced)))
-
-    def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
-        root = Path(location.path)
-        for file in (root / prefix).rglob("*"):
-            if file.is_file():
-                yield file.relative_to(root).as_posix(), file.stat().st_size
-
-
-class _Zip(_Local):
-    read = _Backend.read  # through the zip store, not the filesystem
-    def open(self, location: Location, mode: Mode) -> Store:
-        if mode == "a":
-            raise StoreError(
-                f"{location}: a zip cannot be added to; write a directory, then `wsizarr pack` it"
-            )
-        if mode == "w" and self.exists(location):
-            raise StoreExistsError(f"{location}: exists; delete it or choose another name")
-        if mode == "r":  # opened now: zarr's ZipStore.get fails on a store not yet opened
-            return sync(zarr.storage.ZipStore.open(location.path, mode="r"))
-        return zarr.storage.ZipStore(location.path, mode=mode, compression=zipfile.ZIP_STORED)
-
-    def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
-        with zipfile.ZipFile(location.path) as archive:
-            for info in archive.infolist():
-                inside = not prefix or info.filename.startswith(f"{prefix}/")
-                if inside and not info.is_dir():
-                    yield info.filename, info.compress_size
-
-    def usage(self, location: Location) -> tuple[int, int]:
-        return Path(location.path).stat().st_size, 1
-
-    def publish(self, source: Location, target: Location) -> None:
-        _write_zip(source, Path(target.path))
-        _BACKENDS[source.kind].delete(source)
+_BUCKETS: dict[tuple[Any, ...], S3Store] = {}
 
 
 class _S3ZarrStore(zarr.storage.ObjectStore):  # type: ignore[type-arg]
     """zarr's ``ObjectStore`` whose S3 failures (a timeout, a refused connection, ...) come out
     as one-line ``StoreError``s, as they do from listing; a missing key stays what zarr expects."""
 
-    def __init__(self, store: Any, *, read_only: bool = False, location: Location | None = None) -> None:
+    def __init__(self, store: Any, *, read_only: bool = False, location: S3Location | None = None) -> None:
         super().__init__(store, read_only=read_only)
         self.location = location
 
@@ -454,41 +561,7 @@ class _S3ZarrStore(zarr.storage.ObjectStore):  # type: ignore[type-arg]
             raise _s3_error(self.location, error) from None
 
 
-class _S3(_Backend):
-    def open(self, location: Location, mode: Mode) -> Store:
-        return _S3ZarrStore(_s3_store(location, _DATA_RETRIES), read_only=mode == "r", location=location)
-
-    def exists(self, location: Location) -> bool:
-        return any(True for _ in self.listing(location, ""))
-
-    def delete(self, location: Location) -> None:
-        keys = [key for key, _ in self.listing(location, "")]
-        if keys:
-            with _s3_errors(location):
-                _obstore(location).delete(_s3_store(location), keys)
-
-    def publish(self, source: Location, target: Location) -> None:
-        new = [key for key, _ in self.listing(source, "")]
-        old = [key for key, _ in self.listing(target, "")]
-        obstore = _obstore(target)
-        bucket = _s3_store(target, root=True)
-        with _s3_errors(target):
-            if "zarr.json" in old:
-                obstore.delete(bucket, f"{target.path}/zarr.json")
-            obstore.delete(bucket, [f"{target.path}/{key}" for key in old if key != "zarr.json"])
-            for key in sorted(new, key=lambda key: key == "zarr.json"):  # root metadata last
-                obstore.copy(bucket, f"{source.path}/{key}", f"{target.path}/{key}")
-        self.delete(source)
-
-    def listing(self, location: Location, prefix: str) -> Iterator[tuple[str, int]]:
-        with _s3_errors(location):
-            store = _s3_store(location)
-            for batch in _obstore(location).list(store, prefix or None, chunk_size=1000):
-                for meta in batch:
-                    yield meta["path"], meta["size"]
-
-
-def _endpoint(location: Location) -> str | None:
+def _endpoint(location: S3Location) -> str | None:
     """The endpoint from the storage options, else from the environment; None: AWS itself.
 
     ``ParameterError`` for one that is not an http(s) URL with a host (obstore would panic)."""
@@ -537,7 +610,7 @@ def _timeout_seconds(where: str, value: str | None) -> float:
     return seconds
 
 
-def _obstore(location: Location) -> ModuleType:
+def _obstore(location: S3Location) -> ModuleType:
     try:
         import obstore
         import obstore.exceptions
@@ -552,7 +625,7 @@ def _obstore(location: Location) -> ModuleType:
 _obstore_pid: int | None = None  # the process whose obstore (tokio) runtime is running
 
 
-def _s3_store(location: Location, retries: int = _FEW_RETRIES, *, root: bool = False) -> S3Store:
+def _s3_store(location: S3Location, retries: int = _FEW_RETRIES, *, root: bool = False) -> S3Store:
     """obstore's S3 client on the store's prefix (``root``: on the bucket), every request limited
     by the ``timeout`` option and retried at most ``retries`` times within twice that.
 
@@ -604,16 +677,18 @@ _CREDENTIAL_CODES = (
 
 
 @contextmanager
-def _s3_errors(location: Location) -> Iterator[None]:
+def _s3_errors(location: S3Location) -> Iterator[None]:
     """Turn obstore's errors into one-line ``StoreError``s naming the URL and the fix."""
     exceptions = _obstore(location).exceptions
     try:
         yield
+    except StoreError:  # already one line naming the location (a StoreError is an OSError)
+        raise
     except (exceptions.BaseError, OSError) as error:
         raise _s3_error(location, error) from None
 
 
-def _s3_error(location: Location, error: BaseException) -> StoreError:
+def _s3_error(location: S3Location, error: BaseException) -> StoreError:
     """The one-line ``StoreError`` for an obstore error."""
     exceptions = _obstore(location).exceptions
     message = str(error)
@@ -633,8 +708,7 @@ def _s3_error(location: Location, error: BaseException) -> StoreError:
         return StoreError(
             f"{location}: the S3 server at {endpoint} did not answer within {seconds:g} s "
             "(tried again, in vain); check the server is up and not overloaded, or raise the "
-            "timeout storage option (--storage-option timeout=SECONDS); rerun with --resume "
-            "if an extraction stopped"
+            f"timeout storage option (seconds); finish an extraction that stopped with {option('resume', True)}"
         )
     if "error sending request" in message:
         return StoreError(
@@ -642,6 +716,3 @@ def _s3_error(location: Location, error: BaseException) -> StoreError:
             "endpoint (AWS_ENDPOINT_URL or the endpoint_url option) and that the server runs"
         )
     return StoreError(f"{location}: {message.splitlines()[0] if message else type(error).__name__}")
-
-
-_BACKENDS: dict[Kind, _Backend] = {"local": _Local(), "zip": _Zip(), "s3": _S3()}

@@ -32,10 +32,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from ._errors import ParameterError, StoreError, StoreLockedError
-from ._locations import Location, _obstore, _s3_error, _s3_store, positive_seconds
+from ._errors import ParameterError, StoreError, StoreLockedError, option
+from ._locations import Location, S3Location, positive_seconds
 
 __all__ = [
     "LEASE_ENV", "Holder", "StaleLockWarning", "WriterLock", "break_lock", "lock_name",
@@ -119,7 +118,9 @@ def writer_lock(location: Location) -> Iterator[WriterLock]:
 
     ``StoreLockedError`` naming the holder and the fix when another live writer holds it.
     """
-    lock: WriterLock = _S3Lock.acquire(location) if location.kind == "s3" else _LocalLock.acquire(location)
+    lock: WriterLock = (
+        _S3Lock.acquire(location) if isinstance(location, S3Location) else _LocalLock.acquire(location)
+    )
     try:
         yield lock
     finally:
@@ -128,7 +129,7 @@ def writer_lock(location: Location) -> Iterator[WriterLock]:
 
 def lock_name(location: Location) -> str:
     """Where the lock of ``location`` lives: a file path or an ``s3://`` URL."""
-    if location.kind == "s3":
+    if isinstance(location, S3Location):
         return f"s3://{location.bucket}/{_s3_key(location)}"
     return str(_lock_path(location))
 
@@ -139,7 +140,7 @@ def break_lock(location: Location) -> str | None:
     A local lock held by a running process is refused (``StoreLockedError``): the kernel says
     that writer lives. An S3 lock is removed whoever holds it.
     """
-    if location.kind == "s3":
+    if isinstance(location, S3Location):
         return _S3Lock.break_(location)
     return _LocalLock.break_(location)
 
@@ -233,7 +234,7 @@ class _LocalLock(WriterLock):
             raise StoreLockedError(
                 f"{self.location}: this writer's lock {self.path} was removed while it ran, so "
                 "another writer may have used the store; the store was not finalised: check no "
-                "other writer runs, then rerun with --resume"
+                f"other writer runs, then rerun with {option('resume', True)}"
             )
 
     def release(self) -> None:
@@ -297,7 +298,7 @@ def _names(path: Path, fd: int) -> bool:
 # --- S3: a conditionally written object <prefix>.lock with a heartbeat ---------------------------
 
 
-def _s3_key(location: Location) -> str:
+def _s3_key(location: S3Location) -> str:
     return f"{location.path}.lock"
 
 
@@ -328,8 +329,8 @@ def _stale(holder: Holder, lease: float) -> str | None:
 
 
 class _S3Lock(WriterLock):
-    def __init__(self, location: Location, store: Any, holder: Holder, e_tag: str | None, lease: float) -> None:
-        self.location, self._store, self.holder, self.lease = location, store, holder, lease
+    def __init__(self, location: S3Location, holder: Holder, e_tag: str | None, lease: float) -> None:
+        self.location, self.holder, self.lease = location, holder, lease
         self._key = _s3_key(location)
         self._e_tag = e_tag
         self._lost: str | None = None
@@ -338,27 +339,20 @@ class _S3Lock(WriterLock):
         self._thread.start()
 
     @classmethod
-    def acquire(cls, location: Location) -> _S3Lock:
-        obs = _obstore(location)
-        errors = obs.exceptions
+    def acquire(cls, location: S3Location) -> _S3Lock:
         lease = lease_seconds()
-        store = _s3_store(location, root=True)
         key = _s3_key(location)
         for _ in range(_ATTEMPTS):
             mine = Holder.me()
-            try:
-                result = obs.put(store, key, mine.to_bytes(), mode="create")
-                return cls(location, store, mine, result["e_tag"], lease)
-            except errors.AlreadyExistsError:
-                pass
-            except (errors.BaseError, OSError) as error:
-                raise _s3_error(location, error) from None
-            current = cls._get(location, store)
+            e_tag = location.put_object(key, mine.to_bytes(), if_absent=True)
+            if e_tag is not None:
+                return cls(location, mine, e_tag, lease)
+            current = cls._get(location)
             if current is None:
                 continue  # released meanwhile
             holder, e_tag = current
             if holder is not None and holder.token == mine.token:  # our PUT landed, its answer was lost
-                return cls(location, store, mine, e_tag, lease)
+                return cls(location, mine, e_tag, lease)
             if holder is None:
                 raise StoreLockedError(
                     f"{location}: {lock_name(location)} is not a wsizarr lock; remove it with "
@@ -370,52 +364,43 @@ class _S3Lock(WriterLock):
                     location, holder, True,
                     f"wait for it to finish, or if that process is gone run `wsizarr unlock {location}`",
                 )
-            try:
-                result = obs.put(store, key, mine.to_bytes(), mode={"e_tag": e_tag})
-            except (errors.PreconditionError, errors.NotFoundError, FileNotFoundError):
+            taken = location.put_object(key, mine.to_bytes(), if_match=e_tag)
+            if taken is None:
                 continue  # refreshed, released or taken by another writer meanwhile
-            except (errors.BaseError, OSError) as error:
-                raise _s3_error(location, error) from None
             warnings.warn(
                 f"{location}: took over a stale lock ({holder.describe(True)}: {why})",
                 StaleLockWarning, stacklevel=3,
             )
-            return cls(location, store, mine, result["e_tag"], lease)
+            return cls(location, mine, taken, lease)
         raise StoreLockedError(f"{location}: the lock {lock_name(location)} keeps changing hands; try again")
 
     @staticmethod
-    def _get(location: Location, store: Any) -> tuple[Holder | None, str | None] | None:
-        obs = _obstore(location)
-        try:
-            result = obs.get(store, _s3_key(location))
-            return Holder.parse(bytes(result.bytes())), result.meta["e_tag"]
-        except (obs.exceptions.NotFoundError, FileNotFoundError):
-            return None
-        except (obs.exceptions.BaseError, OSError) as error:
-            raise _s3_error(location, error) from None
+    def _get(location: S3Location) -> tuple[Holder | None, str | None] | None:
+        found = location.get_object(_s3_key(location))
+        return None if found is None else (Holder.parse(found[0]), found[1])
 
     def _beat(self) -> None:
         """Rewrite the heartbeat every quarter lease, if the lock is still ours."""
-        obs = _obstore(self.location)
-        errors = obs.exceptions
         refreshed = time.monotonic()
         while not self._stop.wait(self.lease / 4):
             beat = Holder.me(self.holder.token, self.holder.started)
             try:
-                result = obs.put(self._store, self._key, beat.to_bytes(), mode={"e_tag": self._e_tag})
-                self._e_tag, refreshed = result["e_tag"], time.monotonic()
-            except (errors.PreconditionError, errors.NotFoundError, FileNotFoundError):
-                self._lost = "another writer took it over or it was removed (`wsizarr unlock`)"
-                return
+                e_tag = self.location.put_object(self._key, beat.to_bytes(), if_match=self._e_tag)
             except Exception as error:  # a passing network fault: try again, within the lease
                 if time.monotonic() - refreshed > self.lease:
-                    self._lost = f"its heartbeat could not be written for the whole lease ({error})".splitlines()[0]
+                    cause = str(error).removeprefix(f"{self.location}: ").splitlines()[0]
+                    self._lost = f"its heartbeat could not be written for the whole lease ({cause})"
                     return
+                continue
+            if e_tag is None:
+                self._lost = "another writer took it over or it was removed (`wsizarr unlock`)"
+                return
+            self._e_tag, refreshed = e_tag, time.monotonic()
 
     def check(self) -> None:
         reason = self._lost
         if reason is None:
-            current = self._get(self.location, self._store)
+            current = self._get(self.location)
             if current is None:
                 reason = "it was removed (`wsizarr unlock`)"
             elif current[0] is None or current[0].token != self.holder.token:
@@ -424,7 +409,7 @@ class _S3Lock(WriterLock):
         if reason is not None:
             raise StoreLockedError(
                 f"{self.location}: this writer lost its lock: {reason}; the store was not "
-                "finalised: make sure no other writer runs, then rerun with --resume"
+                f"finalised: make sure no other writer runs, then rerun with {option('resume', True)}"
             )
 
     def release(self) -> None:
@@ -432,12 +417,11 @@ class _S3Lock(WriterLock):
             return
         self._stop.set()
         self._thread.join()
-        obs = _obstore(self.location)
         try:
-            current = self._get(self.location, self._store)
+            current = self._get(self.location)
             if current is not None and current[0] is not None and current[0].token == self.holder.token:
-                obs.delete(self._store, self._key)
-        except (StoreError, obs.exceptions.BaseError, OSError) as error:
+                self.location.delete_object(self._key)
+        except StoreError as error:
             cause = str(error).removeprefix(f"{self.location}: ").split(";")[0]
             warnings.warn(
                 f"{self.location}: could not remove its lock {lock_name(self.location)} ({cause}); "
@@ -446,14 +430,9 @@ class _S3Lock(WriterLock):
             )
 
     @classmethod
-    def break_(cls, location: Location) -> str | None:
-        store = _s3_store(location, root=True)
-        current = cls._get(location, store)
+    def break_(cls, location: S3Location) -> str | None:
+        current = cls._get(location)
         if current is None:
             return None
-        obs = _obstore(location)
-        try:
-            obs.delete(store, _s3_key(location))
-        except (obs.exceptions.BaseError, OSError) as error:
-            raise _s3_error(location, error) from None
+        location.delete_object(_s3_key(location))
         return current[0].describe(True) if current[0] else "an object that is not a wsizarr lock"

@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 
 from ._errors import StoreError
-from ._locations import Location, open_zarr_store, parse_store_location
+from ._locations import Location, parse_store_location
 from ._lock import writer_lock
 from ._manifest import (
     ANNOTATION_COLUMNS, COORDINATE_COLUMNS, SLIDE_COLUMNS, Manifest, TableWriter, plan_sha256, read_slides,
@@ -28,13 +28,13 @@ def migrate(store: str | Path | Location, *, storage_options: Mapping[str, str] 
     is. Raises ``StoreError`` for a zip (read-only: migrate the directory, then pack it).
     """
     location = parse_store_location(store, storage_options)
-    if location.kind == "zip":
+    if not location.can_append:
         raise StoreError(f"{location}: a zip is read-only; migrate the directory store, then pack it again")
     with writer_lock(location):
         manifest = read_manifest(open_store(location))
         if manifest.legacy is None:
             return manifest
-        group = zarr.open_group(open_zarr_store(location, "a"), mode="r+", zarr_format=3, use_consolidated=False)
+        group = zarr.open_group(location.open("a"), mode="r+", zarr_format=3, use_consolidated=False)
         slides = read_slides(group, manifest)
         arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_COLUMNS}
         starts = np.searchsorted(arrays["slide"], np.arange(len(slides) + 1))

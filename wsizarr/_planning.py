@@ -26,7 +26,7 @@ from ._annotations import (
 )
 from ._errors import ParameterError, WsizarrError, option
 from ._execution import SlideSource
-from ._locations import list_keys, object_size, parse_location, read_range
+from ._locations import parse_location
 from ._options import LabelOptions, ResolutionOptions, SamplingOptions
 from ._sampling import BACKGROUND_LABEL, PatchPlan, plan_slide_patches
 from ._slide import TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask, tissue_mask_of
@@ -66,7 +66,7 @@ def _annotation_folder(
             return None
         prefix = parse_location(str(annotations), storage_options)
         return {
-            Path(key).stem: f"{str(annotations).rstrip('/')}/{key}" for key in list_keys(prefix)
+            Path(key).stem: f"{str(annotations).rstrip('/')}/{key}" for key in prefix.keys()
             if Path(key).suffix.lower() in ANNOTATION_SUFFIXES
         }
     if isinstance(annotations, (str, Path)) and Path(annotations).is_dir():
@@ -83,7 +83,7 @@ def _slide_list(slides: str | Path | Sequence[str | Path], storage_options: Mapp
     out: list[SlidePath] = []
     for path in paths:
         if is_remote(path) and str(path).endswith("/"):
-            keys = list_keys(parse_location(str(path), storage_options))
+            keys = parse_location(str(path), storage_options).keys()
             out += [f"{str(path).rstrip('/')}/{k}" for k in keys if Path(k).suffix.lower() in _REMOTE_SLIDE_SUFFIXES]
         else:
             out.append(_path_or_url(path))
@@ -176,8 +176,8 @@ def _read_remote(url: str, labels: LabelOptions, storage_options: Mapping[str, s
     location = parse_location(url, storage_options)
     with tempfile.TemporaryDirectory() as folder:
         local = Path(folder, Path(location.path).name)
-        size = object_size(location)
-        local.write_bytes(read_range(location, 0, size) if size else b"")
+        size = location.size()
+        local.write_bytes(location.read_range(0, size) if size else b"")
         return _read_file(local, labels)
 
 

@@ -33,7 +33,7 @@ from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
 from ._errors import CorruptStoreError, ParameterError, option
-from ._locations import Location, open_zarr_store, parse_location, read_key
+from ._locations import Location, parse_location
 from ._shards import (
     ShardDamaged, ShardIndex, chunk_payload, has_chunk_checksums, index_size, is_standard,
     n_shards, parse_shard_key, received, shard_key,
@@ -140,7 +140,7 @@ class PatchReader:
     ) -> FetchedShard:
         """``shard``'s bytes, received with one request and checked, to decode patch by patch
         into arrays the caller owns (no copy of the whole shard in between). ``reuse``: an
-        earlier ``FetchedShard.buffer`` the caller is done with (see ``read_key``)."""
+        earlier ``FetchedShard.buffer`` the caller is done with (see ``Location.read_key``)."""
         layout = self._layout_of(name)
         self._check_process()
         if not 0 <= shard < self.n_shards:
@@ -149,7 +149,7 @@ class PatchReader:
         if not layout.standard:
             return FetchedShard(self, layout, shard, stop - start, self._read_with_zarr(layout, slice(start, stop)))
         assert self._store is not None  # opened by _check_process
-        data = read_key(self.location, self._store, layout.shard_key(shard), reuse)
+        data = self.location.read_key(self._store, layout.shard_key(shard), reuse)
         return FetchedShard(self, layout, shard, stop - start, data, self._parse_index(layout, shard, data, whole=True))
 
     def check_shard(self, shard: int, name: str = "patches") -> list[CorruptStoreError]:
@@ -219,7 +219,7 @@ class PatchReader:
         if self._pid != os.getpid():
             self._reset()
         if self._store is None:
-            self._store = open_zarr_store(self.location, "r")
+            self._store = self.location.open("r")
 
     async def _get(
         self, key: str, byte_range: RangeByteRequest | SuffixByteRequest | None = None

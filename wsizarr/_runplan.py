@@ -34,11 +34,12 @@ class Building:
 
 def where_to_build(
     mode: Mode, *, target: str, partial: str, target_exists: bool, partial_exists: bool,
-    can_append: bool, single_file: bool,
+    can_append: bool,
 ) -> Building:
     """Where a run in ``mode`` builds, or the one-line error when the mode does not fit what
     exists (a store without overwrite, resume or append; an unfinished store beside it; nothing
-    to append to; a zip to append to)."""
+    to append to; a zip to append to). A location that cannot be appended to (a zip) is
+    written whole, so always built beside."""
     if mode == "append" and not can_append:
         raise ParameterError(
             f"{target}: a zip cannot be appended to; append to a directory store, then pack it into a zip"
@@ -48,7 +49,7 @@ def where_to_build(
             f"{target}: an earlier run left an unfinished store at {partial}; finish it "
             f"({option('resume', True)}) or start again ({option('overwrite', True)})"
         )
-    beside = single_file or (mode == "overwrite" and target_exists) or (partial_exists and mode in ("overwrite", "resume"))
+    beside = not can_append or (mode == "overwrite" and target_exists) or (partial_exists and mode in ("overwrite", "resume"))
     exists = partial_exists if beside else target_exists
     if mode == "create" and (target_exists or exists):
         raise StoreExistsError(

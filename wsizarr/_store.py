@@ -51,10 +51,7 @@ from ._manifest import (
     TABLE_DIMS, VERTEX_COLUMNS, Manifest, SlideTable, TableWriter, coordinate_chunk_rows,
     create_table, read_slides,
 )
-from ._locations import (
-    Location, delete, exists, list_keys, open_zarr_store, parse_location, remove_partial_writes,
-    size_bytes,
-)
+from ._locations import Location, parse_location
 from ._shards import encode_shard, has_chunk_checksums, shard_key
 
 __all__ = [
@@ -187,10 +184,10 @@ def create_store(
     spec = CODECS[manifest.codec]
     spec.encoder()  # fails now, with the fix, when an optional codec is not installed
     location = parse_location(location)
-    if exists(location):
+    if location.exists():
         raise StoreExistsError(f"{location}: already exists; replace it (overwrite) or finish it (resume)")
     try:
-        group = zarr.create_group(open_zarr_store(location, "w"), zarr_format=3)
+        group = zarr.create_group(location.open("w"), zarr_format=3)
     except OSError as exc:
         raise StoreError(f"{location}: cannot create the store ({exc}); check the path") from None
     write_manifest(group, replace(manifest, codec_lossless=spec.lossless, requires=spec.requires))
@@ -248,8 +245,7 @@ def checksummed(compressor: BytesBytesCodec | None) -> tuple[BytesBytesCodec, ..
 def partial_location(location: Location) -> Location:
     """Where a store is built before it replaces ``location`` (a zip, or a store being
     overwritten): the directory or S3 prefix ``<location>.partial.zarr`` beside it."""
-    kind = "local" if location.kind == "zip" else location.kind
-    return replace(location, kind=kind, path=f"{location.path}{_PARTIAL_SUFFIX}")
+    return location.beside(_PARTIAL_SUFFIX)
 
 
 def why_not_a_store(location: Location) -> str | None:
@@ -259,7 +255,7 @@ def why_not_a_store(location: Location) -> str | None:
     the schema's names: a folder that merely contains a store-like ``zarr.json`` is not one.
     """
     try:
-        store = open_zarr_store(location, "r")
+        store = location.open("r")
         try:
             raw = sync(store.get("zarr.json", default_buffer_prototype()))
         finally:
@@ -275,7 +271,7 @@ def why_not_a_store(location: Location) -> str | None:
     attributes = document.get("attributes") if isinstance(document, dict) else None
     if not isinstance(attributes, dict) or not isinstance(attributes.get(ATTRS), dict):
         return "its zarr.json has no wsizarr attributes"
-    foreign = sorted({key.split("/")[0] for key in list_keys(location)} - _STORE_NAMES)
+    foreign = sorted({key.split("/")[0] for key in location.keys()} - _STORE_NAMES)
     if foreign:
         return f"it also holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
     return None
@@ -295,7 +291,7 @@ def ensure_own_store(location: Location) -> None:
 def delete_store(location: Location) -> None:
     """Delete the wsizarr store at ``location``; anything else is refused (``ensure_own_store``)."""
     ensure_own_store(location)
-    delete(location)
+    location.delete()
 
 
 def begin_run(group: zarr.Group, manifest: Manifest) -> dict[str, TableWriter]:
@@ -358,10 +354,10 @@ def open_store(location: StoreLocation, *, require_complete: bool = True) -> zar
     """
     location = parse_location(location)
     try:
-        zarr_store = open_zarr_store(location, "r")
+        zarr_store = location.open("r")
     except StoreError:
         partial = partial_location(location)
-        if not location.path.endswith(_PARTIAL_SUFFIX) and exists(partial):
+        if not location.path.endswith(_PARTIAL_SUFFIX) and partial.exists():
             raise IncompleteStoreError(
                 f"{location}: not written yet; an unfinished extraction is at {partial}: rerun "
                 f"the same extraction with {option('resume', True)}"
@@ -395,7 +391,7 @@ def open_for_writing(location: StoreLocation) -> zarr.Group:
             "but does not add to; rewrite it as schema 2 with `wsizarr migrate STORE` first"
         )
     return zarr.open_group(
-        open_zarr_store(location, "a"), mode="r+", zarr_format=3, use_consolidated=False
+        location.open("a"), mode="r+", zarr_format=3, use_consolidated=False
     )
 
 
@@ -464,7 +460,7 @@ def finalize_store(group: zarr.Group, location: Location) -> None:
         raise IncompleteStoreError(
             f"{group.store}: {int((~done).sum())} shards are missing; resume the extraction"
         )
-    remove_partial_writes(location)
+    location.remove_partial_writes()
     write_manifest(group, replace(read_manifest(group), complete=True, run=None))
     if _DONE in group:
         del group[_DONE]
@@ -479,7 +475,7 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
     paths = slide_table(group).paths
     patches = group["patches"]
     done = done_shards(group)
-    n_bytes, n_files = size_bytes(location)
+    n_bytes, n_files = location.usage()
     label_names = manifest.label_names
     labels = np.asarray(group["label"][:])
     slides = np.asarray(group["slide"][:])

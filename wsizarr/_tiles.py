@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 
 from ._errors import ParameterError, SlideError, StoreError, option
-from ._locations import object_size, parse_location, read_range
+from ._locations import parse_location
 from ._slide import SlideInfo, composite_on_white, open_slide, read_rgb
 
 __all__ = [
@@ -91,7 +91,7 @@ class RangedFile:
         self.name = url
         self._location = parse_location(url, storage_options)
         try:
-            self.size = object_size(self._location)
+            self.size = self._location.size()
         except StoreError as exc:  # a slide, not a store, is missing or unreachable
             raise SlideError(str(exc)) from None
         self._key = f"{url}#{self.size}"
@@ -104,7 +104,7 @@ class RangedFile:
         for run_start, run_stop in equal_runs(np.asarray(missing) - np.arange(len(missing))):
             lo, hi = missing[run_start], missing[run_stop - 1]
             start, stop = lo * _BLOCK_BYTES, min((hi + 1) * _BLOCK_BYTES, self.size)
-            data = read_range(self._location, start, stop - start)
+            data = self._location.read_range(start, stop - start)
             self.bytes_fetched += len(data)
             for i in range(lo, hi + 1):
                 blocks[i - first] = data[(i - lo) * _BLOCK_BYTES : (i - lo + 1) * _BLOCK_BYTES]

@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from ._errors import CorruptStoreError, ParameterError, SlideError, option
-from ._locations import Location, list_keys, parse_store_location
+from ._locations import Location, parse_store_location
 from ._reader import PatchReader
 from ._shards import n_shards, shard_key
 from ._slide import SlideInfo, resize_patch
@@ -74,7 +74,7 @@ def verify(
     shards = manifest.n_shards
     if not manifest.complete:
         problems.append(f"incomplete: {int(done_shards(group).sum())} of {shards} shards marked done; resume it")
-    keys = set(list_keys(location))
+    keys = set(location.keys())
     stray = sorted(keys - set(_expected_keys(group)))
     if stray:
         problems.append(
