@@ -16,7 +16,7 @@ import pytest
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._slide import composite_on_white
 
-from .helpers import assert_one_line_error, assert_same_store, run, storage_option_args  # noqa: F401  (shared)
+from .helpers import storage_option_args
 
 
 def _shared_data() -> Path:
