@@ -14,7 +14,7 @@ from wsizarr import IncompleteStoreError, ParameterError, StoreError, StoreExist
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import list_keys, open_zarr_store, parse_location
 
-from .helpers import assert_one_line_error, assert_same_store, run
+from .helpers import assert_same_store, run
 from .test_crash import start_and_kill
 
 KWARGS = dict(level=0, patch_size=64, per_annotation=25, shard_size=16, seed=9)
@@ -108,16 +108,6 @@ def test_zip_output_and_pack(tmp_path, aperio_even_case, local_reference):
     run("pack", local_reference, packed)
     assert "[complete]" in run("info", packed).stdout
     run("pack", local_reference, packed, expect=1)  # exists: never overwritten silently
-
-
-def test_cli_extract_and_info_on_s3_with_storage_options(s3_server, aperio_even_case):
-    url = s3_server.url("cli.zarr")
-    options = [f"--storage-option={k}={v}" for k, v in s3_server.options.items()]
-    run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
-        "--out", url, "--per-annotation", "2", "--patch-size", "32", *options)
-    info = run("info", url, *options)
-    assert "16 x 32x32x3" in info.stdout
-    assert_one_line_error(run("info", s3_server.url("nothing-here.zarr"), *options, expect=1), "store not found")
 
 
 def test_torch_datasets_read_s3_through_spawned_workers(s3_server, aperio_even_case, local_reference):

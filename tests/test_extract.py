@@ -8,7 +8,7 @@ import xarray as xr
 import zarr
 
 import wsizarr
-from wsizarr import IncompleteStoreError, ParameterError, StoreError, StoreExistsError, extract, open_dataset
+from wsizarr import IncompleteStoreError, ParameterError, StoreError, extract, open_dataset
 from wsizarr._annotations import read_annotations
 from wsizarr._sampling import plan_jitter
 from wsizarr._slide import open_slide, slide_info
@@ -148,21 +148,6 @@ def test_open_dataset_decodes_labels(demo_store):
     np.testing.assert_array_equal(dataset.label.values, np.array(names)[dataset.label_code.values])
     first = dataset.isel(patch=0)
     assert first.patches.shape == (96, 96, 3)
-
-
-def test_existing_store_is_not_replaced_without_overwrite(demo_store, aperio_even_case):
-    store, _ = demo_store
-    before = sorted(p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file())
-    with pytest.raises(StoreExistsError, match="already exists; pass --overwrite"):
-        extract(aperio_even_case.slide, aperio_even_case.annotations, store)
-    assert sorted(p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()) == before
-
-
-def test_resume_of_a_complete_store_writes_nothing(demo_store, aperio_even_case):
-    store, _ = demo_store
-    summary = extract(aperio_even_case.slide, aperio_even_case.annotations, store, level=1,
-                      patch_size=96, per_annotation=30, shard_size=64, seed=7, resume=True)
-    assert summary.shards_written == 0 and summary.n_patches == 240
 
 
 def test_resume_with_other_parameters_is_refused(demo_store, aperio_even_case):

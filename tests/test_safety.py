@@ -94,14 +94,6 @@ def test_a_killed_overwrite_keeps_the_old_store_and_resumes_into_its_place(tmp_p
     shutil.rmtree(reference)
 
 
-def test_a_successful_overwrite_leaves_only_the_new_store(tmp_path, aperio_even_case):
-    for target in (tmp_path / "store.zarr", tmp_path / "store.zip"):
-        run(*_args(aperio_even_case, target, "--per-annotation", "1"))
-        run(*_args(aperio_even_case, target, "--per-annotation", "2", "--overwrite"))
-        assert len(open_dataset(target).patch) == 16
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.zarr", "store.zip"]
-
-
 def test_output_files_are_never_replaced_without_overwrite(tmp_path, aperio_even_case):
     store = tmp_path / "s.zarr"
     run(*_args(aperio_even_case, store, "--per-annotation", "1"))

@@ -8,6 +8,7 @@ store is compared whole against an extraction into a local directory.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,12 +46,16 @@ def reference(tmp_path_factory, aperio_even_case):
 
 @pytest.fixture
 def extracted(store_location, aperio_even_case):
-    """``store_location`` holding the ``FIRST`` extraction, made by the command line."""
-    _extract(aperio_even_case, store_location, FIRST)
+    """``store_location`` holding the ``FIRST`` extraction (made in-process: the command line's
+    own extraction is the first test's)."""
+    extract(aperio_even_case.slide, aperio_even_case.annotations, store_location.url,
+            storage_options=store_location.options, **FIRST)
     return store_location
 
 
-def test_extract_gives_the_local_store_and_it_opens_reports_and_verifies(extracted, reference):
+def test_the_command_line_extracts_the_local_store_and_it_opens_reports_and_verifies(store_location, aperio_even_case, reference):
+    extracted = store_location
+    _extract(aperio_even_case, extracted, FIRST)
     where, options = extracted.url, extracted.options
     assert_same_store(reference["first"], where, storage_options=options)
 
@@ -68,7 +73,8 @@ def test_extract_gives_the_local_store_and_it_opens_reports_and_verifies(extract
     as_json = json.loads(run("info", where, "--json", *extracted.cli).stdout)
     assert {key: as_json[key] for key in ("n_patches", "per_label", "parameters", "complete")} == {
         key: info[key] for key in ("n_patches", "per_label", "parameters", "complete")}
-    assert "[complete]" in run("info", where, *extracted.cli).stdout
+    text = run("info", where, *extracted.cli).stdout
+    assert "[complete]" in text and "24 x 32x32x3" in text
 
     report = verify(where, sample=6, storage_options=options)
     assert report.ok and report.patches_compared == 6, report
@@ -106,14 +112,11 @@ def test_a_second_extract_without_overwrite_is_refused_and_changes_nothing(extra
 def test_overwrite_replaces_the_store_with_the_new_run_and_leaves_nothing_beside(extracted, aperio_even_case, reference):
     _extract(aperio_even_case, extracted, SECOND, "--overwrite")
     assert_same_store(reference["second"], extracted.url, storage_options=extracted.options)
-    partial = parse_location(extracted.url + ".partial.zarr", extracted.options)
-    assert not list_keys(partial) if extracted.kind == "s3" else not _exists_locally(partial.path)
-
-
-def _exists_locally(path):
-    from pathlib import Path
-
-    return Path(path).exists()
+    if extracted.kind == "s3":  # built beside, then moved into place
+        assert not list_keys(parse_location(extracted.url + ".partial.zarr", extracted.options))
+    else:
+        folder = Path(extracted.url).parent
+        assert [p.name for p in folder.iterdir()] == [Path(extracted.url).name]
 
 
 def test_resume_of_a_finished_store_writes_nothing(extracted, aperio_even_case):

@@ -16,7 +16,7 @@ from wsizarr._tiles import (
 )
 
 from .conftest import SLIDES, read_level_pixels, read_like_openslide
-from .helpers import assert_same_store
+from .helpers import assert_same_store, run
 
 REAL = ["CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "wsipacker_example.tif"]
 
@@ -190,15 +190,13 @@ def test_both_readers_write_the_same_store_at_whole_downsamples(tmp_path, aperio
 
 
 def test_cli_reader_option_is_recorded(tmp_path, aperio_case):
-    from wsizarr._cli import main
-
     store = tmp_path / "cli.zarr"
     args = ["extract", str(aperio_case.slide), "--annotations", str(aperio_case.annotations), "--out", str(store),
             "--level", "2", "--patch-size", "32", "--per-annotation", "2"]
-    assert main([*args, "--reader", "openslide"]) == 0
+    run(*args, "--reader", "openslide")
     metadata = zarr.open_group(store, mode="r").attrs["wsizarr"]
     assert metadata["parameters"]["reader"] == "openslide" and metadata["slides"][0]["reader"] == "openslide"
-    assert main([*args, "--overwrite"]) == 0
+    run(*args, "--overwrite")
     metadata = zarr.open_group(store, mode="r").attrs["wsizarr"]
     assert metadata["parameters"]["reader"] == "auto" and metadata["slides"][0]["reader"] == "tiles"
 
