@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import pytest
 
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._slide import composite_on_white
+
+from .helpers import storage_option_args
 
 
 def _shared_data() -> Path:
@@ -157,3 +161,42 @@ def slide_rows(store, storage_options=None) -> list[dict]:
             "plan_sha256": str(slides.columns["plan_sha256"][i]),
         })
     return rows
+
+
+# --- where a store lives: one fixture over every kind of location ----------------------------
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """An output location not yet used: a directory, a ``.zip`` file or an ``s3://`` prefix."""
+
+    kind: str  # "dir", "zip" or "s3"
+    url: str
+    options: Mapping[str, str] | None = None  # storage options (S3 only)
+
+    @property
+    def cli(self) -> list[str]:
+        """The ``--storage-option`` arguments the command line needs for this location."""
+        return storage_option_args(self.options)
+
+    def sibling(self, name: str) -> StoreLocation:
+        """Another unused location of the same kind beside this one, named ``name``."""
+        suffix = ".zip" if self.kind == "zip" else ".zarr"
+        return StoreLocation(self.kind, f"{self.url.rsplit('/', 1)[0]}/{name}{suffix}", self.options)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+@pytest.fixture(params=["dir", "zip", "s3"])
+def store_location(request, tmp_path) -> StoreLocation:
+    """The output location of one test, once as a directory, once as a ``.zip`` file and once
+    as a fresh prefix on the test S3 server (started only for the ``s3`` case)."""
+    if request.param in ("dir", "zip"):
+        (tmp_path / "out").mkdir()
+    if request.param == "dir":
+        return StoreLocation("dir", str(tmp_path / "out" / "store.zarr"))
+    if request.param == "zip":
+        return StoreLocation("zip", str(tmp_path / "out" / "store.zip"))
+    server = request.getfixturevalue("s3_server")
+    return StoreLocation("s3", server.url(f"{uuid.uuid4().hex}/store.zarr"), server.options)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 import distributed
 import numpy as np
@@ -16,21 +15,14 @@ from wsizarr import IncompleteStoreError, ParameterError, StoreError, StoreExist
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import parse_location
 
-from .test_cli import WSIZARR, run
+from .helpers import assert_same_store, run
 from .test_crash import start_and_kill
 
-ARRAYS = ("patches", "x", "y", "level", "annotation_id", "label", "slide", "padded")
 KWARGS = dict(level=0, patch_size=64, per_annotation=25, shard_size=16, seed=9)
 
 
 def _group(location):
     return zarr.open_group(location.open("r"), mode="r")
-
-
-def _assert_same(a, b):
-    for name in ARRAYS:
-        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
-    assert a["slides/plan_sha256"][:].tolist() == b["slides/plan_sha256"][:].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def test_extract_to_s3_equals_local_and_counts_objects(s3_server, aperio_even_ca
                       storage_options=s3_server.options, **KWARGS)
     location = parse_location(url, s3_server.options)
     assert summary.n_patches == 200 and summary.store == url
-    _assert_same(zarr.open_group(local_reference, mode="r"), _group(location))
+    assert_same_store(local_reference, location)
     keys = location.keys()
     shards = [k for k in keys if k.startswith("patches/c/")]
     assert len(shards) == 13  # 200 patches, 16 a shard
@@ -83,10 +75,9 @@ def test_sigkill_on_s3_then_resume(s3_server, aperio_even_case, local_reference)
         from wsizarr._store import open_store
 
         open_store(location)
-    resumed = subprocess.run([WSIZARR, *map(str, args), "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = run(*args, "--resume", env=env)
     assert f"({13 - info['shards_done']} of 13 shards written)" in resumed.stdout
-    _assert_same(zarr.open_group(local_reference, mode="r"), _group(location))
+    assert_same_store(local_reference, location)
 
 
 def test_dask_cluster_writes_a_cohort_to_s3(s3_server, tmp_path):
@@ -104,34 +95,21 @@ def test_dask_cluster_writes_a_cohort_to_s3(s3_server, tmp_path):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         summary = extract(slides, tmp_path, url, client=client, storage_options=s3_server.options, **kwargs)
     assert summary.n_slides == 3 and summary.n_patches == (2 + 3 + 4) * 8
-    _assert_same(zarr.open_group(local, mode="r"), _group(parse_location(url, s3_server.options)))
+    assert_same_store(local, url, storage_options=s3_server.options)
 
 
 def test_zip_output_and_pack(tmp_path, aperio_even_case, local_reference):
     direct = tmp_path / "direct.zip"
     extract(aperio_even_case.slide, aperio_even_case.annotations, direct, **KWARGS)
     assert direct.is_file() and not (tmp_path / "direct.zip.partial.zarr").exists()
+    assert_same_store(local_reference, direct)
     with zarr.storage.ZipStore(direct, mode="r") as store:
-        _assert_same(zarr.open_group(local_reference, mode="r"), zarr.open_group(store, mode="r"))
         assert xr.open_zarr(store)["patches"].shape == (200, 64, 64, 3)
     assert open_dataset(direct).sizes["patch"] == 200
     packed = tmp_path / "packed.zip"
-    result = run("pack", local_reference, packed)
-    assert result.returncode == 0, result.stderr
+    run("pack", local_reference, packed)
     assert "[complete]" in run("info", packed).stdout
-    assert run("pack", local_reference, packed).returncode == 1  # exists: never overwritten silently
-
-
-def test_cli_extract_and_info_on_s3_with_storage_options(s3_server, aperio_even_case):
-    url = s3_server.url("cli.zarr")
-    options = [f"--storage-option={k}={v}" for k, v in s3_server.options.items()]
-    result = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
-                 "--out", url, "--per-annotation", "2", "--patch-size", "32", *options)
-    assert result.returncode == 0, result.stderr
-    info = run("info", url, *options)
-    assert info.returncode == 0 and "16 x 32x32x3" in info.stdout
-    bad = run("info", s3_server.url("nothing-here.zarr"), *options)
-    assert bad.returncode == 1 and "store not found" in bad.stderr and "Traceback" not in bad.stderr
+    run("pack", local_reference, packed, expect=1)  # exists: never overwritten silently
 
 
 def test_torch_datasets_read_s3_through_spawned_workers(s3_server, aperio_even_case, local_reference):
@@ -174,7 +152,7 @@ def test_overwrite_on_s3_builds_beside_and_refuses_foreign_prefixes(s3_server, a
     extract(aperio_even_case.slide, aperio_even_case.annotations, url, storage_options=options,
             overwrite=True, **KWARGS)
     location = parse_location(url, options)
-    _assert_same(zarr.open_group(local_reference, mode="r"), _group(location))
+    assert_same_store(local_reference, location)
     assert not parse_location(s3_server.url("replaced.zarr.partial.zarr"), options).keys()
     assert len(open_dataset(url, storage_options=options).patch) == 200
 

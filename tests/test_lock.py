@@ -11,15 +11,13 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import pytest
-import zarr
 
 from wsizarr import StoreLockedError, WsizarrError, store_info
 from wsizarr._lock import Holder, StaleLockWarning, break_lock, lock_name, writer_lock
 from wsizarr._locations import parse_location
 
-from .test_cli import WSIZARR, assert_one_line_error, run
+from .helpers import WSIZARR, assert_one_line_error, assert_same_store, run
 from .test_crash import _extract_args, start_and_kill
 
 LOCKED = "another wsizarr writer is using this store"
@@ -48,25 +46,18 @@ def _one_winner(results, *fragments):
     return next(r for r in results if r.returncode == 0)
 
 
-def _same_as(reference, store):
-    a, b = zarr.open_group(reference, mode="r"), store
-    for name in ("patches", "x", "y", "annotation_id", "label", "slide"):
-        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
-    assert a["slides/plan_sha256"][:].tolist() == b["slides/plan_sha256"][:].tolist()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, aperio_even_case):
     """The store a single run makes (seed 11, as ``_extract_args``)."""
     out = tmp_path_factory.mktemp("reference") / "reference.zarr"
-    assert run(*_extract_args(aperio_even_case, out)).returncode == 0
+    run(*_extract_args(aperio_even_case, out))
     return out
 
 
 @pytest.fixture(scope="module")
 def reference_seed_12(tmp_path_factory, aperio_even_case):
     out = tmp_path_factory.mktemp("reference") / "seed12.zarr"
-    assert run(*_extract_args(aperio_even_case, out), "--seed", "12").returncode == 0
+    run(*_extract_args(aperio_even_case, out), "--seed", "12")
     return out
 
 
@@ -105,7 +96,7 @@ def test_two_overwrites_at_once_on_a_local_store(tmp_path, aperio_even_case, ref
     winner = _one_winner(results, str(out), "pid ")
     assert "800 patches" in winner.stdout
     # the store is the winner's plan, whole: not a mix of both
-    _same_as(reference if results[0] is winner else reference_seed_12, zarr.open_group(out, mode="r"))
+    assert_same_store(reference if results[0] is winner else reference_seed_12, out)
     assert not (tmp_path / "both.zarr.lock").exists()  # released and removed
 
 
@@ -121,14 +112,14 @@ def test_two_resumes_of_a_killed_run(tmp_path, aperio_even_case, reference):
     assert "KeyError" not in winner.stderr and "Traceback" not in winner.stderr
     assert "took over the lock left by a writer that is gone" in winner.stderr
     assert store_info(out)["complete"]
-    _same_as(reference, zarr.open_group(out, mode="r"))
+    assert_same_store(reference, out)
     assert not lock_file.exists()
 
 
 def test_a_held_lock_blocks_extract_and_pack_with_one_line(tmp_path, aperio_even_case, reference):
     for out in (tmp_path / "held.zarr", tmp_path / "held.zip"):
         with writer_lock(parse_location(out)) as lock:
-            result = run(*_extract_args(aperio_even_case, out))
+            result = run(*_extract_args(aperio_even_case, out), expect=1)
             assert_one_line_error(result, str(out), f"pid {os.getpid()}", socket.gethostname(),
                                   "wait for it to finish")
             lock.check()
@@ -136,9 +127,9 @@ def test_a_held_lock_blocks_extract_and_pack_with_one_line(tmp_path, aperio_even
         assert not (tmp_path / f"{out.name}.lock").exists()
     packed = tmp_path / "packed.zip"
     with writer_lock(parse_location(packed)):
-        assert_one_line_error(run("pack", reference, packed), LOCKED)
+        assert_one_line_error(run("pack", reference, packed, expect=1), LOCKED)
     assert not packed.exists()
-    assert run("pack", reference, packed).returncode == 0
+    run("pack", reference, packed)
 
 
 def test_same_process_cannot_take_a_lock_twice(tmp_path):
@@ -155,13 +146,13 @@ def test_a_lock_path_that_is_not_a_wsizarr_lock_is_never_touched(tmp_path, aperi
     out = tmp_path / "mine.zarr"
     precious = tmp_path / "mine.zarr.lock"
     precious.write_text("my notes")
-    assert_one_line_error(run(*_extract_args(aperio_even_case, out)), "is not a wsizarr lock", "move it away")
+    assert_one_line_error(run(*_extract_args(aperio_even_case, out), expect=1), "is not a wsizarr lock", "move it away")
     assert precious.read_text() == "my notes" and not out.exists()
-    assert_one_line_error(run("unlock", out), "is not a wsizarr lock")
+    assert_one_line_error(run("unlock", out, expect=1), "is not a wsizarr lock")
     assert precious.read_text() == "my notes"
     precious.unlink()
     precious.mkdir()
-    assert_one_line_error(run(*_extract_args(aperio_even_case, out)), "cannot use", "as its writer lock")
+    assert_one_line_error(run(*_extract_args(aperio_even_case, out), expect=1), "cannot use", "as its writer lock")
     assert precious.is_dir()
 
 
@@ -172,12 +163,11 @@ def test_unlock_local(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(out)], check=True)  # dies holding it: file stays
     assert (tmp_path / "u.zarr.lock").exists()
     result = run("unlock", out)
-    assert result.returncode == 0, result.stderr
     assert "removed the writer lock" in result.stdout and "pid " in result.stdout
     assert not (tmp_path / "u.zarr.lock").exists()
     assert "no writer lock" in run("unlock", out).stdout
     with writer_lock(parse_location(out)) as lock:  # a live holder is not broken
-        assert_one_line_error(run("unlock", out), "that process is running", f"pid {os.getpid()}")
+        assert_one_line_error(run("unlock", out, expect=1), "that process is running", f"pid {os.getpid()}")
         lock.check()
 
 
@@ -200,7 +190,7 @@ def test_two_overwrites_at_once_on_s3(s3_server, aperio_even_case, reference, re
     assert "800 patches" in winner.stdout
     location = parse_location(url, s3_server.options)
     expected = reference if results[0] is winner else reference_seed_12
-    _same_as(expected, zarr.open_group(location.open("r"), mode="r"))
+    assert_same_store(expected, location)
     assert _lock_object(location) is None
 
 
@@ -217,7 +207,7 @@ def test_a_killed_s3_writer_does_not_block_resume(s3_server, aperio_even_case, r
     assert "Traceback" not in winner.stderr
     assert f"took over a stale lock (host {left['host']}, pid {left['pid']}" in winner.stderr
     assert f"process {left['pid']} on this host is gone" in winner.stderr
-    _same_as(reference, zarr.open_group(location.open("r"), mode="r"))
+    assert_same_store(reference, location)
     assert _lock_object(location) is None
 
 
@@ -226,13 +216,10 @@ def test_a_live_lock_on_s3_blocks_and_an_expired_lease_is_taken_over(s3_server, 
     location = parse_location(url, s3_server.options)
     args = [*_extract_args(aperio_even_case, url), "--per-annotation", "2"]
     _put_lock(location, heartbeat=time.time() - 10)  # another host, heartbeat 10 s ago
-    blocked = subprocess.run([WSIZARR, *map(str, args)], env=_s3_env(s3_server), capture_output=True,
-                             text=True, timeout=300)
+    blocked = run(*args, env=_s3_env(s3_server), expect=1)
     assert_one_line_error(blocked, url, "host elsewhere, pid 1", "last heartbeat 1", f"wsizarr unlock {url}")
     assert location.keys() == [] and _lock_object(location)["token"] == "someone-else"
-    taken = subprocess.run([WSIZARR, *map(str, args)], env=_s3_env(s3_server, WSIZARR_LOCK_LEASE_SECONDS="5"),
-                           capture_output=True, text=True, timeout=300)
-    assert taken.returncode == 0, taken.stderr
+    taken = run(*args, env=_s3_env(s3_server, WSIZARR_LOCK_LEASE_SECONDS="5"))
     assert "wsizarr: warning:" in taken.stderr and "took over a stale lock (host elsewhere, pid 1" in taken.stderr
     assert "more than the 5 s lease" in taken.stderr
     assert store_info(location)["complete"] and _lock_object(location) is None
@@ -244,8 +231,7 @@ def test_a_live_process_holding_the_s3_lock_blocks_the_cli(s3_server, aperio_eve
     with writer_lock(location) as lock:
         held = _lock_object(location)
         assert held["pid"] == os.getpid() and held["token"] == lock.holder.token
-        result = subprocess.run([WSIZARR, *map(str, _extract_args(aperio_even_case, url, "--overwrite"))],
-                                env=_s3_env(s3_server), capture_output=True, text=True, timeout=300)
+        result = run(*_extract_args(aperio_even_case, url, "--overwrite"), env=_s3_env(s3_server), expect=1)
         assert_one_line_error(result, LOCKED, f"pid {os.getpid()}", "since ")
         lock.check()
     assert _lock_object(location) is None
@@ -277,7 +263,6 @@ def test_unlock_on_s3(s3_server):
     options = [f"--storage-option={k}={v}" for k, v in s3_server.options.items()]
     _put_lock(location, host="gone-host", pid=4242)
     result = run("unlock", url, *options)
-    assert result.returncode == 0, result.stderr
     assert f"removed the writer lock {url}.lock (host gone-host, pid 4242" in result.stdout
     assert _lock_object(location) is None
     assert "no writer lock" in run("unlock", url, *options).stdout

@@ -18,7 +18,7 @@ from wsizarr import ParameterError, StoreError, extract, open_dataset, store_inf
 from wsizarr._locations import parse_location
 from wsizarr._reader import PatchReader
 
-from .test_cli import WSIZARR, assert_one_line_error, run
+from .helpers import WSIZARR, assert_one_line_error, run
 from .test_crash import _extract_args
 
 SILENT = "did not answer within 1 s"
@@ -102,8 +102,7 @@ def _cli_options(options):
 @pytest.mark.parametrize("endpoint", ["notaurl", "ftp://host:21", "http://", "http://host:port", "127.0.0.1:9000"])
 def test_a_bad_endpoint_in_the_environment_is_one_line(endpoint):
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
-    result = subprocess.run([WSIZARR, "info", "s3://bucket/x.zarr"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = run("info", "s3://bucket/x.zarr", env=env, timeout=60, expect=1)
     assert_one_line_error(result, f"the S3 endpoint {endpoint!r} (from AWS_ENDPOINT_URL)", "http://host:9000")
     assert "panicked" not in result.stderr
 
@@ -112,7 +111,7 @@ def test_a_bad_endpoint_in_the_environment_is_one_line(endpoint):
 def test_a_bad_endpoint_option_is_refused_when_parsed(endpoint):
     with pytest.raises(ParameterError, match="from the endpoint_url option.*not an http"):
         parse_location("s3://bucket/x.zarr", {"endpoint_url": endpoint})
-    result = run("info", "s3://bucket/x.zarr", f"--storage-option=endpoint_url={endpoint}")
+    result = run("info", "s3://bucket/x.zarr", f"--storage-option=endpoint_url={endpoint}", expect=1)
     assert_one_line_error(result, "is not an http(s) URL with a host")
 
 
@@ -121,7 +120,7 @@ def test_a_bad_endpoint_option_is_refused_when_parsed(endpoint):
 def test_prefixes_with_dot_segments_or_empty_segments_are_refused(url, aperio_even_case):
     with pytest.raises(ParameterError, match="S3 keys are not paths.*s3://bucket/a/b.zarr"):
         parse_location(url)
-    assert_one_line_error(run(*_extract_args(aperio_even_case, url)), url, "'..' and '//'")
+    assert_one_line_error(run(*_extract_args(aperio_even_case, url), expect=1), url, "'..' and '//'")
 
 
 def test_plain_prefixes_still_parse():
@@ -153,10 +152,10 @@ def _without_warnings(result):
 def test_silent_server_info_and_extract_give_one_line_in_seconds(s3_server, silent_server, aperio_even_case):
     options = _cli_options(_options(s3_server, silent_server.endpoint))
     url = s3_server.url("silent.zarr")
-    info, seconds = _timed(lambda: run("info", url, *options))
+    info, seconds = _timed(lambda: run("info", url, *options, expect=1))
     assert_one_line_error(info, url, SILENT, "check the server", "timeout=SECONDS")
     assert seconds < 20
-    extracted, seconds = _timed(lambda: run(*_extract_args(aperio_even_case, url), *options))
+    extracted, seconds = _timed(lambda: run(*_extract_args(aperio_even_case, url), *options, expect=1))
     assert_one_line_error(extracted, url, SILENT)
     assert seconds < 20
 
@@ -211,9 +210,5 @@ def test_a_server_going_silent_mid_extract_leaves_a_resumable_store(s3_server, p
     assert_one_line_error(_without_warnings(subprocess.CompletedProcess([], process.returncode, out, err)), url, SILENT)
     info = store_info(direct)
     assert not info["complete"] and info["shards_done"] >= 2
-    resumed = subprocess.run(
-        [WSIZARR, *map(str, _extract_args(aperio_even_case, url, "--resume")), *_cli_options(s3_server.options)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    run(*_extract_args(aperio_even_case, url, "--resume"), *_cli_options(s3_server.options))
     assert store_info(direct)["complete"]

@@ -11,29 +11,19 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
-import zarr
 
 from wsizarr import open_dataset, store_info, verify
 
-from .test_cli import WSIZARR, assert_one_line_error, run
+from .helpers import WSIZARR, assert_one_line_error, assert_same_store, run
 from .test_crash import start_and_kill
 
-ARRAYS = ("patches", "x", "y", "level", "annotation_id", "label", "slide")
 
 
 def _args(case, out, *extra):
     return ["extract", case.slide, "--annotations", case.annotations, "--out", out,
             "--patch-size", "64", "--per-annotation", "5", "--shard-size", "8", *extra]
-
-
-def assert_same_store(a: Path, b: Path) -> None:
-    first, second = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
-    for name in ARRAYS:
-        np.testing.assert_array_equal(first[name][:], second[name][:], err_msg=name)
-    assert first.attrs["wsizarr"] == second.attrs["wsizarr"]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -63,31 +53,30 @@ def test_overwrite_refuses_what_is_not_a_wsizarr_store(tmp_path, slide_folder, w
         out = slide_folder / "notes.txt"
     else:
         out = slide_folder / "mine.zarr"
-        assert run("extract", slide, "--annotations", xml, "--out", out, "--per-annotation", "1").returncode == 0
+        run("extract", slide, "--annotations", xml, "--out", out, "--per-annotation", "1")
         (out / "my-notes.txt").write_text("a user's file inside the store folder")
     before = _snapshot(slide_folder)
-    result = run("extract", slide, "--annotations", xml, "--out", out, "--overwrite", cwd=cwd)
+    result = run("extract", slide, "--annotations", xml, "--out", out, "--overwrite", cwd=cwd, expect=1)
     assert_one_line_error(result, "is not a wsizarr store", "choose another output location")
     assert _snapshot(slide_folder) == before
 
 
 def test_a_failed_overwrite_keeps_the_old_store(tmp_path, aperio_even_case, slide_folder):
     out = tmp_path / "store.zarr"
-    assert run(*_args(aperio_even_case, out)).returncode == 0
+    run(*_args(aperio_even_case, out))
     before = _snapshot(out)
-    impossible = run(*_args(aperio_even_case, out, "--overwrite", "--mpp", "1e9"))
+    impossible = run(*_args(aperio_even_case, out, "--overwrite", "--mpp", "1e9"), expect=1)
     assert_one_line_error(impossible, "more than the whole level")
     corrupt = tmp_path / "corrupt.svs"
     corrupt.write_bytes(Path(aperio_even_case.slide).read_bytes()[:50_000])
-    broken = run("extract", corrupt, "--annotations", aperio_even_case.annotations, "--out", out, "--overwrite")
-    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    run("extract", corrupt, "--annotations", aperio_even_case.annotations, "--out", out, "--overwrite", expect=1)
     assert _snapshot(out) == before
     assert len(open_dataset(out).patch) == 40
 
 
 def test_a_killed_overwrite_keeps_the_old_store_and_resumes_into_its_place(tmp_path, aperio_even_case):
     out = tmp_path / "store.zarr"
-    assert run(*_args(aperio_even_case, out, "--per-annotation", "1")).returncode == 0
+    run(*_args(aperio_even_case, out, "--per-annotation", "1"))
     old = _snapshot(out)
     partial = tmp_path / "store.zarr.partial.zarr"
     markers = partial / "_shards_done" / "c"
@@ -96,44 +85,34 @@ def test_a_killed_overwrite_keeps_the_old_store_and_resumes_into_its_place(tmp_p
                    when=lambda: markers.is_dir() and sum(1 for _ in markers.iterdir()) >= 2)
     assert _snapshot(out) == old  # the old store is untouched while the new one is unfinished
     assert len(open_dataset(out).patch) == 8
-    assert_one_line_error(run(*new_args), "store.zarr.partial.zarr", "unfinished", "--resume")
-    resumed = run(*new_args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    assert_one_line_error(run(*new_args, expect=1), "store.zarr.partial.zarr", "unfinished", "--resume")
+    run(*new_args, "--resume")
     assert not partial.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["store.zarr"]
     reference = tmp_path.parent / f"{tmp_path.name}-reference.zarr"
-    assert run(*_args(aperio_even_case, reference, "--per-annotation", "60", "--seed", "3")).returncode == 0
+    run(*_args(aperio_even_case, reference, "--per-annotation", "60", "--seed", "3"))
     assert_same_store(reference, out)
     shutil.rmtree(reference)
 
 
-def test_a_successful_overwrite_leaves_only_the_new_store(tmp_path, aperio_even_case):
-    for target in (tmp_path / "store.zarr", tmp_path / "store.zip"):
-        assert run(*_args(aperio_even_case, target, "--per-annotation", "1")).returncode == 0
-        result = run(*_args(aperio_even_case, target, "--per-annotation", "2", "--overwrite"))
-        assert result.returncode == 0, result.stderr
-        assert len(open_dataset(target).patch) == 16
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.zarr", "store.zip"]
-
-
 def test_output_files_are_never_replaced_without_overwrite(tmp_path, aperio_even_case):
     store = tmp_path / "s.zarr"
-    assert run(*_args(aperio_even_case, store, "--per-annotation", "1")).returncode == 0
+    run(*_args(aperio_even_case, store, "--per-annotation", "1"))
     for command, name in (("preview", "m.png"), ("overlay", "o.png"), ("report", "r.html")):
         path = tmp_path / name
         path.write_text("the user's own file")
-        assert_one_line_error(run(command, store, "--out", path), str(path), "exists", "--overwrite")
+        assert_one_line_error(run(command, store, "--out", path, expect=1), str(path), "exists", "--overwrite")
         assert path.read_text() == "the user's own file"
-        assert run(command, store, "--out", path, "--overwrite").returncode == 0
+        run(command, store, "--out", path, "--overwrite")
         assert path.read_bytes()[:4] in (b"\x89PNG", b"<!DO")
-        assert_one_line_error(run(command, store, "--out", tmp_path / "missing" / name), "does not exist")
+        assert_one_line_error(run(command, store, "--out", tmp_path / "missing" / name, expect=1), "does not exist")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
-    assert_one_line_error(run("preview", store, "--out", tmp_path / "n.png", "--per-label", "-3"),
+    assert_one_line_error(run("preview", store, "--out", tmp_path / "n.png", "--per-label", "-3", expect=1),
                           "at least 1, got -3")
 
 
 def test_report_into_a_missing_folder_fails_before_extracting(tmp_path, aperio_even_case):
     out = tmp_path / "s.zarr"
-    result = run(*_args(aperio_even_case, out, "--report", tmp_path / "missing" / "r.html"))
+    result = run(*_args(aperio_even_case, out, "--report", tmp_path / "missing" / "r.html"), expect=1)
     assert_one_line_error(result, "r.html", "does not exist")
     assert not out.exists()
 
@@ -150,7 +129,7 @@ def test_resume_refuses_edited_annotations(tmp_path, aperio_even_case):
     first = text.index('X="') + 3
     end = text.index('"', first)
     xml.write_text(text[:first] + str(float(text[first:end].replace(",", ".")) + 37) + text[end:])  # same names
-    refused = run(*args, "--resume")
+    refused = run(*args, "--resume", expect=1)
     assert_one_line_error(refused, "moved.xml", "changed since the interrupted run", "--overwrite")
     assert store_info(out)["complete"] is False
 
@@ -170,14 +149,14 @@ def test_resume_refuses_edited_annotations(tmp_path, aperio_even_case):
 def test_impossible_parameters_are_one_line(tmp_path, aperio_even_case, extra, fragment):
     out = tmp_path / "s.zarr"
     result = run("extract", aperio_even_case.slide, "--annotations", aperio_even_case.annotations,
-                 "--out", out, *extra)
+                 "--out", out, *extra, expect=1)
     assert_one_line_error(result, fragment)
     assert not out.exists()
 
 
 def test_recorded_level_is_the_level_used(tmp_path, aperio_even_case):
     out = tmp_path / "s.zarr"
-    assert run(*_args(aperio_even_case, out, "--per-annotation", "1")).returncode == 0
+    run(*_args(aperio_even_case, out, "--per-annotation", "1"))
     assert json.loads(run("info", out, "--json").stdout)["parameters"]["level"] == 0
 
 
@@ -186,7 +165,7 @@ def test_info_of_an_unfinished_zip_says_resume(tmp_path, aperio_even_case):
     markers = tmp_path / "s.zip.partial.zarr" / "_shards_done" / "c"
     start_and_kill(_args(aperio_even_case, target, "--per-annotation", "100", "--workers", "1"),
                    when=lambda: markers.is_dir() and any(markers.iterdir()))
-    assert_one_line_error(run("info", target), "s.zip.partial.zarr", "unfinished extraction", "--resume")
+    assert_one_line_error(run("info", target, expect=1), "s.zip.partial.zarr", "unfinished extraction", "--resume")
 
 
 def _tmpfs(path: Path, size: str) -> None:
@@ -201,16 +180,15 @@ def test_a_full_disk_is_one_line_and_the_store_resumes(tmp_path, aperio_even_cas
     try:
         out = disk / "s.zarr"
         args = _args(aperio_even_case, out, "--patch-size", "128", "--per-annotation", "30", "--codec", "none")
-        full = run(*args)
+        full = run(*args, expect=1)
         assert_one_line_error(full, "the disk is full", "--resume")
         assert store_info(out)["complete"] is False
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        resumed = run(*args, "--resume")
-        assert resumed.returncode == 0, resumed.stderr
+        run(*args, "--resume")
         assert verify(out).ok
         reference = tmp_path / "reference.zarr"
-        assert run(*_args(aperio_even_case, reference, "--patch-size", "128", "--per-annotation", "30",
-                          "--codec", "none")).returncode == 0
+        run(*_args(aperio_even_case, reference, "--patch-size", "128", "--per-annotation", "30",
+                          "--codec", "none"))
         assert_same_store(reference, out)
     finally:
         subprocess.run(["umount", str(disk)], check=True)
@@ -234,7 +212,8 @@ def test_sigterm_exits_quietly_and_leaves_no_workers(tmp_path, aperio_even_case,
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"orphaned workers: {alive}"
     assert store_info(out)["complete"] is False
-    assert run(*args, "--resume").returncode == 0 and verify(out).ok
+    run(*args, "--resume")
+    assert verify(out).ok
 
 
 def test_stray_partial_writes_are_removed_when_the_store_is_finished(tmp_path, aperio_even_case):
@@ -247,5 +226,5 @@ def test_stray_partial_writes_are_removed_when_the_store_is_finished(tmp_path, a
     stray.write_bytes(os.urandom(100))
     user_file = out.parent / "keep.partial"
     user_file.write_text("not in the store")
-    assert run(*args, "--resume").returncode == 0
+    run(*args, "--resume")
     assert not list(out.rglob("*.partial")) and user_file.exists()
