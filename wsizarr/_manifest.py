@@ -28,7 +28,7 @@ from ._slide import Resolution, SlideInfo
 
 __all__ = [
     "ANNOTATION_COLUMNS", "COORDINATE_COLUMNS", "MAX_LEVELS", "SCHEMA_VERSION", "SLIDE_COLUMNS",
-    "Column", "Manifest", "RunState", "SlideTable", "StoredAnnotation", "TableWriter",
+    "AddedArray", "Column", "Manifest", "RunState", "SlideTable", "StoredAnnotation", "TableWriter",
     "annotation_rows", "create_table", "plan_sha256", "read_annotations", "read_slides",
     "read_table", "slide_row",
 ]
@@ -51,6 +51,26 @@ class RunState:
 
 
 @dataclass(frozen=True)
+class AddedArray:
+    """An array added after extraction (``wsizarr.add_array``): aligned with the patches along
+    ``patch``, ``shape`` ``(N, ...)`` of ``dtype``, computed by ``fn`` (its description);
+    ``complete`` once every shard's rows are written."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    fn: str
+    complete: bool = False
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "fn": self.fn, "complete": self.complete}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> AddedArray:
+        return cls(tuple(int(n) for n in attrs["shape"]), str(attrs["dtype"]), str(attrs.get("fn", "")),
+                   bool(attrs.get("complete")))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The store's ``wsizarr`` attribute, typed; O(1) in slides, annotations and patches."""
 
@@ -67,6 +87,7 @@ class Manifest:
     n_annotations: int = 0
     complete: bool = False
     run: RunState | None = None
+    added: Mapping[str, AddedArray] = field(default_factory=dict)  # by name, in the order added
     legacy: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -77,12 +98,14 @@ class Manifest:
         """The JSON-ready attribute; only schema 2 is ever written."""
         if self.legacy is not None:
             raise StoreError("a schema 1 store is read-only: migrate it with `wsizarr migrate STORE`")
-        attrs = {k: v for k, v in asdict(self).items() if k not in ("legacy", "run")}
+        attrs = {k: v for k, v in asdict(self).items() if k not in ("legacy", "run", "added")}
         attrs["requires"] = list(self.requires)
         attrs["label_names"] = list(self.label_names)
         attrs["parameters"] = dict(self.parameters)
         if self.run is not None:
             attrs["run"] = asdict(self.run)
+        if self.added:  # absent until an array is added: older stores' attributes unchanged
+            attrs["added"] = {name: added.to_attrs() for name, added in self.added.items()}
         return attrs
 
     @classmethod
@@ -99,7 +122,9 @@ class Manifest:
             label_names=tuple(attrs.get("label_names", ())), n_patches=int(attrs.get("n_patches", 0)),
             n_slides=len(attrs.get("slides", ())) if legacy else int(attrs.get("n_slides", 0)),
             n_annotations=int(attrs.get("n_annotations", 0)), complete=bool(attrs.get("complete")),
-            run=None if run is None or legacy else RunState(**run), legacy=legacy,
+            run=None if run is None or legacy else RunState(**run),
+            added={name: AddedArray.from_attrs(a) for name, a in attrs.get("added", {}).items()},
+            legacy=legacy,
         )
 
     def updated(self, **changes: Any) -> Manifest:

@@ -119,6 +119,11 @@ def plan_run(
     if existing.complete and mode != "append":
         return RunPlan(True)
     if existing.complete:  # append
+        if existing.added:
+            raise StoreError(
+                f"{store}: holds arrays added after extraction ({', '.join(existing.added)}), which "
+                "new patches would leave short; append to a copy without them, or extract a new store"
+            )
         run = RunState(existing.n_slides, existing.n_patches, existing.n_annotations)
         names = label_names(existing.label_names, found, wants_background, label_order)
     else:

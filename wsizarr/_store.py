@@ -60,6 +60,7 @@ __all__ = [
     "MASK_CODEC",
     "MASK_DIMS",
     "PATCH_DIMS",
+    "RESERVED_NAMES",
     "SCHEMA_VERSION",
     "begin_run",
     "checksummed",
@@ -143,9 +144,15 @@ CODECS: dict[str, _Codec] = {
 }
 
 _DONE = "_shards_done"
+ADDING = "_adding"  # the done-markers of arrays being added (``_added``), one array per name
 _TABLES = ("slides", "annotations")
-# the top-level names of a store; a location holding anything else is not only a wsizarr store
-_STORE_NAMES = frozenset({"zarr.json", "patches", "masks", _DONE, *COORDINATE_ARRAYS, *_TABLES})
+# the top-level names of a store (besides its added arrays, which its manifest names); a
+# location holding anything else is not only a wsizarr store
+_STORE_NAMES = frozenset({"zarr.json", "patches", "masks", _DONE, ADDING, *COORDINATE_ARRAYS, *_TABLES})
+# names an added array may not take: the schema's, and those the readers give variables
+RESERVED_NAMES = frozenset(
+    {*_STORE_NAMES, "index", "label_code", "slide_path", "annotation_name", "mask", "patch"}
+)
 _PARTIAL_SUFFIX = ".partial.zarr"
 
 
@@ -271,7 +278,9 @@ def why_not_a_store(location: Location) -> str | None:
     attributes = document.get("attributes") if isinstance(document, dict) else None
     if not isinstance(attributes, dict) or not isinstance(attributes.get(ATTRS), dict):
         return "its zarr.json has no wsizarr attributes"
-    foreign = sorted({key.split("/")[0] for key in location.keys()} - _STORE_NAMES)
+    added = attributes[ATTRS].get("added")
+    names = _STORE_NAMES | set(added if isinstance(added, dict) else ())
+    foreign = sorted({key.split("/")[0] for key in location.keys()} - names)
     if foreign:
         return f"it also holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
     return None
@@ -506,6 +515,7 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
         "parameters": dict(manifest.parameters),
         "wsizarr_version": manifest.wsizarr_version,
         "schema_version": manifest.schema_version,
+        "added": {name: added.to_attrs() for name, added in manifest.added.items()},
     }
 
 
