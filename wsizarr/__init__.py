@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._added import AddSummary, add_array
 from ._annotations import (
     Annotation,
     AnnotationFile,
@@ -36,6 +37,7 @@ from ._version import __version__
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AddSummary",
     "Annotation",
     "AnnotationError",
     "AnnotationFile",
@@ -54,6 +56,7 @@ __all__ = [
     "VerifyReport",
     "WsizarrError",
     "__version__",
+    "add_array",
     "apply_label_map",
     "export",
     "extract",

@@ -278,6 +278,23 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="HTML file to write")
     _add_overwrite_option(report)
     _add_storage_option(report)
+    embed = commands.add_parser(
+        "embed", help="features from a TorchScript model, added to a store as an array along patch",
+        description="Run a TorchScript model over every patch of STORE and add its output as the "
+        "float16 array NAME, (N, ...) along patch (one chunk per shard). The model gets float32 "
+        "(B, 3, H, W) pixels in [0, 1] (with --normalize imagenet: minus ImageNet's mean, over its "
+        "standard deviation) and returns (B, D). Interrupted? Run the same command again: only "
+        "the missing shards are computed.",
+    )
+    embed.add_argument("store", help="a directory, a .zip file, or s3://bucket/prefix.zarr")
+    embed.add_argument("--model", required=True, help="a TorchScript file (torch.jit.save)")
+    embed.add_argument("--name", required=True, help="the array's name, e.g. features")
+    embed.add_argument("--batch-size", type=int, default=None, help="patches per model call (default: a shard's)")
+    embed.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (default) or cuda")
+    embed.add_argument("--normalize", default=None, choices=("imagenet",), help="normalise the [0, 1] pixels")
+    embed.add_argument("--workers", type=int, default=None, help="shards computed at once (default: cores)")
+    embed.add_argument("--overwrite", action="store_true", help="replace an added array of that name")
+    _add_storage_option(embed)
     demo = commands.add_parser("demo", help="generate a synthetic slide with annotations and extract it")
     demo.add_argument("dir", nargs="?", default="wsizarr-demo", help="output folder (default ./wsizarr-demo)")
     _add_extract_options(demo)
@@ -321,6 +338,10 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     legacy = " (read-only: `wsizarr migrate` rewrites it as schema 2)" if info["schema_version"] == 1 else ""
     _say(f"schema      {info['schema_version']}{legacy} (wsizarr {info['wsizarr_version']})")
     _say(f"tables      {info['n_slides']} slides, {info['n_annotations']} annotations")
+    for name, added in info["added"].items():
+        state = "complete" if added["complete"] else "UNFINISHED: run the same command again"
+        shape = "x".join(map(str, added["shape"]))
+        _say(f"added       {name}  {shape} {added['dtype']}  by {added['fn']}  [{state}]")
 
 
 def _print_annotations(args: argparse.Namespace) -> None:
@@ -440,6 +461,16 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"report: {write_report(summary.store, args.report, overwrite=args.overwrite, storage_options=_storage_options(args))}")
         elif args.command == "annotations":
             _print_annotations(args)
+        elif args.command == "embed":
+            from ._added import add_array
+            from ._embed import TorchScriptFeatures
+
+            features = TorchScriptFeatures(args.model, device=args.device, normalize=args.normalize)
+            summary = add_array(
+                args.store, args.name, features, batch_size=args.batch_size, workers=args.workers,
+                storage_options=_storage_options(args), overwrite=args.overwrite, progress=_ProgressBar(),
+            )
+            _say(summary)
         elif args.command == "info":
             _print_info(args.store, args.json, _storage_options(args))
         elif args.command == "migrate":
@@ -502,7 +533,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wsizarr: error: {_printable(exc.render(as_flag))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
-        print("\nwsizarr: interrupted; finish the store with --resume", file=sys.stderr)
+        fix = "run the same command again" if args.command == "embed" else "finish the store with --resume"
+        print(f"\nwsizarr: interrupted; {fix}", file=sys.stderr)
         return 143 if isinstance(interrupt, _Terminated) else 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

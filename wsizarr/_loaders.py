@@ -9,17 +9,19 @@ buffer that spans several shards. The PyTorch datasets in ``wsizarr.torch`` buil
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ._errors import ParameterError
+from ._errors import IncompleteStoreError, ParameterError
 from ._locations import Location, parse_location
 from ._reader import PatchReader
-from ._manifest import read_table
+from ._manifest import AddedArray, read_table
 from ._store import COORDINATE_ARRAYS, open_store, read_manifest, slide_table
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     import zarr
 
 __all__ = [
-    "PatchTable", "gather_patches", "iter_batches", "open_dataset", "open_patches",
+    "AddedRows", "PatchTable", "added_rows", "check_added", "gather_patches", "iter_batches", "open_dataset", "open_patches",
     "read_patch_table", "shuffled_batches",
 ]
 
@@ -45,7 +47,9 @@ def open_dataset(
     ``annotation_id``, ``slide``, ``padded`` and ``label`` are coordinates along ``patch``.
     ``label`` holds the label names ("" for unlabelled) and ``label_code`` the stored codes.
     ``names`` also attaches ``slide_path`` and ``annotation_name`` ("" for background patches)
-    along ``patch``, from the store's slide and annotation tables.
+    along ``patch``, from the store's slide and annotation tables. Arrays added after extraction
+    (``add_array``: embeddings, predictions) are variables along ``patch``; one still being
+    added is left out, with a warning.
     Pixels are read only when used; with dask installed they are dask arrays chunked one shard
     each. Raises ``IncompleteStoreError`` for a store whose extraction did not finish; reading a
     missing, truncated or damaged shard raises ``CorruptStoreError`` naming it and the patch.
@@ -64,13 +68,87 @@ def open_dataset(
         pass  # xarray's own lazy indexing
     else:  # one dask chunk per shard: a chunk is read with one request
         shard = {"patch": manifest.shard_size}
-        dataset = dataset.assign({name: dataset[name].chunk(shard) for name in ("patches", "masks") if name in dataset})
+        chunked = ("patches", "masks", *manifest.added)
+        dataset = dataset.assign({name: dataset[name].chunk(shard) for name in chunked if name in dataset})
+    unfinished = [name for name, added in manifest.added.items() if not added.complete]
+    if unfinished:
+        dataset = dataset.drop_vars([name for name in unfinished if name in dataset])
+        warnings.warn(_unfinished_hint(location, unfinished), UserWarning, stacklevel=2)
     codes = np.asarray(group["label"][:])
     dataset = dataset.assign_coords(
         label=("patch", label_names[codes]),  # code -1 picks the trailing ""
         label_code=("patch", codes),
     )
     return dataset.assign_coords(_names(group, manifest.legacy is not None)) if names else dataset
+
+
+def _unfinished_hint(location: Location | str, names: list[str]) -> str:
+    listed = ", ".join(repr(name) for name in names)
+    return f"{location}: the added arrays {listed} are not finished and are left out; run the same add_array again to finish them"
+
+
+def check_added(store: Location | str, added: Mapping[str, AddedArray], name: str) -> None:
+    """``IncompleteStoreError`` when the added array ``name`` is not finished."""
+    if name in added and not added[name].complete:
+        raise IncompleteStoreError(
+            f"{store}: the added array {name!r} is not finished; run the same add_array again to finish it"
+        )
+
+
+class AddedRows:
+    """Rows of the arrays added to a complete store (``add_array``), read a chunk (one shard's
+    rows, crc32c checked) at a time with the last few chunks cached. Pickles without its open
+    store and reopens it in each process."""
+
+    _CACHED = 16
+
+    def __init__(self, location: Location, shard_size: int, added: Mapping[str, AddedArray]) -> None:
+        self.location = location
+        self.shard_size = shard_size
+        self.added = dict(added)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._arrays: dict[str, Any] = {}
+        self._chunks: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": self.location, "shard_size": self.shard_size, "added": self.added}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def complete(self) -> tuple[str, ...]:
+        return tuple(name for name, added in self.added.items() if added.complete)
+
+    def read(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """The rows ``indices`` of the added array ``name``."""
+        import zarr
+
+        check_added(self.location, self.added, name)
+        if self._pid != os.getpid():
+            self._reset()
+        if name not in self._arrays:
+            self._arrays[name] = zarr.open_array(self.location.open("r"), path=name, mode="r", zarr_format=3)
+        array = self._arrays[name]
+        indices = np.asarray(indices, np.int64)
+        out = np.empty((len(indices), *array.shape[1:]), array.dtype)
+        shards = indices // self.shard_size
+        for shard in np.unique(shards).tolist():
+            chunk = self._chunks.get((name, shard))
+            if chunk is None:
+                chunk = np.asarray(array[shard * self.shard_size: (shard + 1) * self.shard_size])
+                self._chunks[(name, shard)] = chunk
+                if len(self._chunks) > self._CACHED:
+                    self._chunks.popitem(last=False)
+            else:
+                self._chunks.move_to_end((name, shard))
+            rows = shards == shard
+            out[rows] = chunk[indices[rows] - shard * self.shard_size]
+        return out
 
 
 def _names(group: zarr.Group, legacy: bool) -> dict[str, tuple[str, np.ndarray]]:
@@ -112,6 +190,7 @@ class PatchTable:
     label_names: tuple[str, ...]
     slide_names: tuple[str, ...]
     shard_size: int
+    added: Mapping[str, AddedArray] = field(default_factory=dict)  # arrays added after extraction
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -249,7 +328,13 @@ def _patch_table(location: Location, group: zarr.Group) -> PatchTable:
         label_names=manifest.label_names,
         slide_names=tuple(Path(path).name for path in slide_table(group).paths),
         shard_size=manifest.shard_size,
+        added=dict(manifest.added),
     )
+
+
+def added_rows(reader: PatchReader, table: PatchTable) -> AddedRows:
+    """The reader of the store's added arrays (``add_array``)."""
+    return AddedRows(reader.location, table.shard_size, table.added)
 
 
 def shuffled_batches(
@@ -268,6 +353,7 @@ def shuffled_batches(
     images: tuple[str, ...] = ("patches",),
     channels_first: bool = False,
     allocate: Allocate = np.empty,
+    added: tuple[str, ...] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of the patches ``indices`` (default all) that fall to ``part`` of ``parts``.
 
@@ -277,7 +363,8 @@ def shuffled_batches(
     four shards) and emits random batches from it (while the buffer first fills, one batch
     after each shard, so the first batch waits for one shard only). Without ``shuffle``:
     shards and patches in store order. Each batch holds ``index``, the 1-D arrays and the ``images`` arrays
-    (``patches`` as ``(B, 3, H, W)`` with ``channels_first``). Patches are decoded straight
+    (``patches`` as ``(B, 3, H, W)`` with ``channels_first``) and the ``added`` arrays (names
+    of arrays added after extraction, read a shard's chunk at a time). Patches are decoded straight
     into the buffer's free slots and copied once more, into the batch's arrays, which
     ``allocate(shape, dtype)`` makes (e.g. in shared memory).
     """
@@ -293,7 +380,24 @@ def shuffled_batches(
         reader, table, chosen, batch_size=batch_size, capacity=capacity, shuffle=shuffle,
         seed=seed, epoch=epoch, drop_last=drop_last, part=part, parts=parts, images=images,
         channels_first=channels_first, allocate=allocate,
+        extra=_added_reader(reader, table, added),
     )
+
+
+def _added_reader(reader: PatchReader, table: PatchTable, names: Iterable[str]) -> Callable[[np.ndarray], dict[str, np.ndarray]] | None:
+    """What adds the rows of the added arrays ``names`` to a batch (None: none asked for);
+    ``ParameterError`` for a name the store has not, ``IncompleteStoreError`` for one not finished."""
+    names = tuple(names)
+    if not names:
+        return None
+    for name in names:
+        if name not in table.added:
+            raise ParameterError(
+                f"{table.store}: no added array {name!r}; the store has {list(table.added) or 'none'}"
+            )
+        check_added(table.store, table.added, name)
+    rows = added_rows(reader, table)
+    return lambda index: {name: rows.read(name, index) for name in names}
 
 
 def _batches(
@@ -312,6 +416,7 @@ def _batches(
     images: tuple[str, ...],
     channels_first: bool,
     allocate: Allocate,
+    extra: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     shards, starts = np.unique(chosen // reader.shard_size, return_index=True)
     rows_of_shard = np.split(chosen, starts[1:])
@@ -327,6 +432,8 @@ def _batches(
         batch = {name: gather_patches(values, slots, channels_first, allocate) for name, values in pool.items()}
         batch["index"] = index
         batch.update({name: values[index] for name, values in table.arrays().items()})
+        if extra is not None:  # the rows of added arrays
+            batch.update(extra(index))
         slot_patch[slots] = -1
         free.extend(slots[::-1].tolist())
         return batch
@@ -389,6 +496,7 @@ def iter_batches(
     rank: int = 0,
     world_size: int = 1,
     storage_options: Mapping[str, str] | None = None,
+    added: Sequence[str] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches of a complete store, for JAX, TensorFlow or plain numpy.
 
@@ -399,6 +507,8 @@ def iter_batches(
     patches (default four shards: mind the memory at large patch sizes); ``indices`` (from
     ``read_patch_table(...).select`` or ``.split``) restricts to those patches; ``rank`` of
     ``world_size`` reads its share of the shards, every patch once across the ranks.
+    ``added`` names arrays added after extraction (``add_array``) to include, e.g.
+    ``("features",)``.
     """
     if not 0 <= rank < world_size:
         raise ParameterError(f"rank {rank} must lie in 0..{world_size - 1} (world size {world_size})")
@@ -407,5 +517,5 @@ def iter_batches(
         reader, table, batch_size=batch_size, indices=indices, shuffle=shuffle, seed=seed,
         epoch=epoch, shuffle_buffer=shuffle_buffer, drop_last=drop_last, part=rank,
         parts=world_size, images=("patches", "masks") if masks else ("patches",),
-        channels_first=channels_first,
+        channels_first=channels_first, added=tuple(added),
     )

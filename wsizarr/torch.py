@@ -14,6 +14,7 @@ indices. Incomplete stores are refused with ``IncompleteStoreError``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -26,12 +27,15 @@ except ImportError:
     raise ImportError("wsizarr.torch needs PyTorch: pip install 'wsizarr[torch]'") from None
 
 from ._errors import ParameterError, option
-from ._loaders import PatchTable, StoreLike, gather_patches, open_patches, shuffled_batches
+from ._loaders import (
+    PatchTable, StoreLike, added_rows, check_added, gather_patches, open_patches, shuffled_batches,
+)
 from ._store import COORDINATE_ARRAYS
 
 __all__ = ["PatchDataset", "ShardShuffledPatches", "balanced_sampler"]
 
-Target = Literal["label", "slide", "annotation_id", "level", "mask"] | None
+# or the name of an array added after extraction (``wsizarr.add_array``), e.g. "features"
+Target = Literal["label", "slide", "annotation_id", "level", "mask"] | str | None
 Layout = Literal["CHW", "HWC"]
 _META = ("x", "y", "level", "slide", "annotation_id", "padded")
 
@@ -52,11 +56,27 @@ class _StoreSource:
     ) -> None:
         if layout not in ("CHW", "HWC"):
             raise ParameterError(f"layout must be 'CHW' or 'HWC', not {layout!r}")
-        if target is not None and target != "mask" and target not in COORDINATE_ARRAYS:
-            raise ParameterError(
-                f"target must be None, 'mask' or one of {list(COORDINATE_ARRAYS)}, not {target!r}"
-            )
         self.reader, self.table = open_patches(store, storage_options)
+        added = self.table.added
+        if target is not None and target != "mask" and target not in COORDINATE_ARRAYS and target not in added:
+            raise ParameterError(
+                f"target must be None, 'mask', one of {list(COORDINATE_ARRAYS)} or an added array "
+                f"({', '.join(map(repr, added)) or 'the store has none'}), not {target!r}"
+            )
+        if target in added:
+            check_added(self.reader.location, added, target)
+        names = [target] if target in added else []
+        if with_meta:
+            names += [name for name, one in added.items() if one.complete and name not in names]
+            unfinished = [name for name, one in added.items() if not one.complete]
+            if unfinished:
+                warnings.warn(
+                    f"{self.reader.location}: the added arrays {', '.join(map(repr, unfinished))} are not "
+                    "finished and are left out; run the same add_array again to finish them", UserWarning,
+                    stacklevel=4,
+                )
+        self.added = tuple(names)
+        self.rows = added_rows(self.reader, self.table)
         if target == "mask" and "masks" not in self.reader.arrays:
             raise ParameterError(
                 f"{self.reader.location}: target='mask' needs a store extracted with {option('masks', True)}"
@@ -80,10 +100,13 @@ class _StoreSource:
     def targets_tensor(self, batch: Mapping[str, np.ndarray]) -> torch.Tensor:
         if self.target == "mask":
             return torch.as_tensor(batch["masks"])
+        if self.target in self.added:
+            return torch.as_tensor(batch[self.target])
         return torch.from_numpy(batch[self.target].astype(np.int64))
 
     def meta(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {name: torch.from_numpy(np.asarray(batch[name])) for name in ("index", *_META)}
+        shown = ("index", *_META, *(name for name in self.added if self.with_meta and self.table.added[name].complete))
+        return {name: torch.as_tensor(np.asarray(batch[name])) for name in shown}
 
     def output(self, images: torch.Tensor, targets: torch.Tensor | None, meta: dict | None) -> Any:
         """``images`` through the transform, then the target and the metadata where asked for."""
@@ -138,8 +161,9 @@ class PatchDataset(_FromStore, Dataset):
     Returns ``(image, target)``: ``image`` a uint8 tensor ``(3, H, W)`` (``layout="HWC"``:
     ``(H, W, 3)``) passed through ``transform``; ``target`` the patch's ``label`` code (-1
     unlabelled; or ``"slide"``, ``"annotation_id"``, ``"level"``, or ``"mask"``: its ``(H, W)``
-    uint8 mask), or only ``image`` with ``target=None``. ``with_meta`` appends a dict of
-    ``index``, ``x``, ``y``, ``level``, ``slide``, ``annotation_id``, ``padded``. ``indices``
+    uint8 mask; or the name of an array added after extraction, e.g. ``"features"``: its row),
+    or only ``image`` with ``target=None``. ``with_meta`` appends a dict of ``index``, ``x``,
+    ``y``, ``level``, ``slide``, ``annotation_id``, ``padded`` and the finished added arrays. ``indices``
     (from ``read_patch_table(store).select``/``.split``) restricts it to those patches.
     """
 
@@ -176,6 +200,7 @@ class PatchDataset(_FromStore, Dataset):
             name: source.reader.read_patches(patches, name) for name in source.images
         }
         batch.update({name: values[patches] for name, values in source.table.arrays().items()})
+        batch.update({name: source.rows.read(name, patches) for name in source.added})
         batch["index"] = patches
         pixels = batch["patches"]
         if source.channels_first:
@@ -260,7 +285,7 @@ class ShardShuffledPatches(_FromStore, IterableDataset):
         for batch in shuffled_batches(
             source.reader, source.table, **self.options, indices=source.indices,
             epoch=self.epoch, part=part, parts=parts, images=source.images,
-            channels_first=source.channels_first, allocate=shared or np.empty,
+            channels_first=source.channels_first, allocate=shared or np.empty, added=source.added,
         ):
             if shared is not None:
                 batch.update({name: shared.tensor(batch[name]) for name in source.images})
