@@ -271,7 +271,7 @@ def add_array(
                 added = AddedArray((manifest.n_patches, *values.shape[1:]), values.dtype.name, description)
                 undo.fresh = True
                 if existing is not None:  # overwrite: the old array goes first
-                    _remove(group, name)
+                    _remove(group, name, manifest)
                     manifest = replace(manifest, added={k: v for k, v in manifest.added.items() if k != name})
                     write_manifest(group, manifest)
                     consolidate(group)
@@ -353,14 +353,11 @@ def _ensure_arrays(group: zarr.Group, name: str, added: AddedArray, shard_size: 
         )
 
 
-def _remove(group: zarr.Group, name: str) -> None:
+def _remove(group: zarr.Group, name: str, manifest: Manifest) -> None:
     """Delete the array ``name`` and its done-markers (the manifest entry stays to the caller)."""
     if name in group:
         del group[name]
-    if ADDING in group and name in group[ADDING]:
-        del group[ADDING][name]
-    if ADDING in group and not list(group[ADDING].keys()):
-        del group[ADDING]
+    _remove_markers(group, name, manifest)
 
 
 def _finish(group: zarr.Group, name: str) -> None:
@@ -368,16 +365,21 @@ def _finish(group: zarr.Group, name: str) -> None:
     if not np.asarray(group[f"{ADDING}/{name}"][:], bool).all():
         raise StoreError(f"{group.store}: shards of {name!r} are missing; run add_array again")
     manifest = read_manifest(group)
-    _remove_markers(group, name)
+    _remove_markers(group, name, manifest)
     write_manifest(group, replace(manifest, added={**manifest.added, name: replace(manifest.added[name], complete=True)}))
     consolidate(group)
 
 
-def _remove_markers(group: zarr.Group, name: str) -> None:
-    if ADDING in group and name in group[ADDING]:
-        del group[ADDING][name]
-    if ADDING in group and not list(group[ADDING].keys()):
-        del group[ADDING]
+def _remove_markers(group: zarr.Group, name: str, manifest: Manifest) -> None:
+    """Delete the done-markers of ``name``, and ``_adding`` with them when no other array is
+    being added (the manifest says: a listing may still show what was just deleted)."""
+    others = [other for other, added in manifest.added.items() if other != name and not added.complete]
+    if ADDING in group:
+        if others:
+            if name in group[ADDING]:
+                del group[ADDING][name]
+        else:
+            del group[ADDING]
 
 
 @dataclass
@@ -403,7 +405,7 @@ class _Undo:
             return
         store = group.store
         if self.fresh:
-            _remove(group, self.name)
+            _remove(group, self.name, read_manifest(group))
         else:
             ndim = group[self.name].ndim
             for shard in self.written:
