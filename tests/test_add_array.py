@@ -338,3 +338,56 @@ def test_embed_with_a_torchscript_model(copy, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     assert_one_line_error(run("embed", copy, "--model", tmp_path / "junk.pt", "--name", "f", expect=1),
                           "not a TorchScript model")
+
+
+def test_a_second_writer_is_refused_while_the_lock_is_held(copy):
+    from wsizarr import StoreLockedError
+    from wsizarr._lock import writer_lock
+
+    before = store_bytes(copy)
+    with writer_lock(parse_location(copy)):
+        with pytest.raises(StoreLockedError, match="another wsizarr writer"):
+            add_array(copy, "colour", mean_colour)
+    assert store_bytes(copy) == before
+
+
+SLOW_ADD = """
+import sys, time
+import numpy as np
+from wsizarr import add_array
+from tests.test_add_array import mean_colour
+
+def slow(batch):
+    time.sleep(0.3)
+    return mean_colour(batch)
+
+slow.description = "tests.test_add_array.mean_colour"
+add_array(sys.argv[1], "colour", slow, workers=2)
+"""
+
+
+def test_sigkill_then_the_same_call_gives_the_same_store(copy, reference):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    markers = Path(copy, "_adding", "colour", "c")
+    process = subprocess.Popen([sys.executable, "-c", SLOW_ADD, copy], cwd=Path(__file__).parents[1],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if markers.is_dir() and len([m for m in markers.iterdir() if m.name.isdigit()]) >= 3:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, process.stderr.read()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len([m for m in markers.iterdir() if m.name.isdigit()])
+    assert 3 <= done < N_SHARDS
+    summary = add_array(copy, "colour", mean_colour)
+    assert summary.shards_written == N_SHARDS - done
+    assert_same_store(reference["added"], copy)
+    assert wsizarr.verify(copy, sample=0).ok

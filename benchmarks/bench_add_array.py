@@ -1,0 +1,94 @@
+"""How close ``add_array`` with a trivial function comes to reading the store alone.
+
+Extracts (once, cached in ``benchmarks/out/``) about ``--patches`` patches of ``--patch-size``
+px from the demo slide, then in the same run, alternating, ``--repeats`` times each:
+
+* reading alone: ``PatchReader.read_shard`` over every shard (checksums checked), on
+  ``--workers`` threads, as ``add_array``'s tasks read them;
+* ``add_array`` with a trivial ``fn`` (the mean colour of each patch) on a fresh copy of the
+  store, the same ``--workers`` threads: read, call, check, write a chunk, mark the shard done,
+  finalise.
+
+Prints patches/s of both (medians) and their ratio: the cost of the writing and bookkeeping
+around an I/O-bound function.
+
+Run: python benchmarks/bench_add_array.py [--patches 10000] [--patch-size 256] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from wsizarr import add_array, extract
+from wsizarr._demo import write_demo_annotations, write_demo_slide
+from wsizarr._reader import PatchReader
+
+OUT = Path(__file__).resolve().parent / "out"
+GLOMERULI = 24  # the demo slide's annotations
+
+
+def mean_colour(batch: np.ndarray) -> np.ndarray:
+    return batch.reshape(len(batch), -1, 3).mean(axis=1, dtype=np.float32)
+
+
+def read_alone(store: Path, workers: int) -> float:
+    """Seconds to read every shard whole, checksums checked, on ``workers`` threads."""
+    reader = PatchReader(store)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(reader.read_shard, range(reader.n_shards)):
+            pass
+    return time.perf_counter() - started
+
+
+def add(store: Path, scratch: Path, workers: int) -> float:
+    """Seconds ``add_array`` takes on a fresh copy of ``store``."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(store, scratch)
+    started = time.perf_counter()
+    add_array(scratch, "colour", mean_colour, workers=workers)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(scratch)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patches", type=int, default=10_000)
+    parser.add_argument("--patch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    slide = OUT / "verify-demo.svs"  # shared with bench_verify.py
+    if not slide.exists():
+        write_demo_annotations(write_demo_slide(slide, n_glomeruli=GLOMERULI), slide.with_suffix(".xml"))
+    per_annotation = -(-args.patches // GLOMERULI)
+    store = OUT / f"verify-{GLOMERULI * per_annotation}-{args.patch_size}px-zstd.zarr"
+    if not store.exists():
+        extract(slide, slide.with_suffix(".xml"), store, level=0, patch_size=args.patch_size,
+                per_annotation=per_annotation)
+    n = PatchReader(store).n_patches
+    scratch = OUT / "bench-add-array.zarr"
+    read_alone(store, args.workers)  # the page cache warm for both
+    reads, adds = [], []
+    for _ in range(args.repeats):
+        reads.append(read_alone(store, args.workers))
+        adds.append(add(store, scratch, args.workers))
+    read_rate, add_rate = n / statistics.median(reads), n / statistics.median(adds)
+    print(f"{store.name}: {n} patches, {args.workers} workers, medians of {args.repeats}, {os.cpu_count()} cores")
+    print(f"reading alone (read_shard, every shard):  {read_rate:,.0f} patches/s")
+    print(f"add_array (mean colour, float32 (N, 3)):  {add_rate:,.0f} patches/s")
+    print(f"ratio add_array / reading alone:          {add_rate / read_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
