@@ -192,16 +192,20 @@ def _rss_kib() -> int:
 
 
 def _zarr_json_sizes(out: Path) -> dict[str, int]:
+    """The root ``zarr.json``'s bytes, and what its ``attributes`` and ``consolidated_metadata``
+    add to it as written (the file less the same document re-serialised without that key; zarr
+    writes ``json.dumps(indent=2)``, checked here)."""
     raw = (out / "zarr.json").read_bytes()
     document = json.loads(raw)
 
-    def size(value) -> int:
-        return len(json.dumps(value, indent=2).encode()) if value is not None else 0
+    def without(key: str) -> int:
+        return len(json.dumps({k: v for k, v in document.items() if k != key}, indent=2).encode())
 
+    exact = len(json.dumps(document, indent=2).encode()) == len(raw)
     return {
         "zarr_json": len(raw),
-        "attrs": size(document.get("attributes")),
-        "consolidated": size(document.get("consolidated_metadata")),
+        "attrs": len(raw) - without("attributes") if exact else -1,
+        "consolidated": len(raw) - without("consolidated_metadata") if exact else -1,
     }
 
 
@@ -326,9 +330,17 @@ def main() -> None:
             runs = []
             for r in range(args.repeat):
                 profile = str(SCALE / f"profile-{executor}-{n}.prof") if args.profile else None
-                runs.append(run_one(n, executor, profile))
+                try:
+                    runs.append(run_one(n, executor, profile))
+                except RuntimeError as error:  # report it and go on with the other runs
+                    print(f"  N={n} {executor} run {r + 1} FAILED: {error}", flush=True)
+                    continue
+                with (SCALE / "rows.jsonl").open("a") as log:  # every run, as it finishes
+                    log.write(json.dumps(runs[-1]) + "\n")
                 print(f"  N={n} {executor} run {r + 1}: {runs[-1]['wall']:.1f} s, "
                       f"load {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
+            if not runs:
+                continue
             row = dict(sorted(runs, key=lambda x: x["wall"])[len(runs) // 2])
             row["runs_wall"] = [x["wall"] for x in runs]
             rows.append(row)
