@@ -191,6 +191,12 @@ def _rss_kib() -> int:
     return 0
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """User + system CPU seconds of this process, and of its reaped children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
 def _zarr_json_sizes(out: Path) -> dict[str, int]:
     """The root ``zarr.json``'s bytes, and what its ``attributes`` and ``consolidated_metadata``
     add to it as written (the file less the same document re-serialised without that key; zarr
@@ -252,6 +258,7 @@ def _child(options: dict) -> dict:
     else:
         kwargs["client"] = client
     rss_before = _rss_kib()
+    cpu_before = _cpu_seconds()
     profiler = None
     task_profiles: list = []
     if options.get("profile"):
@@ -275,9 +282,11 @@ def _child(options: dict) -> dict:
                 stats.add(more)
             stats.dump_stats(options["profile"].replace(".prof", "-tasks.prof"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    cpu_self = _cpu_seconds()[0] - cpu_before[0]
     if client is not None:
         client.close()
         cluster.close()
+    cpu_children = _cpu_seconds()[1] - cpu_before[1]  # dask's worker processes, once reaped
     sizes = _zarr_json_sizes(out)
     opens = []
     for _ in range(5):
@@ -291,7 +300,7 @@ def _child(options: dict) -> dict:
         "n_patches": summary.n_patches, "n_slides": summary.n_slides,
         "failed": len(summary.failed_slides), "rss_before_kib": rss_before, "rss_peak_kib": peak,
         "open_s": statistics.median(opens), "opens": opens, "plan_seconds": plan_seconds,
-        "summary_seconds": summary.seconds, **sizes,
+        "summary_seconds": summary.seconds, "cpu_self": cpu_self, "cpu_children": cpu_children, **sizes,
     }
 
 
@@ -318,20 +327,26 @@ def table(rows: list[dict]) -> str:
             smallest[row["executor"]] = row
     lines = [
         "| N slides | executor | wall s | s/slide | patches | patches/s | RSS before MB | RSS peak MB "
-        "| RSS growth KB/slide | zarr.json KB (attrs / consolidated) | open_dataset ms, median of 5 (first) | planning slides/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s (coordinator + dask workers) | CPU ms/slide | RSS growth KB/slide | zarr.json KB (attrs / consolidated) | open_dataset ms, median of 5 (first) | planning slides/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         base = smallest[row["executor"]]
         growth = ("–" if row["n"] == base["n"] else
                   f"{(row['rss_peak_kib'] - base['rss_peak_kib']) * 1.024 / (row['n'] - base['n']):.1f}")
         plan = "n/a" if not row.get("plan_seconds") else f"{row['n'] / row['plan_seconds']:.0f}"
+        if "cpu_self" in row:
+            total = row["cpu_self"] + row["cpu_children"]
+            cpu = f"{total:.0f}" + (f" ({row['cpu_self']:.0f} + {row['cpu_children']:.0f})" if row["cpu_children"] > 0.5 else "")
+            cpu_ms = f"{total * 1000 / row['n']:.0f}"
+        else:
+            cpu = cpu_ms = "–"
         runs = row.get("runs_wall")
         wall = f"{row['wall']:.1f}" + (f" ({', '.join(f'{w:.1f}' for w in runs)})" if runs and len(runs) > 1 else "")
         lines.append(
             f"| {row['n']} | {row['executor']} | {wall} | {row['wall'] / row['n']:.3f} | {row['n_patches']} "
             f"| {row['n_patches'] / row['wall']:.0f} | {row['rss_before_kib'] / 1024:.0f} "
-            f"| {row['rss_peak_kib'] / 1024:.0f} | {growth} "
+            f"| {row['rss_peak_kib'] / 1024:.0f} | {cpu} | {cpu_ms} | {growth} "
             f"| {row['zarr_json'] / 1000:.0f} ({row['attrs'] / 1000:.0f} / {row['consolidated'] / 1000:.0f}) "
             f"| {row['open_s'] * 1000:.0f} ({row['opens'][0] * 1000:.0f}) | {plan} |"
         )
@@ -349,7 +364,23 @@ def main() -> None:
     parser.add_argument("--generate-only", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile each run's coordinator into out/scale/")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--table-from", type=Path, nargs="+",
+                        help="only print the table of these runs (rows.jsonl, or --json output); medians by wall time")
     args = parser.parse_args()
+    if args.table_from:
+        runs_of: dict = {}
+        for path in args.table_from:
+            text = path.read_text()
+            for run in json.loads(text) if text.lstrip().startswith("[") else map(json.loads, text.splitlines()):
+                runs_of.setdefault((run["n"], run["executor"]), []).append(run)
+        merged = []
+        for key in sorted(runs_of, key=lambda k: (k[0], k[1] != "threads")):
+            runs = sorted(runs_of[key], key=lambda x: x["wall"])
+            row = dict(runs[(len(runs) - 1) // 2])  # the median run (the lower one of an even count)
+            row["runs_wall"] = [x["wall"] for x in runs_of[key]]
+            merged.append(row)
+        print(table(merged))
+        return
     sizes = sorted(int(s) for s in args.slides.split(","))
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
     _, seconds = ensure_cohort(max(sizes))
