@@ -2,7 +2,7 @@
 
 Generates (once, cached in ``benchmarks/out/scale/``) a cohort of distinct small slides: Aperio-style
 SVS files as scanners write them (256-px JPEG tiles, level sizes floor(w/4) and floor(w/16), so
-fractional downsamples such as 4.0039 and 16.03, a stripped thumbnail page after level 0, 0.499 mpp
+fractional downsamples such as 4.0039 and 16.11, a stripped thumbnail page after level 0, 0.499 mpp
 and AppMag 20 in the description), each a 2041-2047 px square crop of REAL H&E (OpenSlide's
 CMU-1-Small-Region.svs, read with openslide) at its own offset and in its own orientation (one of 8
 turns/flips), so every slide's pixels and content hash differ; beside each, an ASAP XML file of the
@@ -18,7 +18,10 @@ processes), which measures wall time, peak RSS (and RSS just before ``extract``)
 
 Run from the repository root:
     python benchmarks/bench_scale.py --slides 200,1000,2000 --executors threads,dask
-(``--generate-only`` just builds the cohort; ``--profile`` cProfiles the coordinator of each run.)
+(``--repeat 3`` runs each configuration 3 times and shows the median; every run is also appended
+to ``benchmarks/out/scale/rows.jsonl``, and ``--table-from FILE...`` tabulates such logs;
+``--generate-only`` just builds the cohort; ``--profile`` cProfiles each run's coordinator, and on
+threads its shard tasks, into ``benchmarks/out/scale/profile-*.prof``.)
 """
 
 from __future__ import annotations
