@@ -100,7 +100,7 @@ def test_loaders_refuse_an_incomplete_store(tmp_path, aperio_even_case):
     with pytest.raises(KeyboardInterrupt):
         extract(aperio_even_case.slide, aperio_even_case.annotations, store, level=1, patch_size=64,
                 per_annotation=5, shard_size=SHARD, workers=1, progress=stop_after_one_shard)
-    message = "the extraction did not finish .* run the same extract command with --resume"
+    message = "the extraction did not finish .* run the same extraction with resume=True"
     for load in (read_patch_table, PatchReader, PatchDataset, lambda s: iter_batches(s, 4),
                  lambda s: ShardShuffledPatches(s, batch_size=4), wsizarr.open_dataset):
         with pytest.raises(IncompleteStoreError, match=message):

@@ -708,7 +708,7 @@ def _s3_error(location: S3Location, error: BaseException) -> StoreError:
         return StoreError(
             f"{location}: the S3 server at {endpoint} did not answer within {seconds:g} s "
             "(tried again, in vain); check the server is up and not overloaded, or raise the "
-            f"timeout storage option (seconds); finish an extraction that stopped with {option('resume', True)}"
+            f"timeout storage option (timeout=SECONDS); finish an extraction that stopped with {option('resume', True)}"
         )
     if "error sending request" in message:
         return StoreError(
