@@ -391,3 +391,15 @@ def test_sigkill_then_the_same_call_gives_the_same_store(copy, reference):
     assert summary.shards_written == N_SHARDS - done
     assert_same_store(reference["added"], copy)
     assert wsizarr.verify(copy, sample=0).ok
+
+
+def test_verify_checks_the_added_arrays_chunks(tmp_path, reference):
+    path = tmp_path / "store.zarr"
+    shutil.copytree(reference["added"], path)
+    chunk = path / "colour" / "c" / "2" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    report = wsizarr.verify(path, sample=0)
+    assert not report.ok
+    assert any("the added array 'colour', rows 8.." in problem for problem in report.problems)

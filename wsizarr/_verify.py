@@ -109,6 +109,7 @@ def verify(
     if group["patches"].shape[0] != n:
         problems.append(f"patches has {group['patches'].shape[0]} entries, the store {n}")
     problems += _plan_problems(manifest, slides.columns, arrays)
+    problems += _added_problems(group, manifest)
     if arrays["label"].size and arrays["label"].max() >= len(manifest.label_names):
         problems.append("label codes beyond the label names")
     if arrays["slide"].size and arrays["slide"].max() >= len(slides):
@@ -140,6 +141,30 @@ def _expected_keys(group: zarr.Group) -> Iterator[str]:
             continue
         for shard in range(n_shards(member.shape[0], (member.shards or member.chunks)[0])):
             yield shard_key(name, shard, member.ndim)
+
+
+def _added_problems(group: zarr.Group, manifest: Manifest) -> list[str]:
+    """The arrays added after extraction: finished, one row per patch, every chunk's crc32c."""
+    problems = []
+    for name, added in manifest.added.items():
+        if not added.complete:
+            problems.append(f"the added array '{name}' is not finished; run the same add_array again")
+            continue
+        if name not in group or group[name].shape != tuple(added.shape) or added.shape[0] != manifest.n_patches:
+            problems.append(f"the added array '{name}' is missing or not {tuple(added.shape)}; add it again (overwrite)")
+            continue
+        array = group[name]
+        rows = array.chunks[0]
+        for start in range(0, array.shape[0], rows):
+            try:
+                array[start: start + rows]
+            except Exception as exc:  # a damaged or missing chunk: zarr's crc32c check, or no bytes
+                problems.append(
+                    f"the added array '{name}', rows {start}..: unreadable ({type(exc).__name__}: {exc}); "
+                    "add it again (overwrite)"
+                )
+                break
+    return problems
 
 
 def _plan_problems(manifest: Manifest, slides: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> list[str]:
