@@ -60,7 +60,7 @@ class _StoreSource:
         added = self.table.added
         if target is not None and target != "mask" and target not in COORDINATE_ARRAYS and target not in added:
             raise ParameterError(
-                f"target must be None, 'mask', one of {list(COORDINATE_ARRAYS)} or an added array "
+                f"target must be None, 'mask' or one of {list(COORDINATE_ARRAYS)}, or an added array "
                 f"({', '.join(map(repr, added)) or 'the store has none'}), not {target!r}"
             )
         if target in added:
