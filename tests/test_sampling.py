@@ -61,7 +61,7 @@ def test_an_annotation_keeps_its_patches_when_others_are_added():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"patch_size": 0}, "patch size"), ({"per_annotation": 0}, "patches per annotation"), ({"level": 3}, "level 3 does not exist")],
+    [({"patch_size": 0}, "patch size"), ({"per_annotation": 0}, "per_annotation must be at least 1"), ({"level": 3}, "level 3 does not exist")],
 )
 def test_invalid_parameters(kwargs, message):
     with pytest.raises(ParameterError, match=message):

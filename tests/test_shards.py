@@ -14,6 +14,7 @@ from wsizarr._shards import (
     encode_shard, has_chunk_checksums, index_size, is_standard, n_shards, parse_shard_key,
     received, shard_key,
 )
+from wsizarr._manifest import Manifest
 from wsizarr._store import CODECS, MASK_CODEC, create_store
 
 SHARD = 8
@@ -91,8 +92,7 @@ def test_an_empty_index_is_all_missing():
 
 def _zarr_written(tmp_path: Path, codec: str, pixels: np.ndarray, masks: np.ndarray) -> zarr.Group:
     """A store made by ``create_store`` (the store's own codecs), filled by zarr itself."""
-    group = create_store(tmp_path / "z.zarr", patch_size=PATCH, shard_size=SHARD, codec=codec,
-                         metadata={}, masks=True)
+    group = create_store(tmp_path / "z.zarr", Manifest("test", {}, SHARD, codec), patch_size=PATCH, masks=True)
     for name, values in (("patches", pixels), ("masks", masks)):
         array = group[name]
         array.resize(values.shape)

@@ -103,7 +103,7 @@ def test_a_second_extract_without_overwrite_is_refused_and_changes_nothing(extra
     before = store_bytes(extracted.url, extracted.options)
     refused = _extract(aperio_even_case, extracted, SECOND, expect=1)
     assert_one_line_error(refused, extracted.url, "already exists", "--overwrite")
-    with pytest.raises(StoreExistsError, match="already exists; pass --overwrite"):
+    with pytest.raises(StoreExistsError, match=r"already exists; replace it \(overwrite=True\)"):
         extract(aperio_even_case.slide, aperio_even_case.annotations, extracted.url,
                 storage_options=extracted.options, **SECOND)
     assert store_bytes(extracted.url, extracted.options) == before

@@ -33,7 +33,7 @@ from ._planning import (
 from ._runplan import RunPlan, check_same_slides, is_stillborn, plan_run, where_to_build
 from ._store import (
     begin_run, create_store, delete_store, done_shards, end_planning, ensure_own_store,
-    finalize_store, open_for_writing, partial_location, read_manifest, store_writes,
+    finalize_store, open_for_writing, open_store, partial_location, read_manifest, store_writes,
 )
 from ._version import __version__
 
@@ -228,7 +228,7 @@ def run_extraction(
         inputs = _prepare(runner, slides, annotations, options, storage_options)
         summarise = _summariser(target, inputs, started)
         if building.beside and not building.exists and target_exists and options.mode == "resume":
-            return summarise(read_manifest(open_for_writing(target)), 0)  # resumed after it was published
+            return summarise(read_manifest(open_store(target)), 0)  # resumed after it was published
         group = open_for_writing(location) if building.exists and options.mode != "overwrite" else None
         existing = read_manifest(group) if group is not None else None
         if existing is not None and is_stillborn(existing):

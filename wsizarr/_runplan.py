@@ -42,7 +42,8 @@ def where_to_build(
     written whole, so always built beside."""
     if mode == "append" and not can_append:
         raise ParameterError(
-            f"{target}: a zip cannot be appended to; append to a directory store, then pack it into a zip"
+            f"{target}: a zip cannot be appended to; append to a directory store, then pack it into a "
+            "zip (`wsizarr pack`)"
         )
     if partial_exists and mode not in ("overwrite", "resume"):
         raise StoreError(

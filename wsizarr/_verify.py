@@ -177,8 +177,8 @@ def _plan_problems(manifest: Manifest, slides: Mapping[str, np.ndarray], arrays:
         rows = slice(int(first), int(first + count))
         if plan_sha256({name: values[rows] for name, values in arrays.items()}) != recorded:
             return [
-                f"the 1-D arrays of slide {index} (patches {rows.start}..{rows.stop - 1}) do not match its plan "
-                "digest: coordinates or labels were altered"
+                f"the 1-D arrays do not match the plan digest of slide {index} (patches "
+                f"{rows.start}..{rows.stop - 1}): coordinates or labels were altered"
             ]
     return []
 
