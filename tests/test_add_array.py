@@ -406,3 +406,15 @@ def test_verify_checks_the_added_arrays_chunks(tmp_path, reference):
     report = wsizarr.verify(path, sample=0)
     assert not report.ok
     assert any("the added array 'colour', rows 8.." in problem for problem in report.problems)
+
+
+def test_a_zip_refused_keeps_nothing_beside_it(tmp_path, aperio_even_case):
+    url = _extract(aperio_even_case, str(tmp_path / "store.zip"))
+    add_array(url, "colour", mean_colour)
+    before = store_bytes(url)
+    with pytest.raises(StoreExistsError, match="already has an added array"):
+        add_array(url, "colour", mean_colour)
+    with pytest.raises(ParameterError, match="not a valid array name"):
+        add_array(url, "no way", mean_colour)
+    assert store_bytes(url) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["store.zip"]

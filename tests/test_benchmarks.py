@@ -45,3 +45,15 @@ def test_quick_load_benchmark_reports_every_loader():
     assert all(int(rate) > 0 and float(first) > 0 for _, _, _, rate, first, _ in rows)
     targets = result.stdout.partition("## Targets")[2]
     assert len(re.findall(r"\((PASS|FAIL) (≥|<) ", targets)) == 6
+
+
+@pytest.mark.slow
+def test_quick_add_array_benchmark_reports_both_rates():
+    result = subprocess.run(
+        [sys.executable, BENCHMARKS / "bench_add_array.py", "--patches", "240", "--patch-size", "64",
+         "--repeats", "1", "--workers", "2"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"reading alone .*: +[\d,]+ patches/s", result.stdout)
+    assert len(re.findall(r"add_array, .* [\d,]+ patches/s  \([\d.]+ of reading alone\)", result.stdout)) == 2

@@ -237,16 +237,20 @@ def add_array(
         original = read_manifest(open_store(target))  # complete, or a one-line error
         if original.legacy is not None:
             raise StoreError(f"{target}: was written by an older wsizarr (schema 1); `wsizarr migrate STORE` it first")
-        location, copied = _where_to_add(target, name)
+        if name in original.added and original.added[name].complete and not overwrite:
+            raise StoreExistsError(
+                f"{target}: already has an added array {name!r}; choose another name or replace it "
+                f"({option('overwrite', True)})"
+            )
+        location, copied = _where_to_add(target)
         group = open_for_writing(location)
         manifest = read_manifest(group)
         existing = manifest.added.get(name)
+        if existing is not None and existing.complete and not overwrite:  # a zip's copy, finished
+            target.replace_with(location)  # but not yet packed over the zip
+            return AddSummary(str(target), name, existing.shape, existing.dtype, manifest.n_shards, 0,
+                              time.perf_counter() - started)
         if existing is not None and not overwrite:
-            if existing.complete:
-                raise StoreExistsError(
-                    f"{target}: already has an added array {name!r}; choose another name or replace it "
-                    f"({option('overwrite', True)})"
-                )
             if existing.fn != description or (dtype is not None and np.dtype(dtype) != np.dtype(existing.dtype)):
                 raise StoreError(
                     f"{target}: an unfinished {name!r} was being computed by {existing.fn} "
@@ -294,7 +298,7 @@ def add_array(
                       written + (0 if resume else 1), time.perf_counter() - started)
 
 
-def _where_to_add(target: Location, name: str) -> tuple[Location, bool]:
+def _where_to_add(target: Location) -> tuple[Location, bool]:
     """Where the array is added: the store itself, or for a zip the directory beside it (a
     copy of the zip, made now unless an interrupted ``add_array`` left it); whether it was
     copied now."""
