@@ -335,6 +335,9 @@ def test_embed_with_a_torchscript_model(copy, tmp_path):
     assert_one_line_error(run("embed", copy, "--model", path, "--name", "features", expect=1),
                           "already has an added array 'features'", "--overwrite")
     assert_one_line_error(run("embed", copy, "--model", path, "--name", "patches", expect=1), "schema")
+    if not torch.cuda.is_available():
+        assert_one_line_error(run("embed", copy, "--model", path, "--name", "g", "--device", "cuda", expect=1),
+                              "no CUDA device", "--device cpu")
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     assert_one_line_error(run("embed", copy, "--model", tmp_path / "junk.pt", "--name", "f", expect=1),
                           "not a TorchScript model")
