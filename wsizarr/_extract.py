@@ -21,7 +21,7 @@ import zarr
 
 from ._annotations import ANNOTATION_SUFFIXES
 from ._errors import ParameterError
-from ._execution import ShardJob, ShardTask, SlideSource, TaskRunner, run_shard_task, shard_tasks
+from ._execution import PlanRows, ShardJob, ShardTask, SlideSource, TaskRunner, run_shard_task, shard_tasks
 from ._locations import Location, parse_store_location
 from ._lock import writer_lock
 from ._manifest import Manifest, annotation_rows, plan_sha256, read_table, slide_row
@@ -254,7 +254,7 @@ def run_extraction(
             with _removed_on_failure(location, created=existing is None and decision.write_plan):
                 manifest, sources, counts = _plan(runner, group, str(location), decision, inputs.prepared, options)
             done = done_shards(group)
-            _execute(runner, location, manifest, sources, done, options)
+            _execute(runner, location, group, manifest, sources, done, options)
             lock.check()  # still this writer's store: finalise it
             finalize_store(group, location)
             if building.beside:
@@ -381,8 +381,8 @@ def _rows(first: Any, count: Any) -> range:
 
 
 def _execute(
-    runner: TaskRunner, location: Location, manifest: Manifest, sources: Mapping[int, SlideSource],
-    done: np.ndarray, options: ExtractOptions,
+    runner: TaskRunner, location: Location, group: zarr.Group, manifest: Manifest,
+    sources: Mapping[int, SlideSource], done: np.ndarray, options: ExtractOptions,
 ) -> None:
     """Run a task for each shard not ``done``, reporting ``progress(patches done, patches in
     the store)``; each task gets the sources of the slides its rows come from."""
@@ -396,11 +396,17 @@ def _execute(
     if progress:
         progress(finished, total)
 
+    plan_rows = PlanRows(group)
+
     def job(task: ShardTask) -> ShardJob:
-        first = int(np.searchsorted(stops, max(task.start, run.first_patch), side="right"))
+        start = max(task.start, run.first_patch)
+        first = int(np.searchsorted(stops, start, side="right"))
         last = int(np.searchsorted(stops, task.stop - 1, side="right"))
         covered = {i: sources[i] for i in indices[first: last + 1]}
-        return ShardJob(location, task, run.first_patch, covered, options.resolution.patch_size, options.layout.masks)
+        return ShardJob(
+            location, task, run.first_patch, plan_rows(start, task.stop), covered,
+            options.resolution.patch_size, options.layout.masks,
+        )
 
     jobs = (job(task) for task in shard_tasks(total, shard_size, done))
     for count in runner.unordered(run_shard_task, jobs):
