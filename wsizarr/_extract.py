@@ -226,6 +226,7 @@ def run_extraction(
         )
         location = partial if building.beside else target
         inputs = _prepare(runner, slides, annotations, options, storage_options)
+        prepared, inputs = inputs.prepared, replace(inputs, prepared=())  # prepared: dropped once planned
         summarise = _summariser(target, inputs, started)
         if building.beside and not building.exists and target_exists and options.mode == "resume":
             return summarise(read_manifest(open_store(target)), 0)  # resumed after it was published
@@ -235,7 +236,7 @@ def run_extraction(
             group = existing = None
         decision = plan_run(
             options.mode, existing, store=str(location), parameters=options.parameters(),
-            prepared=inputs.prepared,
+            prepared=prepared,
             existing_hashes=[] if group is None else read_table(group["slides"], ["content_hash"])["content_hash"].tolist(),
             wants_background=options.sampling.wants_background, label_order=options.labels.label_order,
         )
@@ -252,7 +253,8 @@ def run_extraction(
                     patch_size=options.resolution.patch_size, masks=options.layout.masks,
                 )
             with _removed_on_failure(location, created=existing is None and decision.write_plan):
-                manifest, sources, counts = _plan(runner, group, str(location), decision, inputs.prepared, options)
+                manifest, sources, counts = _plan(runner, group, str(location), decision, prepared, options)
+            del prepared  # the sources are all the shard tasks need
             done = done_shards(group)
             _execute(runner, location, group, manifest, sources, done, options)
             lock.check()  # still this writer's store: finalise it
@@ -269,8 +271,9 @@ def _prepare(
     """Pair slides with annotations and prepare each slide (tasks, in order); in a cohort
     (unless ``strict``) a slide that fails is reported and left out."""
     pairs, unmatched_slides, unmatched_annotations = match_annotations(slides, annotations, storage_options)
+    shared = dict(storage_options or {})  # one mapping for every slide
     requests = (
-        PrepareRequest(slide, source, options.resolution, options.labels, options.execution.reader, dict(storage_options or {}))
+        PrepareRequest(slide, source, options.resolution, options.labels, options.execution.reader, shared)
         for slide, source in pairs
     )
     prepared: list[PreparedSlide] = []
