@@ -27,10 +27,12 @@ from ._manifest import read_annotations
 from ._options import ExecutionOptions
 from ._reader import PatchReader
 from ._slide import Resolution, SlideInfo, resize_patch
-from ._store import open_for_writing, store_writes, write_shard
+from ._store import open_for_task, store_writes, write_shard
 from ._tiles import equal_runs, open_reader
 
-__all__ = ["ShardJob", "ShardTask", "SlideSource", "TaskRunner", "read_shard", "run_shard_task", "shard_tasks"]
+__all__ = [
+    "PlanRows", "ShardJob", "ShardTask", "SlideSource", "TaskRunner", "read_shard", "run_shard_task", "shard_tasks",
+]
 
 _UNLABELLED_MASK = 255
 T = TypeVar("T")
@@ -153,14 +155,41 @@ class ShardTask:
 @dataclass(frozen=True, eq=False)
 class ShardJob:
     """What one shard task needs besides the store: the run's first patch (earlier patches of
-    its shard are kept as written), the sources of the slides it covers, and the layout."""
+    its shard are kept as written), its rows of the plan (``slide``, ``x``, ``y``,
+    ``annotation_id`` from ``max(task.start, first_patch)``), the sources of the slides they
+    come from, and the layout."""
 
     store: Location
     task: ShardTask
     first_patch: int
+    plan: Mapping[str, np.ndarray]
     slides: Mapping[int, SlideSource]
     patch_size: int
     masks: bool
+
+
+PLAN_COLUMNS = ("slide", "x", "y", "annotation_id")
+
+
+class PlanRows:
+    """The coordinator's reader of the plan in the store, one chunk at a time (the tasks come
+    in shard order, so each chunk of the 1-D arrays is read once)."""
+
+    def __init__(self, group: zarr.Group) -> None:
+        self._arrays = {name: group[name] for name in PLAN_COLUMNS}
+        self._chunk = self._arrays["x"].chunks[0]
+        self._start = -1
+        self._rows: dict[str, np.ndarray] = {}
+
+    def __call__(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)``."""
+        first = start - start % self._chunk
+        if stop > first + self._chunk:  # across chunks: a store migrated from schema 1
+            return {name: np.asarray(array[start:stop]) for name, array in self._arrays.items()}
+        if first != self._start:
+            self._rows = {name: np.asarray(array[first: first + self._chunk]) for name, array in self._arrays.items()}
+            self._start = first
+        return {name: rows[start - first: stop - first].copy() for name, rows in self._rows.items()}
 
 
 def shard_tasks(n_patches: int, shard_size: int, done: np.ndarray | None = None) -> Iterator[ShardTask]:
@@ -177,7 +206,7 @@ def run_shard_task(job: ShardJob) -> int:
     appending) keeps its earlier patches: they are read back, checksums checked (a damaged or
     missing shard is a ``CorruptStoreError``, never white patches), and written with the new ones.
     """
-    group = open_for_writing(job.store)
+    group = open_for_task(job.store)
     task = job.task
     arrays = read_shard(group, job)
     with store_writes(job.store):
@@ -194,16 +223,15 @@ def run_shard_task(job: ShardJob) -> int:
 def read_shard(group: zarr.Group, job: ShardJob) -> dict[str, np.ndarray]:
     """The pixels of the run's patches in ``job.task``, store indices ``max(task.start,
     job.first_patch)`` to ``task.stop``: ``patches`` ``(n, P, P, 3)`` uint8 (and ``masks``
-    ``(n, P, P)``), from the plan rows in the store.
+    ``(n, P, P)``), from the job's plan rows.
 
     Each slide's patches are read through one open reader (``_tiles``): with ``tiles`` each
     tile is decoded once for the whole task and patches are cropped from the level's own
     pixels; with ``openslide`` the patches of one annotation share one ``read_region`` where
     the level's downsample is whole.
     """
-    rows = slice(max(job.task.start, job.first_patch), job.task.stop)
-    plan = {name: np.asarray(group[name][rows]) for name in ("slide", "x", "y", "annotation_id")}
-    n, size = rows.stop - rows.start, job.patch_size
+    plan = job.plan
+    n, size = len(plan["x"]), job.patch_size
     arrays = {"patches": np.empty((n, size, size, 3), np.uint8)}
     if job.masks:
         arrays["masks"] = np.empty((n, size, size), np.uint8)

@@ -21,7 +21,7 @@ import zarr
 
 from ._annotations import ANNOTATION_SUFFIXES
 from ._errors import ParameterError
-from ._execution import ShardJob, ShardTask, SlideSource, TaskRunner, run_shard_task, shard_tasks
+from ._execution import PlanRows, ShardJob, ShardTask, SlideSource, TaskRunner, run_shard_task, shard_tasks
 from ._locations import Location, parse_store_location
 from ._lock import writer_lock
 from ._manifest import Manifest, annotation_rows, plan_sha256, read_table, slide_row
@@ -226,6 +226,7 @@ def run_extraction(
         )
         location = partial if building.beside else target
         inputs = _prepare(runner, slides, annotations, options, storage_options)
+        prepared, inputs = inputs.prepared, replace(inputs, prepared=())  # prepared: dropped once planned
         summarise = _summariser(target, inputs, started)
         if building.beside and not building.exists and target_exists and options.mode == "resume":
             return summarise(read_manifest(open_store(target)), 0)  # resumed after it was published
@@ -235,7 +236,7 @@ def run_extraction(
             group = existing = None
         decision = plan_run(
             options.mode, existing, store=str(location), parameters=options.parameters(),
-            prepared=inputs.prepared,
+            prepared=prepared,
             existing_hashes=[] if group is None else read_table(group["slides"], ["content_hash"])["content_hash"].tolist(),
             wants_background=options.sampling.wants_background, label_order=options.labels.label_order,
         )
@@ -252,9 +253,10 @@ def run_extraction(
                     patch_size=options.resolution.patch_size, masks=options.layout.masks,
                 )
             with _removed_on_failure(location, created=existing is None and decision.write_plan):
-                manifest, sources, counts = _plan(runner, group, str(location), decision, inputs.prepared, options)
+                manifest, sources, counts = _plan(runner, group, str(location), decision, prepared, options)
+            del prepared  # the sources are all the shard tasks need
             done = done_shards(group)
-            _execute(runner, location, manifest, sources, done, options)
+            _execute(runner, location, group, manifest, sources, done, options)
             lock.check()  # still this writer's store: finalise it
             finalize_store(group, location)
             if building.beside:
@@ -269,8 +271,9 @@ def _prepare(
     """Pair slides with annotations and prepare each slide (tasks, in order); in a cohort
     (unless ``strict``) a slide that fails is reported and left out."""
     pairs, unmatched_slides, unmatched_annotations = match_annotations(slides, annotations, storage_options)
+    shared = dict(storage_options or {})  # one mapping for every slide
     requests = (
-        PrepareRequest(slide, source, options.resolution, options.labels, options.execution.reader, dict(storage_options or {}))
+        PrepareRequest(slide, source, options.resolution, options.labels, options.execution.reader, shared)
         for slide, source in pairs
     )
     prepared: list[PreparedSlide] = []
@@ -381,8 +384,8 @@ def _rows(first: Any, count: Any) -> range:
 
 
 def _execute(
-    runner: TaskRunner, location: Location, manifest: Manifest, sources: Mapping[int, SlideSource],
-    done: np.ndarray, options: ExtractOptions,
+    runner: TaskRunner, location: Location, group: zarr.Group, manifest: Manifest,
+    sources: Mapping[int, SlideSource], done: np.ndarray, options: ExtractOptions,
 ) -> None:
     """Run a task for each shard not ``done``, reporting ``progress(patches done, patches in
     the store)``; each task gets the sources of the slides its rows come from."""
@@ -396,11 +399,17 @@ def _execute(
     if progress:
         progress(finished, total)
 
+    plan_rows = PlanRows(group)
+
     def job(task: ShardTask) -> ShardJob:
-        first = int(np.searchsorted(stops, max(task.start, run.first_patch), side="right"))
+        start = max(task.start, run.first_patch)
+        first = int(np.searchsorted(stops, start, side="right"))
         last = int(np.searchsorted(stops, task.stop - 1, side="right"))
         covered = {i: sources[i] for i in indices[first: last + 1]}
-        return ShardJob(location, task, run.first_patch, covered, options.resolution.patch_size, options.layout.masks)
+        return ShardJob(
+            location, task, run.first_patch, plan_rows(start, task.stop), covered,
+            options.resolution.patch_size, options.layout.masks,
+        )
 
     jobs = (job(task) for task in shard_tasks(total, shard_size, done))
     for count in runner.unordered(run_shard_task, jobs):

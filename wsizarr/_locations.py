@@ -218,8 +218,26 @@ class Location(ABC):
         """``length`` bytes of the one file or object here from ``start`` (on S3 one ranged GET)."""
 
 
+class _OnDisk(Location):
+    """What the local kinds share: one file's size and bytes read from the file system."""
+
+    def size(self) -> int:
+        try:
+            return Path(self.path).stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"{self}: no such file; check the path") from None
+
+    def read_range(self, start: int, length: int) -> bytes:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(start)
+                return file.read(length)
+        except FileNotFoundError:
+            raise StoreError(f"{self}: no such file; check the path") from None
+
+
 @dataclass(frozen=True)
-class LocalLocation(Location):
+class LocalLocation(_OnDisk):
     """A directory on a local (or mounted) file system."""
 
     def _open(self, mode: Mode) -> Store:
@@ -264,15 +282,9 @@ class LocalLocation(Location):
         if had_target:
             _delete_path(replaced)
 
-    def size(self) -> int:
-        return _file_size(self)
-
-    def read_range(self, start: int, length: int) -> bytes:
-        return _file_range(self, start, length)
-
 
 @dataclass(frozen=True)
-class ZipLocation(Location):
+class ZipLocation(_OnDisk):
     """A single ``.zip`` file, written whole (``ZIP_STORED``): read it, or create it once."""
 
     can_append = False
@@ -321,12 +333,6 @@ class ZipLocation(Location):
         if path.exists():
             raise StoreExistsError(f"{path}: exists; delete it or choose another name")
         _write_zip(source, path)
-
-    def size(self) -> int:
-        return _file_size(self)
-
-    def read_range(self, start: int, length: int) -> bytes:
-        return _file_range(self, start, length)
 
 
 @dataclass(frozen=True)
@@ -435,22 +441,6 @@ def _delete_path(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def _file_size(location: Location) -> int:
-    try:
-        return Path(location.path).stat().st_size
-    except FileNotFoundError:
-        raise StoreError(f"{location}: no such file; check the path") from None
-
-
-def _file_range(location: Location, start: int, length: int) -> bytes:
-    try:
-        with open(location.path, "rb") as file:
-            file.seek(start)
-            return file.read(length)
-    except FileNotFoundError:
-        raise StoreError(f"{location}: no such file; check the path") from None
 
 
 def _write_zip(source: Location, path: Path) -> None:

@@ -239,7 +239,7 @@ def prepare_slide(request: PrepareRequest) -> PreparedSlide | SlideFailure:
 
 
 def _prepare(request: PrepareRequest) -> PreparedSlide:
-    options = dict(request.storage_options)
+    options = request.storage_options
     if is_remote(request.slide):
         info, content_hash = tiff_slide_info(str(request.slide), options)
     else:

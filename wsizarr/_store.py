@@ -72,6 +72,7 @@ __all__ = [
     "consolidate",
     "finalize_store",
     "open_store",
+    "open_for_task",
     "open_for_writing",
     "partial_location",
     "end_planning",
@@ -402,6 +403,12 @@ def open_for_writing(location: StoreLocation) -> zarr.Group:
     return zarr.open_group(
         location.open("a"), mode="r+", zarr_format=3, use_consolidated=False
     )
+
+
+def open_for_task(location: Location) -> zarr.Group:
+    """Open the store a run is writing, for one of its tasks: the coordinator has checked it,
+    so this is one open (no listing, no second read of the root)."""
+    return zarr.open_group(location.open("a", check=False), mode="r+", zarr_format=3, use_consolidated=False)
 
 
 def open_store_manifest(location: StoreLocation) -> Manifest:

@@ -17,7 +17,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, ClassVar
@@ -167,15 +167,20 @@ def _usable(page: tifffile.TiffPage) -> bool:
     )
 
 
-def _pyramids(tif: tifffile.TiffFile) -> list[list[tifffile.TiffPage]]:
-    """Candidate level lists: the tiled pages of the main IFD chain by width (Aperio, generic
-    pyramidal TIFF: what OpenSlide calls levels), then tifffile's first series (SubIFDs,
-    OME-TIFF and other layouts)."""
+def _pyramids(tif: tifffile.TiffFile) -> Iterator[list[tifffile.TiffPage]]:
+    """Candidate level lists, made as they are asked for: the tiled pages of the main IFD chain
+    by width (Aperio, generic pyramidal TIFF: what OpenSlide calls levels), then tifffile's
+    first series (SubIFDs, OME-TIFF and other layouts; parsing series costs most of opening a
+    slide, so only when the main chain does not fit)."""
     tiled = [p for p in tif.pages if isinstance(p, tifffile.TiffPage) and p.is_tiled]
-    candidates = [sorted(tiled, key=lambda p: -p.imagewidth)]
-    if tif.series:
-        candidates.append([level.keyframe for level in tif.series[0].levels])
-    return [pages for pages in candidates if pages and all(_usable(p) for p in pages)]
+    candidates = (
+        lambda: sorted(tiled, key=lambda p: -p.imagewidth),
+        lambda: [level.keyframe for level in tif.series[0].levels] if tif.series else [],
+    )
+    for candidate in candidates:
+        pages = candidate()
+        if pages and all(_usable(p) for p in pages):
+            yield pages
 
 
 class TiledTiff:
