@@ -133,7 +133,7 @@ def test_batch_size_and_dtype(copy, reference):
 def test_processes_and_dask_give_the_same_store(copy, reference, executor):
     if executor == "dask":
         distributed = pytest.importorskip("distributed")
-        with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
+        with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster, \
                 distributed.Client(cluster) as client:
             add_array(copy, "colour", mean_colour, client=client)
     else:
