@@ -42,9 +42,9 @@ QUALITY_MEASURES: Mapping[str, tuple[np.dtype, str]] = MappingProxyType({
     ),
     "pen_fraction": (
         np.dtype("float32"),
-        "share 0-1 of the patch's pixels in marker-ink colours: green-cyan-blue hues "
-        "(red channel >= 40 below the strongest and >= 10 below green) or black (brightest "
-        "channel < 64 and saturation < 0.5); H&E pink and purple do not count",
+        "share 0-1 of the patch's pixels in marker-ink colours: hue green to blue (60-248 deg, "
+        "saturation >= 0.25, max - min >= 16 of 255) or black (every channel < 24, or < 48 at "
+        "saturation < 0.5); H&E pink and purple do not count, cyan fringes at tissue edges do",
     ),
     "brightness": (
         np.dtype("float32"),
@@ -115,9 +115,9 @@ def _measure_chunk(patches: np.ndarray, tissue_threshold: float) -> dict[str, np
     chroma = high - np.minimum(np.minimum(red, green), blue)
     saturation = chroma / np.maximum(high, 1).astype(np.float32)
     tissue = saturation > tissue_threshold
-    green_red = green - red
-    cool = (green_red >= 10) & (np.maximum(green_red, blue - red) >= 40)
-    black = (high < 64) & (chroma + chroma < high)
+    # saturated hues from yellow-green through cyan and blue to 248 deg (H&E purple: > 250 deg)
+    cool = (chroma >= 16) & (4 * chroma >= high) & (high != red) & (15 * (red - green) <= 2 * chroma)
+    black = (high < 24) | ((high < 48) & (chroma + chroma < high))  # dark nuclei are purple
     luma = red * _LUMA[0] + green * _LUMA[1] + blue * _LUMA[2]
     n_tissue = tissue.reshape(len(tissue), -1).view(np.uint8).sum(axis=1, dtype=np.int32)
     tissue_saturation = np.where(tissue, saturation, 0).reshape(len(tissue), -1).sum(axis=1)
