@@ -91,12 +91,6 @@ def measure_patches(
     return out
 
 
-def _share(mask: np.ndarray) -> np.ndarray:
-    """Per-patch share of True in a ``(b, h, w)`` boolean array, float32."""
-    flat = mask.reshape(len(mask), -1)
-    return flat.view(np.uint8).sum(axis=1, dtype=np.int32) / np.float32(flat.shape[1])
-
-
 def _measure_chunk(patches: np.ndarray, tissue_threshold: float) -> dict[str, np.ndarray]:
     # focus: the green channel of every 2nd pixel of every 2nd row
     grey = patches[:, ::_FOCUS_STEP, ::_FOCUS_STEP, 1].astype(np.int16)
@@ -118,13 +112,15 @@ def _measure_chunk(patches: np.ndarray, tissue_threshold: float) -> dict[str, np
     # saturated hues from yellow-green through cyan and blue to 248 deg (H&E purple: > 250 deg)
     cool = (chroma >= 16) & (4 * chroma >= high) & (high != red) & (15 * (red - green) <= 2 * chroma)
     black = (high < 24) | ((high < 48) & (chroma + chroma < high))  # dark nuclei are purple
-    luma = red * _LUMA[0] + green * _LUMA[1] + blue * _LUMA[2]
-    n_tissue = tissue.reshape(len(tissue), -1).view(np.uint8).sum(axis=1, dtype=np.int32)
-    tissue_saturation = np.where(tissue, saturation, 0).reshape(len(tissue), -1).sum(axis=1)
+    n = len(high)
+    pixels = np.float32(high[0].size)
+    channel_sums = np.stack([plane.reshape(n, -1).sum(axis=1, dtype=np.int32) for plane in (red, green, blue)])
+    n_tissue = tissue.reshape(n, -1).view(np.uint8).sum(axis=1, dtype=np.int32)
+    tissue_saturation = np.einsum("ij,ij->i", saturation.reshape(n, -1), tissue.reshape(n, -1).astype(np.float32))
     return {
-        "tissue_fraction": _share(tissue),
+        "tissue_fraction": n_tissue / pixels,
         "sharpness": np.maximum(sharpness, 0),
-        "pen_fraction": _share(cool | black),
-        "brightness": luma.reshape(len(luma), -1).mean(axis=1) / 255,
+        "pen_fraction": (cool | black).reshape(n, -1).view(np.uint8).sum(axis=1, dtype=np.int32) / pixels,
+        "brightness": _LUMA @ channel_sums.astype(np.float32) / (255 * pixels),
         "saturation": tissue_saturation / np.maximum(n_tissue, 1),
     }
