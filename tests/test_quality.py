@@ -203,7 +203,7 @@ def _tissue_patches(name: str, n: int = 50) -> dict[str, np.ndarray]:
 # wsipacker_example.tif (33, 0.987 um/px): tissue 0.68 (0.51-0.97), sharpness 15194
 #   (11132-21650), pen 0.000 (0-0.000), brightness 0.71 (0.59-0.80), saturation 0.27 (0.18-0.28)
 # (histolab_kidney-48-5.tif, IHC, is glass but for one pale bluish fragment: its patch has
-#   tissue 0.06, sharpness 2074, pen 0.000, brightness 0.97, saturation 0.15)
+#   tissue 0.06, sharpness 2074, pen 0.001, brightness 0.97, saturation 0.15)
 @pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "wsipacker_example.tif"])
 def test_real_slides_give_plausible_values(name):
     m = _tissue_patches(name)
