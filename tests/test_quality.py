@@ -164,7 +164,8 @@ def test_pen_fraction_follows_a_stroke_across_tissue(stroma, tissue, ink):
 
 def test_pen_fraction_ignores_h_and_e_pink_and_purple(tissue):
     """Pure eosin-pink, haematoxylin-purple and dark-nucleus colours and the real patch."""
-    for rgb in [(232, 172, 205), (214, 140, 190), (95, 55, 150), (60, 25, 100), (45, 20, 70), (150, 120, 190)]:
+    for rgb in [(232, 172, 205), (214, 140, 190), (95, 55, 150), (60, 25, 100), (45, 20, 70), (150, 120, 190),
+                (210, 200, 90), (160, 110, 60)]:  # and hues below 60 deg: pale yellow, DAB brown
         assert _one(np.full((P, P, 3), rgb, np.uint8))["pen_fraction"] == 0, rgb
     for rgb in [(50, 100, 220), (60, 170, 80), (0, 128, 128), (30, 30, 33), (20, 20, 20), (12, 12, 86)]:
         assert _one(np.full((P, P, 3), rgb, np.uint8))["pen_fraction"] == 1, rgb
@@ -175,6 +176,12 @@ def test_brightness_and_saturation(tissue, glass):
     assert g["brightness"] > 0.9 and 0.25 < t["brightness"] < 0.85
     assert g["saturation"] < t["saturation"]
     assert _one(np.full((P, P, 3), 243, np.uint8))["saturation"] == 0  # no tissue: 0
+    uniform = _one(np.full((P, P, 3), (200, 100, 50), np.uint8))
+    assert uniform["brightness"] == pytest.approx((0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255, abs=1e-6)
+    assert uniform["saturation"] == pytest.approx(150 / 200)
+    half = glass.copy()
+    half[:, : P // 2] = tissue[:, : P // 2]
+    assert abs(_one(half)["saturation"] - _one(tissue[:, : P // 2])["saturation"]) < 0.02  # tissue's mean
     faded = (255 - (255 - tissue.astype(np.float32)) * 0.5).astype(np.uint8)  # half the stain
     f = _one(faded)
     assert f["brightness"] > t["brightness"] and f["saturation"] < 0.7 * t["saturation"]
