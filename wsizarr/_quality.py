@@ -10,6 +10,11 @@ Tissue is the slide tissue mask's criterion (``_slide.tissue_mask_of``): HSV sat
 view at ``max(Otsu, 0.05)``; a patch has no slide-wide histogram, so the default here is the
 mask's floor, 0.05: a patch's tissue is then a superset of the mask's. Pass the slide's own
 threshold as ``tissue_threshold`` to match its mask.
+
+Beside tissue, focus and ink, two extras that cost almost nothing (the pixels are already
+read): ``brightness`` flags what tissue_fraction cannot (dark folds, thick or over-stained
+tissue, black scan borders are all "tissue" or all glass-bright) and ``saturation`` is stain
+intensity, which separates faded or weak staining from folds at a glance.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from ._errors import ParameterError
 __all__ = ["MIN_TISSUE_SATURATION", "QUALITY_MEASURES", "measure_patches"]
 
 MIN_TISSUE_SATURATION = 0.05
-"""The tissue mask's saturation floor (``_slide.tissue_mask_of``: ``saturation > max(otsu, 0.05)``)."""
+"""The tissue mask's saturation floor (``_slide.tissue_mask_of``: ``saturation > max(otsu, 0.05)``;
+a literal there, so repeated here; ``tests/test_quality.py`` checks the two notions agree)."""
 
 QUALITY_MEASURES: Mapping[str, tuple[np.dtype, str]] = MappingProxyType({
     "tissue_fraction": (
@@ -48,7 +54,7 @@ QUALITY_MEASURES: Mapping[str, tuple[np.dtype, str]] = MappingProxyType({
     ),
     "brightness": (
         np.dtype("float32"),
-        "mean grey 0-1 (ITU-R 601 luma / 255): ~0.95 for glass, ~0.6-0.8 for H&E; low for "
+        "mean grey 0-1 (ITU-R 601 luma / 255): ~0.95 for glass, ~0.45-0.8 for H&E; low for "
         "folds, thick or over-stained tissue and dark scan artefacts",
     ),
     "saturation": (
