@@ -4,9 +4,11 @@ Times ``measure_patches`` on real H&E patches (256 px, from the tissue of CMU-1-
 and, in the same run, an estimate of extraction's own per-patch work: decoding one 256-px
 JPEG tile (imagecodecs) and zstd-encoding one patch the way the store does (numcodecs,
 level 1); and a fuller one: reading the patch through OpenSlide with its tile cache off
-(``read_rgb``: JPEG decode of the tiles it crosses, RGBA -> RGB) plus the same encoding. Prints the medians of ``--repeats`` runs in ms per patch and patches/s, and the
-measures' cost as a share of the extraction estimate (the target is <= 10 %). The three take turns in every round, so the machine's load weighs on
-them alike.
+(``read_rgb``: JPEG decode of every tile it crosses, up to 4, and RGBA -> RGB; an upper
+bound, as neighbouring patches share tiles) plus the same encoding. Prints the medians of
+``--repeats`` rounds in ms per patch and patches/s, and the measures' cost as a share of
+each estimate (the target is <= 10 % of the first). The works take turns in every round,
+so the shared machine's load weighs on them alike.
 
 Run: python benchmarks/bench_quality.py [--patches 256] [--repeats 7]
 """
