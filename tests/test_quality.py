@@ -158,7 +158,6 @@ def test_pen_fraction_follows_a_stroke_across_tissue(stroma, tissue, ink):
         for width in (20, 60):
             inked, share = _stroke(patch, INKS[ink], width)
             measured = _one(inked)["pen_fraction"] - clean
-            print(ink, width, round(share, 3), round(measured, 3))
             assert share * 0.85 < measured < share + 0.02, (ink, width, share, measured)
 
 
