@@ -19,7 +19,7 @@ from ._geometry import centroid, has_area, point_inside, points_in_polygon, rast
 from ._slide import Resolution, SlideInfo, TissueMask, level0_from_level_px
 
 __all__ = [
-    "BACKGROUND_LABEL", "SAMPLERS", "PatchPlan", "concat_plans", "label_codes", "plan_jitter",
+    "BACKGROUND_LABEL", "SAMPLERS", "PatchPlan", "label_codes", "plan_jitter",
     "plan_patches",
 ]
 
@@ -59,19 +59,6 @@ class PatchPlan:
             "x": self.x, "y": self.y, "level": self.level, "annotation_id": self.annotation_id,
             "label": self.label, "slide": self.slide, "padded": self.padded,
         }
-
-
-def concat_plans(plans: Sequence[PatchPlan]) -> PatchPlan:
-    """One plan of several slides' plans, in order."""
-    if not plans:
-        raise ParameterError("no slide to plan")
-    fields = plans[0].arrays()
-    return PatchPlan(
-        **{name: np.concatenate([p.arrays()[name] for p in plans]) for name in fields},
-        skipped_annotations=tuple(i for p in plans for i in p.skipped_annotations),
-        dropped_partial=sum(p.dropped_partial for p in plans),
-        dropped_excluded=sum(p.dropped_excluded for p in plans),
-    )
 
 
 def label_codes(annotations: Sequence[Annotation], extra: Sequence[str] = ()) -> dict[str, int]:
