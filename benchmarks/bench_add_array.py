@@ -28,12 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsizarr import add_array, extract
-from wsizarr._demo import write_demo_annotations, write_demo_slide
+from bench_verify import OUT, demo_store
+from wsizarr import add_array
 from wsizarr._reader import PatchReader
-
-OUT = Path(__file__).resolve().parent / "out"
-GLOMERULI = 24  # the demo slide's annotations
 
 
 def first_pixel(batch: np.ndarray) -> np.ndarray:
@@ -75,15 +72,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    slide = OUT / "verify-demo.svs"  # shared with bench_verify.py
-    if not slide.exists():
-        write_demo_annotations(write_demo_slide(slide, n_glomeruli=GLOMERULI), slide.with_suffix(".xml"))
-    per_annotation = -(-args.patches // GLOMERULI)
-    store = OUT / f"verify-{GLOMERULI * per_annotation}-{args.patch_size}px-zstd.zarr"
-    if not store.exists():
-        extract(slide, slide.with_suffix(".xml"), store, level=0, patch_size=args.patch_size,
-                per_annotation=per_annotation)
+    store = demo_store(args.patches, args.patch_size)  # the store bench_verify.py times
     n = PatchReader(store).n_patches
     scratch = OUT / "bench-add-array.zarr"
     read_alone(store, args.workers)  # the page cache warm for both

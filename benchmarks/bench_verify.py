@@ -23,6 +23,21 @@ OUT = Path(__file__).resolve().parent / "out"
 GLOMERULI = 24  # the demo slide's annotations
 
 
+def demo_store(patches: int, patch_size: int, codec: str = "zstd") -> Path:
+    """A store of about ``patches`` patches of the demo slide, extracted once into
+    ``benchmarks/out/`` (``bench_add_array.py`` uses it too)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    slide = OUT / "verify-demo.svs"
+    if not slide.exists():
+        write_demo_annotations(write_demo_slide(slide, n_glomeruli=GLOMERULI), slide.with_suffix(".xml"))
+    per_annotation = -(-patches // GLOMERULI)
+    store = OUT / f"verify-{GLOMERULI * per_annotation}-{patch_size}px-{codec}.zarr"
+    if not store.exists():
+        extract(slide, slide.with_suffix(".xml"), store, level=0, patch_size=patch_size,
+                per_annotation=per_annotation, codec=codec)
+    return store
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=10_000)
@@ -30,15 +45,7 @@ def main() -> None:
     parser.add_argument("--codec", default="zstd")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    slide = OUT / "verify-demo.svs"
-    if not slide.exists():
-        write_demo_annotations(write_demo_slide(slide, n_glomeruli=GLOMERULI), slide.with_suffix(".xml"))
-    per_annotation = -(-args.patches // GLOMERULI)
-    store = OUT / f"verify-{GLOMERULI * per_annotation}-{args.patch_size}px-{args.codec}.zarr"
-    if not store.exists():
-        extract(slide, slide.with_suffix(".xml"), store, level=0, patch_size=args.patch_size,
-                per_annotation=per_annotation, codec=args.codec)
+    store = demo_store(args.patches, args.patch_size, args.codec)
     times = []
     for _ in range(args.repeats):
         started = time.perf_counter()
