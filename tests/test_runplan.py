@@ -196,3 +196,22 @@ def test_every_option_has_its_flag():
                 continue  # built from --dask-scheduler, the progress bar, printed notes, --label-map's parser
             assert f.name in dests, f"--{f.name.replace('_', '-')} is missing"
             assert dests[f.name] == f.default, f.name
+
+
+def test_the_typed_entry_point_is_extract(tmp_path, aperio_even_case):
+    """``run_extraction`` with the option records makes the store ``extract``'s keywords make."""
+    import wsizarr
+
+    from .helpers import assert_same_store
+
+    keywords = tmp_path / "keywords.zarr"
+    wsizarr.extract(aperio_even_case.slide, aperio_even_case.annotations, keywords,
+                    level=1, patch_size=32, per_annotation=3, seed=5, shard_size=16, masks=True)
+    typed = tmp_path / "typed.zarr"
+    options = wsizarr.ExtractOptions(
+        resolution=wsizarr.ResolutionOptions(level=1, patch_size=32),
+        sampling=wsizarr.SamplingOptions(per_annotation=3, seed=5),
+        layout=wsizarr.LayoutOptions(shard_size=16, masks=True),
+    )
+    wsizarr.run_extraction(aperio_even_case.slide, aperio_even_case.annotations, typed, options)
+    assert_same_store(keywords, typed)

@@ -24,9 +24,17 @@ from ._errors import (
     WsizarrError,
 )
 from ._export import export
-from ._extract import ExtractionSummary, extract
+from ._extract import ExtractionSummary, extract, run_extraction
 from ._loaders import PatchTable, iter_batches, open_dataset, read_patch_table
 from ._migrate import migrate
+from ._options import (
+    ExecutionOptions,
+    ExtractOptions,
+    LabelOptions,
+    LayoutOptions,
+    ResolutionOptions,
+    SamplingOptions,
+)
 from ._preview import overlay, preview, write_report
 from ._sampling import PatchPlan, plan_jitter
 from ._slide import SlideInfo
@@ -43,11 +51,17 @@ __all__ = [
     "AnnotationFile",
     "CorruptStoreError",
     "DemoSlide",
+    "ExecutionOptions",
+    "ExtractOptions",
     "ExtractionSummary",
     "IncompleteStoreError",
+    "LabelOptions",
+    "LayoutOptions",
     "ParameterError",
     "PatchPlan",
     "PatchTable",
+    "ResolutionOptions",
+    "SamplingOptions",
     "SlideError",
     "SlideInfo",
     "StoreError",
@@ -70,6 +84,7 @@ __all__ = [
     "read_annotation_file",
     "read_annotations",
     "read_patch_table",
+    "run_extraction",
     "store_info",
     "verify",
     "write_demo_annotations",
