@@ -3,7 +3,7 @@ the option records of ``_options``."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -133,7 +133,7 @@ def test_resume_refuses_changed_slides_and_annotations():
 
 def test_older_stores_are_read_with_the_options_they_lacked():
     older = {k: v for k, v in PARAMETERS.items() if k not in ("exclude_labels", "strict_annotations", "reader")}
-    recorded = recorded_parameters(_manifest().updated(parameters={**older, "level": None}))
+    recorded = recorded_parameters(replace(_manifest(), parameters={**older, "level": None}))
     assert recorded == {**PARAMETERS, "reader": "openslide"}
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -126,9 +126,6 @@ class Manifest:
             added={name: AddedArray.from_attrs(a) for name, a in attrs.get("added", {}).items()},
             legacy=legacy,
         )
-
-    def updated(self, **changes: Any) -> Manifest:
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -169,9 +169,6 @@ class ExecutionOptions:
         _choice("reader", self.reader, READERS)
 
 
-_RECORDED = (ResolutionOptions, SamplingOptions, LabelOptions, LayoutOptions)
-
-
 @dataclass(frozen=True)
 class ExtractOptions:
     """Every option of an extraction, and the ``mode``: ``create`` a new store, ``overwrite``
@@ -227,7 +224,3 @@ class ExtractOptions:
         recorded["reader"] = self.execution.reader  # the pixels differ by reader: recorded too
         return recorded
 
-
-def option_names() -> dict[str, type]:
-    """Every option's name and the record it belongs to (the CLI checks its flags against it)."""
-    return {f.name: group for group in (*_RECORDED, ExecutionOptions) for f in fields(group)}
