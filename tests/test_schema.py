@@ -172,3 +172,27 @@ def test_schema_1_stores_read_and_migrate(tmp_path, small_cohort):
     extract(slides[2], annotations / "S2.xml", store, append=True, **KWARGS)  # now it takes appends
     assert store_info(store)["n_slides"] == 3 and verify(store, sample=4).ok
     assert migrate(store).schema_version == 2  # already schema 2: left as it is
+
+
+def test_an_append_that_cannot_be_planned_leaves_the_store_as_it_was(tmp_path, small_cohort):
+    """An append whose slides give no patch fails before any shard is written: the finished
+    store is put back exactly (still complete, same tables), not left looking interrupted."""
+    import shutil
+
+    from .helpers import assert_same_store
+
+    slides, annotations = small_cohort
+    store, before = tmp_path / "store.zarr", tmp_path / "before.zarr"
+    extract(slides[:2], annotations, store, **KWARGS)
+    shutil.copytree(store, before)
+    outside = tmp_path / "outside.xml"  # one polygon far outside the slide
+    outside.write_text(
+        '<ASAP_Annotations><Annotations><Annotation Name="far" Type="Polygon" PartOfGroup="glomerulus">'
+        '<Coordinates><Coordinate Order="0" X="900000" Y="900000"/><Coordinate Order="1" X="900100" Y="900000"/>'
+        '<Coordinate Order="2" X="900100" Y="900100"/></Coordinates></Annotation></Annotations></ASAP_Annotations>'
+    )
+    with pytest.raises(wsizarr.ParameterError, match="the plan has no patches"):
+        extract(slides[2], outside, store, append=True, **KWARGS)
+    assert_same_store(before, store)
+    assert store_info(store)["complete"] and verify(store, sample=2).ok
+    assert not (store / "_shards_done").exists()

@@ -33,7 +33,8 @@ from ._planning import (
 from ._runplan import RunPlan, check_same_slides, is_stillborn, plan_run, where_to_build
 from ._store import (
     begin_run, create_store, delete_store, done_shards, end_planning, ensure_own_store,
-    finalize_store, open_for_writing, open_store, partial_location, read_manifest, store_writes,
+    finalize_store, open_for_writing, open_store, partial_location, read_manifest, roll_back_run,
+    store_writes,
 )
 from ._version import __version__
 
@@ -252,7 +253,7 @@ def run_extraction(
                     location, Manifest(__version__, options.parameters(), options.layout.shard_size, options.layout.codec),
                     patch_size=options.resolution.patch_size, masks=options.layout.masks,
                 )
-            with _removed_on_failure(location, created=existing is None and decision.write_plan):
+            with _undone_on_failure(location, group, read_manifest(group) if decision.write_plan else None):
                 manifest, sources, counts = _plan(runner, group, str(location), decision, prepared, options)
             del prepared  # the sources are all the shard tasks need
             done = done_shards(group)
@@ -419,12 +420,18 @@ def _execute(
 
 
 @contextmanager
-def _removed_on_failure(location: Location, *, created: bool) -> Iterator[None]:
-    """A store this run created and could not plan is removed again: it held nothing yet."""
+def _undone_on_failure(location: Location, group: zarr.Group, before: Manifest | None) -> Iterator[None]:
+    """Undo a run whose plan could not be made (no shard is written before it is): a store this
+    run created is removed again, a finished store appended to is put back as it was
+    (``before``); an interrupted run being resumed (``before`` None) stays resumable."""
     try:
         yield
     except BaseException:
-        if created:
+        if before is None:
+            raise
+        if before.complete:
+            roll_back_run(group, before)
+        elif before.run is None and before.n_slides == 0:
             delete_store(location)
         raise
 

@@ -72,6 +72,7 @@ __all__ = [
     "consolidate",
     "finalize_store",
     "open_store",
+    "roll_back_run",
     "open_for_task",
     "open_for_writing",
     "partial_location",
@@ -324,6 +325,29 @@ def begin_run(group: zarr.Group, manifest: Manifest) -> dict[str, TableWriter]:
         "rings": TableWriter(annotations, RING_COLUMNS, first_ring),
         "vertices": TableWriter(annotations, VERTEX_COLUMNS, first_vertex),
     }
+
+
+def roll_back_run(group: zarr.Group, manifest: Manifest) -> None:
+    """Put a store back as ``manifest`` (read before the run began) describes it, after a run
+    that failed before writing any shard (an append whose plan could not be made): the tables
+    and patch arrays are trimmed to its rows and its manifest written again."""
+    annotations = group["annotations"]
+    rings = _row_count(annotations, "first_ring", "n_rings", manifest.n_annotations)
+    lengths = {
+        **{name: manifest.n_patches for name in (*COORDINATE_COLUMNS, "patches", "masks") if name in group},
+        **{f"slides/{name}": manifest.n_slides for name in SLIDE_COLUMNS},
+        **{f"annotations/{name}": manifest.n_annotations for name in ANNOTATION_COLUMNS},
+        **{f"annotations/{name}": rings for name in RING_COLUMNS},
+        **{f"annotations/{name}": _row_count(annotations, "ring_start", "ring_length", rings) for name in VERTEX_COLUMNS},
+    }
+    for path, rows in lengths.items():
+        array = group[path]
+        if array.shape[0] != rows:
+            array.resize((rows, *array.shape[1:]))
+    if _DONE in group:
+        del group[_DONE]
+    write_manifest(group, manifest)
+    consolidate(group)
 
 
 def _row_count(group: zarr.Group, start: str, length: str, rows: int) -> int:
