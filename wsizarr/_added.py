@@ -40,7 +40,7 @@ from ._options import ExecutionOptions
 from ._reader import PatchReader
 from ._store import (
     ADDING, COORDINATE_ARRAYS, RESERVED_NAMES, checksummed, consolidate, open_for_writing,
-    open_store, partial_location, read_manifest, why_not_a_store, write_manifest,
+    open_store, partial_location, read_manifest, refuse_legacy, why_not_a_store, write_manifest,
 )
 
 __all__ = ["AddSummary", "add_array", "added_dims", "describe_fn"]
@@ -235,8 +235,7 @@ def add_array(
     description = describe_fn(fn)
     with writer_lock(target) as lock:
         original = read_manifest(open_store(target))  # complete, or a one-line error
-        if original.legacy is not None:
-            raise StoreError(f"{target}: was written by an older wsizarr (schema 1); `wsizarr migrate STORE` it first")
+        refuse_legacy(target, original)
         if name in original.added and original.added[name].complete and not overwrite:
             raise StoreExistsError(
                 f"{target}: already has an added array {name!r}; choose another name or replace it "

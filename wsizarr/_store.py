@@ -72,6 +72,7 @@ __all__ = [
     "consolidate",
     "finalize_store",
     "open_store",
+    "refuse_legacy",
     "roll_back_run",
     "open_for_task",
     "open_for_writing",
@@ -419,14 +420,19 @@ def open_store(location: StoreLocation, *, require_complete: bool = True) -> zar
 def open_for_writing(location: StoreLocation) -> zarr.Group:
     """Open an existing store to resume or append to it."""
     location = parse_location(location)
-    if open_store_manifest(location).legacy is not None:
+    refuse_legacy(location, open_store_manifest(location))
+    return zarr.open_group(
+        location.open("a"), mode="r+", zarr_format=3, use_consolidated=False
+    )
+
+
+def refuse_legacy(location: Location, manifest: Manifest) -> None:
+    """``StoreError`` for a schema 1 store: read, never added to, until it is migrated."""
+    if manifest.legacy is not None:
         raise StoreError(
             f"{location}: was written by an older wsizarr (schema 1), which this version reads "
             "but does not add to; rewrite it as schema 2 with `wsizarr migrate STORE` first"
         )
-    return zarr.open_group(
-        location.open("a"), mode="r+", zarr_format=3, use_consolidated=False
-    )
 
 
 def open_for_task(location: Location) -> zarr.Group:
