@@ -11,7 +11,7 @@ import zarr
 
 from wsizarr._shards import (
     CHECKSUM_BYTES, ENTRY_BYTES, MISSING, ShardDamaged, ShardIndex, checksum, chunk_payload,
-    encode_shard, has_chunk_checksums, index_size, is_standard, n_shards, parse_shard_key,
+    encode_shard, has_chunk_checksums, index_size, is_standard, n_shards, pack_shard, parse_shard_key,
     received, shard_key,
 )
 from wsizarr._manifest import Manifest
@@ -117,6 +117,25 @@ def test_encode_shard_writes_what_zarr_writes(tmp_path, codec):
             assert stored == encode_shard(part, SHARD, CODECS[codec_of].encoder()), (name, shard)
         last = ShardIndex.parse((tmp_path / "z.zarr" / keys[1]).read_bytes(), SHARD)
         assert [last.is_missing(row) for row in range(SHARD)] == [row >= 3 for row in range(SHARD)]
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_pack_shard_of_stored_chunks_is_what_zarr_writes(tmp_path, codec):
+    """Chunks taken out of zarr's shards (in another order, from two shards) and packed again
+    are byte for byte the shard zarr writes for those pixels."""
+    n = SHARD + 3
+    pixels = _pixels(n, seed=3)
+    _zarr_written(tmp_path / "a", codec, pixels, np.zeros((n, PATCH, PATCH), np.uint8))
+    chunks = {}
+    for shard in range(2):
+        data = np.frombuffer((tmp_path / "a" / "z.zarr" / shard_key("patches", shard, 4)).read_bytes(), np.uint8)
+        index = ShardIndex.parse(data, SHARD, whole=True)
+        for row, offset, nbytes in index.stored_chunks():
+            chunks[shard * SHARD + row] = data[offset:offset + nbytes]
+    picked = [9, 0, 10, 4, 5]
+    _zarr_written(tmp_path / "b", codec, pixels[picked], np.zeros((5, PATCH, PATCH), np.uint8))
+    stored = (tmp_path / "b" / "z.zarr" / shard_key("patches", 0, 4)).read_bytes()
+    assert pack_shard([chunks[i] for i in picked], SHARD) == stored
 
 
 @pytest.mark.parametrize("where", ["entry", "checksum"])

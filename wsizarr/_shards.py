@@ -14,7 +14,7 @@ position in the grid, which only ever steps along the ``patch`` dimension (``sha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import google_crc32c
 import numcodecs.abc
@@ -36,6 +36,7 @@ __all__ = [
     "index_size",
     "is_standard",
     "n_shards",
+    "pack_shard",
     "parse_shard_key",
     "received",
     "shard_key",
@@ -212,18 +213,21 @@ def encode_shard(
     followed by its crc32c, back to back, then the index. Encoding whole shards here skips
     zarr's per-chunk pipeline, which costs more than the compression itself.
     """
-    index = ShardIndex.empty(shard_size)
-    parts: list[bytes] = []
-    offset = 0
-    for row, patch in enumerate(pixels):
+    chunks = []
+    for patch in pixels:
         data = np.ascontiguousarray(patch)
         encoded = data.tobytes() if encoder is None else bytes(encoder.encode(data))
-        parts.append(encoded)
-        nbytes = len(encoded)
-        if checksums:
-            parts.append(checksum(encoded))
-            nbytes += CHECKSUM_BYTES
-        index.set(row, offset, nbytes)
-        offset += nbytes
-    parts.append(index.to_bytes())
-    return b"".join(parts)
+        chunks.append(encoded + checksum(encoded) if checksums else encoded)
+    return pack_shard(chunks, shard_size)
+
+
+def pack_shard(chunks: Sequence[bytes | np.ndarray], shard_size: int) -> bytes:
+    """One shard of chunks already encoded as stored (checksum included, as a shard of this
+    layout holds them): back to back in order, then the index of where each is. At most
+    ``shard_size`` chunks; the rows after them are not stored."""
+    index = ShardIndex.empty(shard_size)
+    offset = 0
+    for row, chunk in enumerate(chunks):
+        index.set(row, offset, len(chunk))
+        offset += len(chunk)
+    return b"".join([*chunks, index.to_bytes()])
