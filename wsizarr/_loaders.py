@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ._errors import IncompleteStoreError, ParameterError
+from ._errors import IncompleteStoreError, ParameterError, option
 from ._locations import Location, parse_location
 from ._reader import PatchReader
 from ._manifest import AddedArray, read_table
+from ._quality import QUALITY_MEASURES
 from ._store import COORDINATE_ARRAYS, open_store, read_manifest, slide_table
 
 if TYPE_CHECKING:
@@ -30,12 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AddedRows", "PatchTable", "added_rows", "check_added", "gather_patches", "iter_batches", "open_dataset", "open_patches",
-    "read_patch_table", "shuffled_batches",
+    "quality_bounds", "read_patch_table", "shuffled_batches",
 ]
 
 StoreLike = str | os.PathLike[str] | Location
 SplitBy = Literal["annotation", "slide"]
 Allocate = Callable[[tuple[int, ...], Any], np.ndarray]  # (shape, dtype) -> a new array
+Bounds = Mapping[str, tuple[float | None, float | None]]  # quality measure -> (low, high), None: open
 
 
 def open_dataset(
@@ -176,7 +178,8 @@ class PatchTable:
     """Where every patch of a complete store came from: its 1-D arrays, read once.
 
     Arrays are indexed by patch (0..N-1); ``label`` holds codes into ``label_names`` (-1
-    unlabelled) and ``slide`` indices into ``slide_names`` (the slides' file names).
+    unlabelled) and ``slide`` indices into ``slide_names`` (the slides' file names);
+    ``quality`` the per-patch quality measures the store has, by name (``QUALITY_MEASURES``).
     """
 
     store: str
@@ -191,6 +194,7 @@ class PatchTable:
     slide_names: tuple[str, ...]
     shard_size: int
     added: Mapping[str, AddedArray] = field(default_factory=dict)  # arrays added after extraction
+    quality: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -207,13 +211,20 @@ class PatchTable:
         annotations: Iterable[int] | None = None,
         include_padded: bool = True,
         indices: np.ndarray | None = None,
+        min_tissue: float | None = None,
+        min_sharpness: float | None = None,
+        max_pen: float | None = None,
+        bounds: Bounds | None = None,
     ) -> np.ndarray:
         """Sorted indices of the patches that match every given filter.
 
         ``labels`` by name (None: unlabelled); ``slides`` by file name, stem or index;
         ``annotations`` by id (within the selected slides); ``include_padded=False`` leaves out
-        patches that cross the slide edge; ``indices`` narrows an earlier selection.
-        ``ParameterError`` for a label or slide the store does not have.
+        patches that cross the slide edge; ``indices`` narrows an earlier selection. Quality
+        (a store extracted with ``quality=True``): ``min_tissue`` (``tissue_fraction``),
+        ``min_sharpness``, ``max_pen`` (``pen_fraction``), and ``bounds`` of any measure,
+        ``{"brightness": (0.3, 0.9)}`` (inclusive; None: no bound on that side).
+        ``ParameterError`` for a label, slide or quality measure the store does not have.
         """
         keep = np.ones(len(self), bool) if indices is None else self._mask_of(indices)
         if labels is not None:
@@ -224,6 +235,12 @@ class PatchTable:
             keep &= np.isin(self.annotation_id, np.asarray(list(annotations), np.int64))
         if not include_padded:
             keep &= ~self.padded
+        for name, (low, high) in quality_bounds(min_tissue, min_sharpness, max_pen, bounds).items():
+            values = self._quality(name)
+            if low is not None:
+                keep &= values >= low
+            if high is not None:
+                keep &= values <= high
         return np.flatnonzero(keep)
 
     def split(
@@ -281,6 +298,13 @@ class PatchTable:
         mask[indices] = True
         return mask
 
+    def _quality(self, name: str) -> np.ndarray:
+        if name not in self.quality:
+            raise ParameterError(
+                f"{self.store}: has no {name}; extract with {option('quality', True)} to filter by quality"
+            )
+        return self.quality[name]
+
     def _label_code(self, name: str | None) -> int:
         if name is None or name == "":
             return -1
@@ -299,6 +323,32 @@ class PatchTable:
         raise ParameterError(
             f"{self.store}: no slide {slide!r}; the store has {list(self.slide_names)}"
         )
+
+
+def quality_bounds(
+    min_tissue: float | None = None, min_sharpness: float | None = None, max_pen: float | None = None,
+    bounds: Bounds | None = None,
+) -> dict[str, tuple[float | None, float | None]]:
+    """The quality filters as ``{measure: (low, high)}`` (the shorthands folded into
+    ``bounds``); ``ParameterError`` for an unknown measure or a bound that is not a number."""
+    merged: dict[str, tuple[float | None, float | None]] = {}
+    for name, (low, high), given in [
+        *((name, bound, "bounds") for name, bound in (bounds or {}).items()),
+        ("tissue_fraction", (min_tissue, None), "min_tissue"),
+        ("sharpness", (min_sharpness, None), "min_sharpness"),
+        ("pen_fraction", (None, max_pen), "max_pen"),
+    ]:
+        if name not in QUALITY_MEASURES:
+            raise ParameterError(f"{option(given)}: no quality measure {name!r}; choose from {list(QUALITY_MEASURES)}")
+        for value in (low, high):
+            if value is not None and not (isinstance(value, (int, float, np.number)) and np.isfinite(value)):
+                raise ParameterError(f"{option(given)}: the bound {value!r} of {name} is not a finite number")
+        if low is None and high is None:
+            continue
+        lows = [v for v in (merged.get(name, (None, None))[0], low) if v is not None]
+        highs = [v for v in (merged.get(name, (None, None))[1], high) if v is not None]
+        merged[name] = (max(lows) if lows else None, min(highs) if highs else None)  # the tighter of each
+    return merged
 
 
 def read_patch_table(
@@ -329,6 +379,7 @@ def _patch_table(location: Location, group: zarr.Group) -> PatchTable:
         slide_names=tuple(Path(path).name for path in slide_table(group).paths),
         shard_size=manifest.shard_size,
         added=dict(manifest.added),
+        quality={name: np.asarray(group[name][:]) for name in manifest.quality},
     )
 
 

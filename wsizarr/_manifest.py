@@ -28,7 +28,7 @@ from ._slide import Resolution, SlideInfo
 
 __all__ = [
     "ANNOTATION_COLUMNS", "COORDINATE_COLUMNS", "MAX_LEVELS", "SCHEMA_VERSION", "SLIDE_COLUMNS",
-    "AddedArray", "Column", "Manifest", "RunState", "SlideTable", "StoredAnnotation", "TableWriter",
+    "AddedArray", "Column", "Manifest", "RunState", "SlideTable", "StoredAnnotation", "SubsetOrigin", "TableWriter",
     "annotation_rows", "create_table", "plan_sha256", "read_annotations", "read_slides",
     "read_table", "slide_row",
 ]
@@ -71,6 +71,24 @@ class AddedArray:
 
 
 @dataclass(frozen=True)
+class SubsetOrigin:
+    """Where a store made by ``wsizarr.subset`` came from: the ``source`` store, its
+    ``source_patches``, and the ``selection`` (the filters given; explicit indices as
+    ``indices_sha256`` and ``n_indices``)."""
+
+    source: str
+    source_patches: int
+    selection: Mapping[str, Any]
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {"source": self.source, "source_patches": self.source_patches, "selection": dict(self.selection)}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> SubsetOrigin:
+        return cls(str(attrs["source"]), int(attrs["source_patches"]), dict(attrs.get("selection", {})))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The store's ``wsizarr`` attribute, typed; O(1) in slides, annotations and patches."""
 
@@ -88,6 +106,8 @@ class Manifest:
     complete: bool = False
     run: RunState | None = None
     added: Mapping[str, AddedArray] = field(default_factory=dict)  # by name, in the order added
+    quality: tuple[str, ...] = ()  # the per-patch quality arrays the store has (``_quality``)
+    subset: SubsetOrigin | None = None  # made by ``wsizarr.subset`` from another store
     legacy: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -98,7 +118,7 @@ class Manifest:
         """The JSON-ready attribute; only schema 2 is ever written."""
         if self.legacy is not None:
             raise StoreError("a schema 1 store is read-only: migrate it with `wsizarr migrate STORE`")
-        attrs = {k: v for k, v in asdict(self).items() if k not in ("legacy", "run", "added")}
+        attrs = {k: v for k, v in asdict(self).items() if k not in ("legacy", "run", "added", "quality", "subset")}
         attrs["requires"] = list(self.requires)
         attrs["label_names"] = list(self.label_names)
         attrs["parameters"] = dict(self.parameters)
@@ -106,6 +126,10 @@ class Manifest:
             attrs["run"] = asdict(self.run)
         if self.added:  # absent until an array is added: older stores' attributes unchanged
             attrs["added"] = {name: added.to_attrs() for name, added in self.added.items()}
+        if self.quality:
+            attrs["quality"] = list(self.quality)
+        if self.subset is not None:
+            attrs["subset"] = self.subset.to_attrs()
         return attrs
 
     @classmethod
@@ -113,7 +137,7 @@ class Manifest:
         """The manifest of either schema (schema 1's slide table is kept as ``legacy``)."""
         version = attrs.get("schema_version")
         legacy = attrs if version == 1 else None
-        run = attrs.get("run")
+        run, subset = attrs.get("run"), attrs.get("subset")
         return cls(
             wsizarr_version=attrs.get("wsizarr_version", "?"), parameters=dict(attrs.get("parameters", {})),
             shard_size=int(attrs["shard_size"]), codec=attrs["codec"],
@@ -124,6 +148,8 @@ class Manifest:
             n_annotations=int(attrs.get("n_annotations", 0)), complete=bool(attrs.get("complete")),
             run=None if run is None or legacy else RunState(**run),
             added={name: AddedArray.from_attrs(a) for name, a in attrs.get("added", {}).items()},
+            quality=tuple(attrs.get("quality", ())),
+            subset=None if subset is None else SubsetOrigin.from_attrs(subset),
             legacy=legacy,
         )
 

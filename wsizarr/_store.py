@@ -52,6 +52,7 @@ from ._manifest import (
     create_table, read_slides,
 )
 from ._locations import Location, parse_location
+from ._quality import QUALITY_MEASURES
 from ._shards import encode_shard, has_chunk_checksums, shard_key
 
 __all__ = [
@@ -151,7 +152,9 @@ ADDING = "_adding"  # the done-markers of arrays being added (``_added``), one a
 _TABLES = ("slides", "annotations")
 # the top-level names of a store (besides its added arrays, which its manifest names); a
 # location holding anything else is not only a wsizarr store
-_STORE_NAMES = frozenset({"zarr.json", "patches", "masks", _DONE, ADDING, *COORDINATE_ARRAYS, *_TABLES})
+_STORE_NAMES = frozenset(
+    {"zarr.json", "patches", "masks", _DONE, ADDING, *COORDINATE_ARRAYS, *_TABLES, *QUALITY_MEASURES}
+)
 # names an added array may not take: the schema's, and those the readers give variables
 RESERVED_NAMES = frozenset(
     {*_STORE_NAMES, "index", "label_code", "slide_path", "annotation_name", "mask", "patch"}
@@ -553,6 +556,8 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
         "wsizarr_version": manifest.wsizarr_version,
         "schema_version": manifest.schema_version,
         "added": {name: added.to_attrs() for name, added in manifest.added.items()},
+        "quality": list(manifest.quality),
+        "subset": None if manifest.subset is None else manifest.subset.to_attrs(),
     }
 
 
