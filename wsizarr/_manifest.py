@@ -88,6 +88,7 @@ class Manifest:
     complete: bool = False
     run: RunState | None = None
     added: Mapping[str, AddedArray] = field(default_factory=dict)  # by name, in the order added
+    quality: tuple[str, ...] = ()  # the quality measures (``_quality``) stored as arrays along patch
     legacy: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -101,6 +102,7 @@ class Manifest:
         attrs = {k: v for k, v in asdict(self).items() if k not in ("legacy", "run", "added")}
         attrs["requires"] = list(self.requires)
         attrs["label_names"] = list(self.label_names)
+        attrs["quality"] = list(self.quality)
         attrs["parameters"] = dict(self.parameters)
         if self.run is not None:
             attrs["run"] = asdict(self.run)
@@ -124,7 +126,7 @@ class Manifest:
             n_annotations=int(attrs.get("n_annotations", 0)), complete=bool(attrs.get("complete")),
             run=None if run is None or legacy else RunState(**run),
             added={name: AddedArray.from_attrs(a) for name, a in attrs.get("added", {}).items()},
-            legacy=legacy,
+            quality=tuple(attrs.get("quality", ())), legacy=legacy,
         )
 
 
