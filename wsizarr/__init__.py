@@ -35,6 +35,7 @@ from ._options import (
     ResolutionOptions,
     SamplingOptions,
 )
+from ._quality import QUALITY_MEASURES, measure_patches
 from ._preview import overlay, preview, write_report
 from ._sampling import PatchPlan, plan_jitter
 from ._slide import SlideInfo
@@ -59,6 +60,7 @@ __all__ = [
     "LayoutOptions",
     "ParameterError",
     "PatchPlan",
+    "QUALITY_MEASURES",
     "PatchTable",
     "ResolutionOptions",
     "SamplingOptions",
@@ -75,6 +77,7 @@ __all__ = [
     "export",
     "extract",
     "iter_batches",
+    "measure_patches",
     "migrate",
     "open_dataset",
     "overlay",

@@ -338,6 +338,9 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     legacy = " (read-only: `wsizarr migrate` rewrites it as schema 2)" if info["schema_version"] == 1 else ""
     _say(f"schema      {info['schema_version']}{legacy} (wsizarr {info['wsizarr_version']})")
     _say(f"tables      {info['n_slides']} slides, {info['n_annotations']} annotations")
+    for name, per_label in info["quality"].items():
+        spread = ", ".join(f"{_printable(k)}: {p50:.3g} [{p5:.3g}-{p95:.3g}]" for k, (p5, p50, p95) in per_label.items())
+        _say(f"quality     {name} median [5-95 %]  {spread}")
     for name, added in info["added"].items():
         state = "complete" if added["complete"] else "UNFINISHED: run the same command again"
         shape = "x".join(map(str, added["shape"]))

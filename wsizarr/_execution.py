@@ -25,6 +25,7 @@ from ._geometry import rasterize
 from ._locations import Location
 from ._manifest import read_annotations
 from ._options import ExecutionOptions
+from ._quality import measure_patches
 from ._reader import PatchReader
 from ._slide import Resolution, SlideInfo, resize_patch
 from ._store import open_for_task, store_writes, write_shard
@@ -166,6 +167,7 @@ class ShardJob:
     slides: Mapping[int, SlideSource]
     patch_size: int
     masks: bool
+    quality: bool = False
 
 
 PLAN_COLUMNS = ("slide", "x", "y", "annotation_id")
@@ -213,17 +215,24 @@ def run_shard_task(job: ShardJob) -> int:
         if task.start < job.first_patch:
             earlier = PatchReader(job.store, group=group)
             arrays = {
-                name: np.concatenate([earlier.read_shard(task.index, name)[: job.first_patch - task.start], values])
+                name: np.concatenate([_earlier_rows(earlier, group, name, task, job.first_patch), values])
                 for name, values in arrays.items()
             }
         write_shard(group, task.index, arrays)
     return task.stop - task.start
 
 
+def _earlier_rows(reader: PatchReader, group: zarr.Group, name: str, task: ShardTask, first_patch: int) -> np.ndarray:
+    """The rows of ``name`` in ``task``'s shard before ``first_patch`` (checksums checked)."""
+    if group[name].ndim == 1:  # one chunk per shard, crc32c checked by zarr's codec
+        return np.asarray(group[name][task.start: first_patch])
+    return reader.read_shard(task.index, name)[: first_patch - task.start]
+
+
 def read_shard(group: zarr.Group, job: ShardJob) -> dict[str, np.ndarray]:
     """The pixels of the run's patches in ``job.task``, store indices ``max(task.start,
     job.first_patch)`` to ``task.stop``: ``patches`` ``(n, P, P, 3)`` uint8 (and ``masks``
-    ``(n, P, P)``), from the job's plan rows.
+    ``(n, P, P)``, and a float32 ``(n,)`` array per quality measure), from the job's plan rows.
 
     Each slide's patches are read through one open reader (``_tiles``): with ``tiles`` each
     tile is decoded once for the whole task and patches are cropped from the level's own
@@ -255,6 +264,8 @@ def read_shard(group: zarr.Group, job: ShardJob) -> dict[str, np.ndarray]:
                 patches[i] = resize_patch(region, size)
         if job.masks:
             arrays["masks"][start:stop] = _masks(group["annotations"], source, size, xs, ys)
+    if job.quality:
+        arrays.update(measure_patches(arrays["patches"]))
     return arrays
 
 

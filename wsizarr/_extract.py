@@ -138,6 +138,7 @@ def extract(
     min_overlap: float = 0.5,
     background: int = 0,
     masks: bool = False,
+    quality: bool = True,
     drop_partial: bool = False,
     label_order: Sequence[str] | None = None,
     label_map: Mapping[str, str] | None = None,
@@ -169,7 +170,8 @@ def extract(
     ``magnification``; ``patch_size`` is in pixels of that resolution. ``sampler`` is one of
     ``jitter``, ``centroid``, ``grid`` (``stride`` px, ``min_overlap`` fraction),
     ``random-in-polygon``, ``background``; ``background`` adds that many tissue patches outside
-    every annotation. ``masks`` stores per-patch label masks; ``drop_partial`` leaves out
+    every annotation. ``masks`` stores per-patch label masks, ``quality`` (default on) per-patch
+    quality measures (``QUALITY_MEASURES``: tissue, focus, marker ink...); ``drop_partial`` leaves out
     patches crossing the slide edge (otherwise padded with white and flagged). ``label_map``
     renames or merges labels (``keep_only``: drop the labels it does not name), ``label_order``
     fixes the label codes (stable across stores); ``label_from``, ``exclude_detections``,
@@ -198,7 +200,7 @@ def extract(
         label_order=label_order, label_map=label_map, keep_only=keep_only, label_from=label_from,
         exclude_detections=exclude_detections, exclude_labels=exclude_labels,
         strict_annotations=strict_annotations,
-        shard_size=shard_size, codec=codec, masks=masks,
+        shard_size=shard_size, codec=codec, masks=masks, quality=quality,
         workers=workers, executor=executor, client=client, reader=reader, strict=strict,
         progress=progress, on_note=on_note,
         overwrite=overwrite, resume=resume, append=append,
@@ -252,6 +254,7 @@ def run_extraction(
                 group = create_store(
                     location, Manifest(__version__, options.parameters(), options.layout.shard_size, options.layout.codec),
                     patch_size=options.resolution.patch_size, masks=options.layout.masks,
+                    quality=options.layout.quality,
                 )
             with _undone_on_failure(location, group, read_manifest(group) if decision.write_plan else None):
                 manifest, sources, counts = _plan(runner, group, str(location), decision, prepared, options)
@@ -409,7 +412,7 @@ def _execute(
         covered = {i: sources[i] for i in indices[first: last + 1]}
         return ShardJob(
             location, task, run.first_patch, plan_rows(start, task.stop), covered,
-            options.resolution.patch_size, options.layout.masks,
+            options.resolution.patch_size, options.layout.masks, options.layout.quality,
         )
 
     jobs = (job(task) for task in shard_tasks(total, shard_size, done))

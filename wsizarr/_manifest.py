@@ -106,7 +106,7 @@ class Manifest:
     complete: bool = False
     run: RunState | None = None
     added: Mapping[str, AddedArray] = field(default_factory=dict)  # by name, in the order added
-    quality: tuple[str, ...] = ()  # the per-patch quality arrays the store has (``_quality``)
+    quality: tuple[str, ...] = ()  # the quality measures (``_quality``) stored as arrays along patch
     subset: SubsetOrigin | None = None  # made by ``wsizarr.subset`` from another store
     legacy: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -118,16 +118,15 @@ class Manifest:
         """The JSON-ready attribute; only schema 2 is ever written."""
         if self.legacy is not None:
             raise StoreError("a schema 1 store is read-only: migrate it with `wsizarr migrate STORE`")
-        attrs = {k: v for k, v in asdict(self).items() if k not in ("legacy", "run", "added", "quality", "subset")}
+        attrs = {k: v for k, v in asdict(self).items() if k not in ("legacy", "run", "added", "subset")}
         attrs["requires"] = list(self.requires)
         attrs["label_names"] = list(self.label_names)
+        attrs["quality"] = list(self.quality)
         attrs["parameters"] = dict(self.parameters)
         if self.run is not None:
             attrs["run"] = asdict(self.run)
         if self.added:  # absent until an array is added: older stores' attributes unchanged
             attrs["added"] = {name: added.to_attrs() for name, added in self.added.items()}
-        if self.quality:
-            attrs["quality"] = list(self.quality)
         if self.subset is not None:
             attrs["subset"] = self.subset.to_attrs()
         return attrs

@@ -132,11 +132,13 @@ class LabelOptions:
 @dataclass(frozen=True)
 class LayoutOptions:
     """How the store is laid out: ``shard_size`` patches per shard file, the patch ``codec``,
-    and ``masks`` (per-patch label masks)."""
+    ``masks`` (per-patch label masks) and ``quality`` (per-patch quality measures: tissue,
+    focus, marker ink, brightness, stain saturation; see ``wsizarr.QUALITY_MEASURES``)."""
 
     shard_size: int = 256
     codec: str = "zstd"
     masks: bool = False
+    quality: bool = True
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:

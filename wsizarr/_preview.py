@@ -33,6 +33,8 @@ _CAPTION_PX = 14
 _COLUMNS = 8
 _PER_LABEL = 16  # patches per label on a contact sheet
 _THUMBNAIL_PX = 1600  # the longer side of an overlay
+_PANEL_PX = (256, 150)  # one quality measure's histogram
+_BINS = 32
 
 
 def _colour(code: int) -> tuple[int, int, int]:
@@ -50,11 +52,63 @@ def preview(
     overwrite: bool = False, storage_options: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a PNG contact sheet: a block of up to ``per_label`` random patches per label, each
-    captioned ``s{slide} a{annotation} L{level} {x},{y}``. Returns the PNG's path.
+    captioned ``s{slide} a{annotation} L{level} {x},{y}``, and below it a histogram per quality
+    measure with a line per label (when the store has them). Returns the PNG's path.
     ``ParameterError`` when ``out`` exists (unless ``overwrite``) or its folder does not."""
     if per_label < 1:
         raise ParameterError(f"patches per label must be at least 1, got {per_label}")
-    return _save_png(_contact_sheet(parse_location(store, storage_options), per_label, seed), out, overwrite)
+    location = parse_location(store, storage_options)
+    sheet = _contact_sheet(location, per_label, seed)
+    histograms = _quality_histograms(open_store(location))
+    if histograms is not None:
+        combined = Image.new("RGB", (max(sheet.width, histograms.width), sheet.height + histograms.height), "white")
+        combined.paste(sheet, (0, 0))
+        combined.paste(histograms, (0, sheet.height))
+        sheet = combined
+    return _save_png(sheet, out, overwrite)
+
+
+def _quality_histograms(group: zarr.Group) -> Image.Image | None:
+    """A histogram per quality measure, one line per label in its colour (each label's share of
+    its patches per bin); sharpness on a log10 axis. None for a store without quality arrays."""
+    manifest = read_manifest(group)
+    if not manifest.quality:
+        return None
+    labels = np.asarray(group["label"][:])
+    codes = sorted(set(labels.tolist()))
+    width, height = _PANEL_PX
+    image = Image.new("RGB", (width * len(manifest.quality), height + 20 + 16 * len(codes)), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for column, name in enumerate(manifest.quality):
+        values = np.asarray(group[name][:], np.float64)
+        log = name == "sharpness"
+        if log:
+            values = np.log10(np.maximum(values, 1))
+        low, high = (0.0, max(5.0, float(np.nanmax(values, initial=0)))) if log else (0.0, 1.0)
+        left, bottom = column * width, height - 14
+        draw.rectangle((left + 4, 16, left + width - 4, bottom), outline="black")
+        draw.text((left + 6, 2), f"{name}{' (log10)' if log else ''}", fill="black", font=font)
+        draw.text((left + 4, bottom + 1), f"{low:g}", fill="black", font=font)
+        draw.text((left + width - 30, bottom + 1), f"{high:g}", fill="black", font=font)
+        for code in codes:
+            mine = values[(labels == code) & ~np.isnan(values)]
+            if not mine.size:
+                continue
+            counts, _ = np.histogram(mine, bins=_BINS, range=(low, high))
+            shares = counts / mine.size
+            xs = left + 5 + (np.arange(_BINS + 1) * (width - 10) / _BINS)
+            points = []
+            for k, share in enumerate(shares.tolist()):
+                y = bottom - 1 - share * (bottom - 18)
+                points += [(float(xs[k]), y), (float(xs[k + 1]), y)]
+            draw.line(points, fill=_colour(code), width=2)
+    for row, code in enumerate(codes):
+        name = manifest.label_names[code] if code >= 0 else "(unlabelled)"
+        top = height + 4 + 16 * row
+        draw.rectangle((6, top, 16, top + 10), fill=_colour(code))
+        draw.text((22, top - 1), f"{name} ({int((labels == code).sum())} patches)", fill="black", font=font)
+    return image
 
 
 def _contact_sheet(location: Location, per_label: int, seed: int) -> Image.Image:
@@ -181,6 +235,9 @@ def write_report(
     info = store_info(location)
     paths = slide_table(open_store(location)).paths
     images = [("Patches per label", _contact_sheet(location, _PER_LABEL, 0))]
+    histograms = _quality_histograms(open_store(location))
+    if histograms is not None:
+        images.append(("Quality measures per label (share of each label's patches)", histograms))
     for index, path in enumerate(paths):
         images.append((f"Slide {index}: {Path(path).name}", _overlay_image(location, index, _THUMBNAIL_PX)))
 
@@ -198,6 +255,11 @@ def write_report(
         "<h2>Patches per slide</h2>", table(info["per_slide"]),
         "<h2>Parameters</h2>", table(info["parameters"]),
     ]
+    if info["quality"]:
+        body += ["<h2>Quality measures: median [5th-95th percentile] per label</h2>", table({
+            name: "; ".join(f"{label}: {p50:.3g} [{p5:.3g}-{p95:.3g}]" for label, (p5, p50, p95) in per_label.items())
+            for name, per_label in info["quality"].items()
+        })]
     for title, image in images:
         body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{_png_data_uri(image)}'>")
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 8px;text-align:left}img{max-width:100%}"

@@ -78,7 +78,7 @@ class RunPlan:
 
 # Options added after stores were made, as those stores were made: no exclusions, not strict,
 # read with OpenSlide (so appending to one needs reader openslide, not a mix of pixels).
-_OLDER_STORES = {"exclude_labels": [], "strict_annotations": False, "reader": "openslide"}
+_OLDER_STORES = {"exclude_labels": [], "strict_annotations": False, "reader": "openslide", "quality": False}
 
 
 def recorded_parameters(manifest: Manifest) -> dict[str, Any]:

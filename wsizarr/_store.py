@@ -73,8 +73,10 @@ __all__ = [
     "consolidate",
     "finalize_store",
     "open_store",
+    "quality_summary",
     "refuse_legacy",
     "roll_back_run",
+    "shard_arrays",
     "open_for_task",
     "open_for_writing",
     "partial_location",
@@ -153,7 +155,7 @@ _TABLES = ("slides", "annotations")
 # the top-level names of a store (besides its added arrays, which its manifest names); a
 # location holding anything else is not only a wsizarr store
 _STORE_NAMES = frozenset(
-    {"zarr.json", "patches", "masks", _DONE, ADDING, *COORDINATE_ARRAYS, *_TABLES, *QUALITY_MEASURES}
+    {"zarr.json", "patches", "masks", _DONE, ADDING, *COORDINATE_ARRAYS, *QUALITY_MEASURES, *_TABLES}
 )
 # names an added array may not take: the schema's, and those the readers give variables
 RESERVED_NAMES = frozenset(
@@ -183,13 +185,14 @@ StoreLocation = str | Path | Location
 
 
 def create_store(
-    location: StoreLocation, manifest: Manifest, *, patch_size: int, masks: bool = False,
+    location: StoreLocation, manifest: Manifest, *, patch_size: int, masks: bool = False, quality: bool = False,
 ) -> zarr.Group:
     """Create an empty, incomplete store (no patches, slides or annotations yet) described by
     ``manifest`` (its codec and shard size); a run then fills it.
 
     ``location`` is a directory or an ``s3://`` URL (see ``parse_location``). ``masks`` adds the
-    ``(N, H, W)`` uint8 ``masks`` array. Raises ``StoreExistsError`` when the location holds
+    ``(N, H, W)`` uint8 ``masks`` array, ``quality`` a float32 array per quality measure
+    (``QUALITY_MEASURES``), both written with the patches, a shard at a time. Raises ``StoreExistsError`` when the location holds
     anything (``delete_store`` first to replace a store).
     """
     if manifest.codec not in CODECS:
@@ -203,7 +206,10 @@ def create_store(
         group = zarr.create_group(location.open("w"), zarr_format=3)
     except OSError as exc:
         raise StoreError(f"{location}: cannot create the store ({exc}); check the path") from None
-    write_manifest(group, replace(manifest, codec_lossless=spec.lossless, requires=spec.requires))
+    write_manifest(group, replace(
+        manifest, codec_lossless=spec.lossless, requires=spec.requires,
+        quality=tuple(QUALITY_MEASURES) if quality else (),
+    ))
     shard_size = manifest.shard_size
     coordinates = {"coordinates": " ".join(COORDINATE_ARRAYS)}
     group.create_array(
@@ -233,9 +239,20 @@ def create_store(
                 "meaning": "label code + 1 of the annotation covering each pixel; 0 none, 255 unlabelled",
             },
         )
+    for name, (dtype, description) in QUALITY_MEASURES.items() if quality else ():
+        group.create_array(
+            name, shape=(0,), dtype=dtype, chunks=(shard_size,), compressors=checksummed(ZstdCodec()),
+            fill_value=np.nan, dimension_names=("patch",), attributes={**coordinates, "description": description},
+        )
     create_table(group, COORDINATE_COLUMNS, "patch", coordinate_chunk_rows(shard_size))
     create_tables(group)
     return group
+
+
+def shard_arrays(manifest: Manifest) -> tuple[str, ...]:
+    """The arrays along ``patch`` a shard task writes, whole shards at a time (those a store
+    lacks are not in it): the pixels, the masks and the quality measures."""
+    return ("patches", "masks", *manifest.quality)
 
 
 def create_tables(group: zarr.Group) -> None:
@@ -338,7 +355,7 @@ def roll_back_run(group: zarr.Group, manifest: Manifest) -> None:
     annotations = group["annotations"]
     rings = _row_count(annotations, "first_ring", "n_rings", manifest.n_annotations)
     lengths = {
-        **{name: manifest.n_patches for name in (*COORDINATE_COLUMNS, "patches", "masks") if name in group},
+        **{name: manifest.n_patches for name in (*COORDINATE_COLUMNS, *shard_arrays(manifest)) if name in group},
         **{f"slides/{name}": manifest.n_slides for name in SLIDE_COLUMNS},
         **{f"annotations/{name}": manifest.n_annotations for name in ANNOTATION_COLUMNS},
         **{f"annotations/{name}": rings for name in RING_COLUMNS},
@@ -368,7 +385,7 @@ def end_planning(group: zarr.Group, manifest: Manifest) -> Manifest:
     run = manifest.run
     assert run is not None
     n = manifest.n_patches
-    for name in ("patches", "masks"):
+    for name in shard_arrays(manifest):
         if name in group:
             group[name].resize((n, *group[name].shape[1:]))
     group["label"].attrs["label_names"] = list(manifest.label_names)
@@ -460,7 +477,8 @@ def done_shards(group: zarr.Group) -> np.ndarray:
 
 
 def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write one whole shard of ``patches`` (and ``masks``), then mark it done.
+    """Write one whole shard of ``patches`` (and ``masks``, and the quality measures: one chunk
+    each), then mark it done.
 
     Marking after writing makes a crash lose at most the shards in flight. A store created
     before chunk checksums existed keeps getting shards without them.
@@ -468,6 +486,10 @@ def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.nda
     manifest = read_manifest(group)
     for name, values in arrays.items():
         array = group[name]
+        if array.ndim == 1:
+            start = shard_index * manifest.shard_size
+            array[start: start + len(values)] = values
+            continue
         codec = manifest.codec if name == "patches" else MASK_CODEC
         encoder = CODECS[codec].encoder()
         data = encode_shard(values, manifest.shard_size, encoder, checksums=has_chunk_checksums(array))
@@ -556,8 +578,23 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
         "wsizarr_version": manifest.wsizarr_version,
         "schema_version": manifest.schema_version,
         "added": {name: added.to_attrs() for name, added in manifest.added.items()},
-        "quality": list(manifest.quality),
+        "quality": {
+            name: quality_summary(np.asarray(group[name][:]), labels, label_names) for name in manifest.quality
+        },
         "subset": None if manifest.subset is None else manifest.subset.to_attrs(),
     }
+
+
+def quality_summary(values: np.ndarray, labels: np.ndarray, label_names: tuple[str, ...]) -> dict[str, list[float]]:
+    """Per label name, the 5th, 50th and 95th percentile of a quality measure's values (those
+    not yet written, NaN in an unfinished store, left out)."""
+    summary = {}
+    for code in np.unique(labels).tolist():
+        written = values[(labels == code) & ~np.isnan(values)]
+        if written.size:
+            summary["(unlabelled)" if code < 0 else label_names[code]] = [
+                round(float(v), 4) for v in np.percentile(written, (5, 50, 95))
+            ]
+    return summary
 
 

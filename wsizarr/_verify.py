@@ -12,6 +12,7 @@ import zarr
 
 from ._errors import CorruptStoreError, ParameterError, SlideError, option
 from ._locations import Location, parse_store_location
+from ._quality import measure_patches
 from ._reader import PatchReader
 from ._shards import n_shards, shard_key
 from ._slide import SlideInfo, resize_patch
@@ -58,7 +59,7 @@ def verify(
 ) -> VerifyReport:
     """Check a store: every shard of ``patches`` (and ``masks``) present, whole and matching
     every checksum (its index's and each patch's), no stray files (such as a killed writer's
-    ``*.partial``), the 1-D arrays consistent with the plan digest and the slide and label
+    ``*.partial``), the quality arrays whole and matching ``sample`` patches' pixels, the 1-D arrays consistent with the plan digest and the slide and label
     tables, and ``sample`` random patches equal to their slide read with the reader that wrote
     them (pixel for pixel; PSNR >= 30 dB for lossy codecs; 0 skips the slides), cross-checked
     with the other reader where it applies. ``storage_options`` serve the store and slides on S3."""
@@ -110,6 +111,7 @@ def verify(
         problems.append(f"patches has {group['patches'].shape[0]} entries, the store {n}")
     problems += _plan_problems(manifest, slides.columns, arrays)
     problems += _added_problems(group, manifest)
+    problems += _quality_problems(reader, group, manifest, sample, seed)
     if arrays["label"].size and arrays["label"].max() >= len(manifest.label_names):
         problems.append("label codes beyond the label names")
     if arrays["slide"].size and arrays["slide"].max() >= len(slides):
@@ -153,18 +155,53 @@ def _added_problems(group: zarr.Group, manifest: Manifest) -> list[str]:
         if name not in group or group[name].shape != tuple(added.shape) or added.shape[0] != manifest.n_patches:
             problems.append(f"the added array '{name}' is missing or not {tuple(added.shape)}; add it again (overwrite)")
             continue
-        array = group[name]
-        rows = array.chunks[0]
-        for start in range(0, array.shape[0], rows):
-            try:
-                array[start: start + rows]
-            except Exception as exc:  # a damaged or missing chunk: zarr's crc32c check, or no bytes
-                problems.append(
-                    f"the added array '{name}', rows {start}..: unreadable ({type(exc).__name__}: {exc}); "
-                    "add it again (overwrite)"
-                )
-                break
+        problems += _unreadable_rows(group[name], f"the added array '{name}'", "add it again (overwrite)")
     return problems
+
+
+def _quality_problems(
+    reader: PatchReader, group: zarr.Group, manifest: Manifest, sample: int, seed: int,
+) -> list[str]:
+    """The quality arrays: one value per patch, every chunk's crc32c, none missing (NaN: a
+    chunk never written), and ``sample`` random patches' measures recomputed from their pixels."""
+    problems = []
+    values = {}
+    for name in manifest.quality:
+        if name not in group or group[name].shape != (manifest.n_patches,):
+            problems.append(f"the quality array '{name}' is missing or not one value per patch; re-extract the store")
+            continue
+        damaged = _unreadable_rows(group[name], f"the quality array '{name}'", "re-extract the store")
+        if damaged:
+            problems += damaged
+            continue
+        values[name] = np.asarray(group[name][:])
+        unset = np.flatnonzero(np.isnan(values[name]))
+        if len(unset):
+            problems.append(f"the quality array '{name}' has no value for {len(unset)} patches (first: {unset[0]}); re-extract the store")
+    if problems or not values or not sample:
+        return problems
+    picks = np.sort(np.random.default_rng(seed).choice(manifest.n_patches, min(sample, manifest.n_patches), replace=False))
+    measured = measure_patches(reader.read_patches(picks))
+    for name, stored in values.items():
+        wrong = np.flatnonzero(~np.isclose(stored[picks], measured[name], rtol=1e-4, atol=1e-6))
+        if len(wrong):
+            i = int(picks[wrong[0]])
+            problems.append(
+                f"the quality array '{name}' does not match patch {i}'s pixels ({stored[i]:g}, measured "
+                f"{measured[name][wrong[0]]:g}; {len(wrong)} of {len(picks)} sampled differ); re-extract the store"
+            )
+    return problems
+
+
+def _unreadable_rows(array: zarr.Array, what: str, fix: str) -> list[str]:
+    """A line for the first chunk of a 1-D-chunked array whose bytes are damaged or missing."""
+    rows = array.chunks[0]
+    for start in range(0, array.shape[0], rows):
+        try:
+            array[start: start + rows]
+        except Exception as exc:  # a damaged or missing chunk: zarr's crc32c check, or no bytes
+            return [f"{what}, rows {start}..: unreadable ({type(exc).__name__}: {exc}); {fix}"]
+    return []
 
 
 def _plan_problems(manifest: Manifest, slides: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> list[str]:
