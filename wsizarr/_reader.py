@@ -171,31 +171,46 @@ class PatchReader:
         in flight at once; a shard's index is fetched once and cached."""
         layout = self._layout_of(name)
         self._check_process()
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size and (indices.min() < 0 or indices.max() >= self.n_patches):
-            raise ParameterError(
-                f"{self.location}: patch indices must lie in 0..{self.n_patches - 1}"
-            )
+        indices = self._checked_indices(indices)
         out = np.empty((len(indices), *layout.patch_shape), np.uint8)
         if not layout.standard:
             for row, index in enumerate(indices.tolist()):
                 out[row] = self._read_with_zarr(layout, index)
             return out
         shards, rows = np.divmod(indices, self.shard_size)
-        sync(self._cache_indexes(layout, sorted(set(shards.tolist()))))
-        requests: list[tuple[str, RangeByteRequest] | None] = []
-        for shard, row in zip(shards.tolist(), rows.tolist()):
-            chunk = self._indexes[(layout.path, shard)].chunk(row)
-            requests.append(
-                None if chunk is None
-                else (layout.shard_key(shard), RangeByteRequest(chunk[0], chunk[0] + chunk[1]))
-            )
-        chunks = iter(sync(_gather([self._get(*r) for r in requests if r is not None])))
-        for out_row, (request, shard, row) in enumerate(zip(requests, shards.tolist(), rows.tolist())):
-            data = None if request is None else self._received(layout, shard, next(chunks), request[1])
-            self._decode(layout, shard, row, data, out[out_row])
+        chunks = self._ranged_chunks(layout, shards, rows)
+        for out_row, (chunk, shard, row) in enumerate(zip(chunks, shards.tolist(), rows.tolist())):
+            self._decode(layout, shard, row, chunk, out[out_row])
         return out
 
+    def read_chunks(self, indices: Sequence[int] | np.ndarray, name: str = "patches") -> list[np.ndarray]:
+        """The stored bytes of the patches at ``indices`` as a shard holds them (each encoded
+        patch and its crc32c), every checksum checked, to be copied without decoding
+        (``pack_shard``; this layout only). A shard holding a quarter or more of them is read
+        whole with one request, the other chunks with a ranged request each, all at once."""
+        layout = self._layout_of(name)
+        self._check_process()
+        if not layout.standard:
+            raise ParameterError(f"{self.location}: '{name}' is not in wsizarr's shard layout; read its patches instead")
+        indices = self._checked_indices(indices)
+        shards, rows = np.divmod(indices, self.shard_size)
+        found, counts = np.unique(shards, return_counts=True)
+        whole = found[4 * counts >= self.shard_size]
+        chunks: list[np.ndarray | None] = [None] * len(indices)
+        ranged = np.flatnonzero(~np.isin(shards, whole))
+        for position, chunk in zip(ranged.tolist(), self._ranged_chunks(layout, shards[ranged], rows[ranged])):
+            chunks[position] = chunk
+        for shard in whole.tolist():
+            fetched = self.fetch_shard(shard, name)
+            for position in np.flatnonzero(shards == shard).tolist():
+                chunks[position] = fetched._chunk(int(rows[position]))
+        out = []
+        for chunk, shard, row in zip(chunks, shards.tolist(), rows.tolist()):
+            if chunk is None:
+                raise self._corrupt(layout, shard, "is not stored", row)
+            self._payload(layout, shard, row, chunk)
+            out.append(chunk.copy())  # not a view: the shard it was read with is freed
+        return out
     def checked_store(self) -> Store:
         """The store for zarr (and xarray) to read, with this reader's checks on every shard of
         ``patches`` and ``masks``: a missing, truncated or damaged one raises
@@ -205,6 +220,31 @@ class PatchReader:
         return _CheckedStore(self._store, self)
 
     # --- internals -------------------------------------------------------------------------
+
+    def _checked_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.n_patches):
+            raise ParameterError(
+                f"{self.location}: patch indices must lie in 0..{self.n_patches - 1}"
+            )
+        return indices
+
+    def _ranged_chunks(self, layout: _Layout, shards: np.ndarray, rows: np.ndarray) -> list[np.ndarray | None]:
+        """The stored chunk of each ``(shard, row)``, one ranged request each, all in flight at
+        once (a shard's index is fetched once and cached); None where a chunk is not stored."""
+        sync(self._cache_indexes(layout, sorted(set(shards.tolist()))))
+        requests: list[tuple[str, RangeByteRequest] | None] = []
+        for shard, row in zip(shards.tolist(), rows.tolist()):
+            chunk = self._indexes[(layout.path, shard)].chunk(row)
+            requests.append(
+                None if chunk is None
+                else (layout.shard_key(shard), RangeByteRequest(chunk[0], chunk[0] + chunk[1]))
+            )
+        received = iter(sync(_gather([self._get(*r) for r in requests if r is not None])))
+        return [
+            None if request is None else self._received(layout, shard, next(received), request[1])
+            for request, shard in zip(requests, shards.tolist())
+        ]
 
     def _layout_of(self, name: str) -> _Layout:
         if name not in self._layouts:
