@@ -41,6 +41,7 @@ from ._sampling import PatchPlan, plan_jitter
 from ._slide import SlideInfo
 from ._manifest import SCHEMA_VERSION
 from ._store import store_info
+from ._subset import SubsetSummary, subset
 from ._verify import VerifyReport, verify
 from ._version import __version__
 
@@ -69,6 +70,7 @@ __all__ = [
     "StoreError",
     "StoreExistsError",
     "StoreLockedError",
+    "SubsetSummary",
     "VerifyReport",
     "WsizarrError",
     "__version__",
@@ -89,6 +91,7 @@ __all__ = [
     "read_patch_table",
     "run_extraction",
     "store_info",
+    "subset",
     "verify",
     "write_demo_annotations",
     "write_demo_slide",

@@ -43,7 +43,7 @@ from ._store import (
     open_store, partial_location, read_manifest, refuse_legacy, why_not_a_store, write_manifest,
 )
 
-__all__ = ["AddSummary", "add_array", "added_dims", "describe_fn"]
+__all__ = ["AddSummary", "add_array", "added_dims", "create_added", "describe_fn"]
 
 BatchFn = Callable[[np.ndarray], Any]
 
@@ -342,18 +342,23 @@ def _ensure_arrays(group: zarr.Group, name: str, added: AddedArray, shard_size: 
     """Create the array and its done-markers where they are missing (the manifest names them
     first, so a crash in between is finished by the next run)."""
     if name not in group:
-        group.create_array(
-            name, shape=added.shape, dtype=added.dtype, chunks=(shard_size, *added.shape[1:]),
-            compressors=checksummed(ZstdCodec(level=1)), fill_value=0,
-            dimension_names=added_dims(name, len(added.shape)),
-            attributes={"coordinates": " ".join(COORDINATE_ARRAYS), "description": added.fn},
-        )
+        create_added(group, name, added, shard_size)
     markers = group[ADDING] if ADDING in group else group.create_group(ADDING)
     if name not in markers:
         markers.create_array(
             name, shape=(n_shards,), dtype="uint8", chunks=(1,), fill_value=0,
             dimension_names=("shard",), config={"write_empty_chunks": True},
         )
+
+
+def create_added(group: zarr.Group, name: str, added: AddedArray, shard_size: int) -> None:
+    """Create the empty added array ``name`` as ``added`` describes it, a chunk per shard."""
+    group.create_array(
+        name, shape=added.shape, dtype=added.dtype, chunks=(shard_size, *added.shape[1:]),
+        compressors=checksummed(ZstdCodec(level=1)), fill_value=0,
+        dimension_names=added_dims(name, len(added.shape)),
+        attributes={"coordinates": " ".join(COORDINATE_ARRAYS), "description": added.fn},
+    )
 
 
 def _remove(group: zarr.Group, name: str, manifest: Manifest) -> None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AddedRows", "PatchTable", "added_rows", "check_added", "gather_patches", "iter_batches", "open_dataset", "open_patches",
-    "quality_bounds", "read_patch_table", "shuffled_batches",
+    "patch_table", "quality_bounds", "read_patch_table", "shuffled_batches",
 ]
 
 StoreLike = str | os.PathLike[str] | Location
@@ -357,7 +357,7 @@ def read_patch_table(
     """The 1-D arrays of a complete store as a :class:`PatchTable` (``IncompleteStoreError``
     for a store whose extraction did not finish)."""
     location = parse_location(store, storage_options)
-    return _patch_table(location, open_store(location))
+    return patch_table(location, open_store(location))
 
 
 def open_patches(
@@ -366,10 +366,11 @@ def open_patches(
     """A reader of the store's pixels and its patch table, from one opening of the store."""
     location = parse_location(store, storage_options)
     group = open_store(location)
-    return PatchReader(location, group=group), _patch_table(location, group)
+    return PatchReader(location, group=group), patch_table(location, group)
 
 
-def _patch_table(location: Location, group: zarr.Group) -> PatchTable:
+def patch_table(location: Location, group: zarr.Group) -> PatchTable:
+    """The patch table of the store ``group``, opened at ``location`` with ``open_store``."""
     manifest = read_manifest(group)
     arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
     return PatchTable(

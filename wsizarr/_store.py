@@ -28,7 +28,7 @@ import errno
 import json
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,7 +53,7 @@ from ._manifest import (
 )
 from ._locations import Location, parse_location
 from ._quality import QUALITY_MEASURES
-from ._shards import encode_shard, has_chunk_checksums, shard_key
+from ._shards import encode_shard, has_chunk_checksums, pack_shard, shard_key
 
 __all__ = [
     "CODECS",
@@ -476,9 +476,14 @@ def done_shards(group: zarr.Group) -> np.ndarray:
     return np.asarray(group[_DONE][:], dtype=bool)
 
 
-def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write one whole shard of ``patches`` (and ``masks``, and the quality measures: one chunk
-    each), then mark it done.
+def write_shard(
+    group: zarr.Group, shard_index: int, arrays: Mapping[str, np.ndarray],
+    chunks: Mapping[str, Sequence[np.ndarray]] | None = None,
+) -> None:
+    """Write one whole shard of ``patches`` (and ``masks``, and the arrays chunked a shard's
+    rows at a time: the quality measures, added arrays; one chunk each), then mark it done.
+    ``chunks``: image arrays given as their chunks already encoded as stored, packed as they
+    are (``pack_shard``).
 
     Marking after writing makes a crash lose at most the shards in flight. A store created
     before chunk checksums existed keeps getting shards without them.
@@ -486,16 +491,21 @@ def write_shard(group: zarr.Group, shard_index: int, arrays: Mapping[str, np.nda
     manifest = read_manifest(group)
     for name, values in arrays.items():
         array = group[name]
-        if array.ndim == 1:
+        if array.shards is None:
             start = shard_index * manifest.shard_size
             array[start: start + len(values)] = values
             continue
         codec = manifest.codec if name == "patches" else MASK_CODEC
         encoder = CODECS[codec].encoder()
-        data = encode_shard(values, manifest.shard_size, encoder, checksums=has_chunk_checksums(array))
-        key = shard_key(array.path, shard_index, array.ndim)
-        sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+        _put_shard(group, name, shard_index, encode_shard(values, manifest.shard_size, encoder, checksums=has_chunk_checksums(array)))
+    for name, stored in (chunks or {}).items():
+        _put_shard(group, name, shard_index, pack_shard(stored, manifest.shard_size))
     group[_DONE][shard_index] = 1
+
+
+def _put_shard(group: zarr.Group, name: str, shard_index: int, data: bytes) -> None:
+    key = shard_key(group[name].path, shard_index, group[name].ndim)
+    sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
 
 @contextmanager
