@@ -295,6 +295,28 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--workers", type=int, default=None, help="shards computed at once (default: cores)")
     embed.add_argument("--overwrite", action="store_true", help="replace an added array of that name")
     _add_storage_option(embed)
+    subset = commands.add_parser(
+        "subset", help="a new store of the patches that match every filter, in store order",
+        description="Write the patches of STORE that match every filter into the new store OUT "
+        "(patches copied without decoding; slides renumbered, tables cut to the slides kept).",
+    )
+    subset.add_argument("store", help="the source: a directory, a .zip file or s3://bucket/prefix.zarr")
+    subset.add_argument("out", help="the new store: a directory, a .zip file or s3://bucket/prefix.zarr")
+    subset.add_argument("--label", dest="labels", action="append", default=None, metavar="LABEL",
+                        help="keep this label (repeat for more; '' for unlabelled)")
+    subset.add_argument("--slide", dest="slides", action="append", default=None, metavar="SLIDE",
+                        help="keep this slide: file name, stem or index (repeat for more)")
+    subset.add_argument("--annotation", dest="annotations", action="append", type=int, default=None,
+                        metavar="ID", help="keep this annotation id (repeat for more)")
+    subset.add_argument("--min-tissue", type=float, default=None, help="least tissue_fraction (0-1)")
+    subset.add_argument("--min-sharpness", type=float, default=None, help="least sharpness")
+    subset.add_argument("--max-pen", type=float, default=None, help="most pen_fraction (0-1)")
+    subset.add_argument("--exclude-padded", action="store_true", help="leave out patches crossing the slide edge")
+    subset.add_argument("--indices", default=None, metavar="FILE",
+                        help="keep only these patches: a .npy file or a text file of one index a line")
+    subset.add_argument("--workers", type=int, default=None, help="shards written at once (default: cores)")
+    subset.add_argument("--overwrite", action="store_true", help="replace OUT if it is a wsizarr store")
+    _add_storage_option(subset)
     demo = commands.add_parser("demo", help="generate a synthetic slide with annotations and extract it")
     demo.add_argument("dir", nargs="?", default="wsizarr-demo", help="output folder (default ./wsizarr-demo)")
     _add_extract_options(demo)
@@ -312,6 +334,18 @@ def _dask_client(address: str | None) -> object:
         return Client(address, timeout=20)
     except (OSError, TimeoutError) as exc:
         raise WsizarrError(f"cannot reach the dask scheduler at {address} ({exc}); check the address") from None
+
+
+def _read_indices(path: str | None) -> object:
+    """Patch indices from a ``.npy`` file or a text file of one index a line (None: none)."""
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        return np.load(path) if path.endswith(".npy") else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as exc:
+        raise ParameterError(f"--indices {path}: cannot read patch indices ({exc}); give a .npy file or one integer a line") from None
 
 
 _SHOWN = 10  # slides listed by `info` (all of them with --json)
@@ -341,6 +375,10 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     for name, per_label in info["quality"].items():
         spread = ", ".join(f"{_printable(k)}: {p50:.3g} [{p5:.3g}-{p95:.3g}]" for k, (p5, p50, p95) in per_label.items())
         _say(f"quality     {name} median [5-95 %]  {spread}")
+    if info["subset"] is not None:
+        origin = info["subset"]
+        chosen = ", ".join(f"{k}={v}" for k, v in origin["selection"].items()) or "every patch"
+        _say(f"subset of   {origin['source']} ({origin['source_patches']} patches): {chosen}")
     for name, added in info["added"].items():
         state = "complete" if added["complete"] else "UNFINISHED: run the same command again"
         shape = "x".join(map(str, added["shape"]))
@@ -474,6 +512,16 @@ def _run(args: argparse.Namespace) -> int:
                 storage_options=_storage_options(args), overwrite=args.overwrite, progress=_ProgressBar(),
             )
             _say(summary)
+        elif args.command == "subset":
+            from ._subset import subset
+
+            _say(subset(
+                args.store, args.out, labels=args.labels, slides=args.slides, annotations=args.annotations,
+                min_tissue=args.min_tissue, min_sharpness=args.min_sharpness, max_pen=args.max_pen,
+                include_padded=not args.exclude_padded, indices=_read_indices(args.indices),
+                overwrite=args.overwrite, storage_options=_storage_options(args), workers=args.workers,
+                progress=_ProgressBar(),
+            ))
         elif args.command == "info":
             _print_info(args.store, args.json, _storage_options(args))
         elif args.command == "migrate":
