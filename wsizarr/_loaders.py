@@ -345,6 +345,7 @@ def quality_bounds(
                 raise ParameterError(f"{option(given)}: the bound {value!r} of {name} is not a finite number")
         if low is None and high is None:
             continue
+        low, high = (None if value is None else float(value) for value in (low, high))
         lows = [v for v in (merged.get(name, (None, None))[0], low) if v is not None]
         highs = [v for v in (merged.get(name, (None, None))[1], high) if v is not None]
         merged[name] = (max(lows) if lows else None, min(highs) if highs else None)  # the tighter of each
