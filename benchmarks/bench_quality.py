@@ -10,14 +10,23 @@ bound, as neighbouring patches share tiles) plus the same encoding. Prints the m
 each estimate (the target is <= 10 % of the first). The works take turns in every round,
 so the shared machine's load weighs on them alike.
 
-Run: python benchmarks/bench_quality.py [--patches 256] [--repeats 7]
+Then the real thing, in the same run: whole extractions (``wsizarr.extract``, 2 workers) of 30
+jittered 256-px patches around each of 120 glomeruli of the Aperio-style benchmark slide
+(``bench_extract.make_slide``: real H&E tiles, fractional downsamples 4.00037 / 16.0015),
+with the quality arrays and without, taking turns, per level and codec; medians and the
+throughput ratio.
+
+Run: python benchmarks/bench_quality.py [--patches 256] [--repeats 7] [--extract-repeats 5]
+(``--quick``: a small slide, one level, 2 rounds.)
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +36,7 @@ import numcodecs
 import numpy as np
 import openslide
 
+import wsizarr
 from wsizarr._quality import measure_patches
 from wsizarr._slide import read_rgb
 
@@ -74,10 +84,48 @@ def per_patch_ms(works: dict[str, Callable[[], object]], n: int, repeats: int) -
     return {name: statistics.median(values) / n * 1e3 for name, values in times.items()}
 
 
+def extraction_rates(quick: bool, repeats: int) -> None:
+    """Extraction throughput with and without the quality arrays, interleaved, per level and
+    codec: a table of medians (patches/s) and the ratio."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_extract import OUT, make_slide
+
+    size, n_annotations, levels = ((4097, 3073), 12, (1,)) if quick else ((30001, 20003), 120, (0, 1))
+    OUT.mkdir(exist_ok=True)
+    slide = OUT / f"scanner-{size[0]}x{size[1]}-{n_annotations}.svs"
+    if not slide.exists():
+        make_slide(slide, *size, n_annotations)
+    store = OUT / "quality-ab.zarr"
+    print(f"\nExtraction of {slide.name}, 30 jittered patches per annotation, 2 workers, "
+          f"median of {repeats} interleaved runs (after one warm-up)")
+    print("| level | codec | patches | without quality (patches/s) | with quality (patches/s) | with / without | runs without | runs with |")
+    print("|---|---|---|---|---|---|---|---|")
+    for level, codec in itertools.product(levels, ("zstd", "jpeg")):
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        n = 0
+        for round_ in range(repeats + 1):
+            for quality in (False, True):
+                start = time.perf_counter()
+                summary = wsizarr.extract(
+                    slide, slide.with_suffix(".xml"), store, level=level, per_annotation=30, codec=codec,
+                    workers=2, quality=quality, overwrite=True,
+                )
+                n = summary.n_patches
+                if round_:
+                    rates[quality].append(n / (time.perf_counter() - start))
+        without, with_ = (statistics.median(rates[q]) for q in (False, True))
+        runs = {q: ", ".join(f"{r:.0f}" for r in rates[q]) for q in (False, True)}
+        print(f"| {level} | {codec} | {n} | {without:.0f} | {with_:.0f} | {with_ / without:.3f} | {runs[False]} | {runs[True]} |",
+              flush=True)
+    shutil.rmtree(store, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--extract-repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small slide, one level, 2 extraction rounds")
     args = parser.parse_args(argv)
     patches = real_patches(args.patches)
     n = len(patches)
@@ -107,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {ms:.4f} | {1e3 / ms:.0f} |")
     print(f"measure_patches / extraction estimate: {100 * measure / extraction:.1f} % (target <= 10 %)")
     print(f"measure_patches / fuller estimate: {100 * measure / (read + encode):.1f} %")
+    extraction_rates(args.quick, 2 if args.quick else args.extract_repeats)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,16 @@ def test_quick_add_array_benchmark_reports_both_rates():
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"reading alone .*: +[\d,]+ patches/s", result.stdout)
     assert len(re.findall(r"add_array, .* [\d,]+ patches/s  \([\d.]+ of reading alone\)", result.stdout)) == 2
+
+
+@pytest.mark.slow
+def test_quick_quality_benchmark_reports_extraction_with_and_without():
+    result = subprocess.run(
+        [sys.executable, BENCHMARKS / "bench_quality.py", "--quick", "--patches", "64", "--repeats", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"measure_patches / extraction estimate: [\d.]+ %", result.stdout)
+    rows = re.findall(r"^\| 1 \| (zstd|jpeg) \| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \|", result.stdout, re.M)
+    assert {codec for codec, *_ in rows} == {"zstd", "jpeg"}
+    assert all(int(n) > 0 and int(without) > 0 and int(with_) > 0 for _, n, without, with_, _ in rows)

@@ -8,7 +8,11 @@ import openslide
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from wsizarr._errors import ParameterError
+from pathlib import Path
+
+from wsizarr import DemoSlide, extract, open_dataset, store_info, verify, write_demo_annotations
+from wsizarr._demo import write_pyramid
+from wsizarr._errors import ParameterError, StoreError
 from wsizarr._quality import MIN_TISSUE_SATURATION, QUALITY_MEASURES, measure_patches
 from wsizarr._slide import read_rgb, tissue_mask
 
@@ -220,3 +224,103 @@ def test_real_slides_give_plausible_values(name):
     assert median["pen_fraction"] < 0.03 and m["pen_fraction"].max() < 0.15
     assert 0.45 < median["brightness"] < 0.8
     assert 0.2 < median["saturation"] < 0.6
+
+
+REGION = 768  # px per region of the known-content slide
+
+
+@pytest.fixture(scope="module")
+def known_content_store(tmp_path_factory, tissue) -> tuple[Path, dict[str, np.ndarray]]:
+    """An Aperio-style slide (JPEG tiles, fractional downsamples) with four regions of known
+    content side by side: glass, real H&E tissue, the same tissue blurred (Gaussian, radius 4 px)
+    and the same tissue crossed by a blue marker stroke; a square annotation named after each
+    region, extracted with the quality arrays. Returns the store and its arrays."""
+    folder = tmp_path_factory.mktemp("known")
+    tile = Image.fromarray(np.tile(tissue, (3, 3, 1)))  # 768 px of real tissue
+    regions = {
+        "glass": Image.new("RGB", (REGION, REGION), (243, 243, 243)),
+        "tissue": tile,
+        "blurred": tile.filter(ImageFilter.GaussianBlur(4)),
+        "pen": tile.copy(),
+    }
+    ImageDraw.Draw(regions["pen"]).line([(0, REGION // 2), (REGION, REGION // 2)], fill=(30, 60, 200), width=60)
+    image = Image.new("RGB", (4 * REGION + 1, REGION + 3), (243, 243, 243))
+    for k, region in enumerate(regions.values()):
+        image.paste(region, (k * REGION, 0))
+    slide = folder / "known.svs"
+    write_pyramid(slide, image, levels=2)
+    corners = [(k * REGION + REGION // 2 - 128, REGION // 2 - 128) for k in range(len(regions))]
+    polygons = tuple(np.array([(x, y), (x + 256, y), (x + 256, y + 256), (x, y + 256)], float) for x, y in corners)
+    annotations = write_demo_annotations(DemoSlide(slide, image.size, polygons, tuple(regions)), folder / "known.xml")
+    store = folder / "known.zarr"
+    extract(slide, annotations, store, per_annotation=8, seed=1, workers=2)
+    dataset = open_dataset(store)
+    return store, {name: dataset[name].values for name in (*QUALITY_MEASURES, "label", "y")}
+
+
+def _by_label(values: dict[str, np.ndarray], label: str, measure: str) -> np.ndarray:
+    return values[measure][values["label"] == label]
+
+
+def test_extraction_stores_the_measures_of_known_content(known_content_store):
+    store, values = known_content_store
+    assert set(values["label"]) == {"glass", "tissue", "blurred", "pen"}
+    assert _by_label(values, "glass", "tissue_fraction").max() < 0.02
+    assert _by_label(values, "tissue", "tissue_fraction").min() > 0.9
+    assert _by_label(values, "blurred", "sharpness").max() < 0.3 * _by_label(values, "tissue", "sharpness").min()
+    # the stroke covers rows 354..413 of the slide, the whole width: a patch's share is its overlap
+    tops = _by_label(values, "pen", "y")
+    overlap = np.clip(np.minimum(tops + P, REGION // 2 + 30) - np.maximum(tops, REGION // 2 - 30), 0, None) / P
+    assert overlap.max() > 0.1
+    np.testing.assert_allclose(_by_label(values, "pen", "pen_fraction"), overlap, atol=0.04)
+    assert _by_label(values, "tissue", "pen_fraction").max() < 0.02
+    assert _by_label(values, "glass", "brightness").min() > 0.9
+
+
+def test_stored_measures_are_those_of_the_stored_pixels(known_content_store):
+    store, values = known_content_store
+    patches = open_dataset(store)["patches"].values
+    measured = measure_patches(patches)
+    for name in QUALITY_MEASURES:
+        np.testing.assert_array_equal(values[name], measured[name])
+    assert verify(store, sample=8).ok
+
+
+def test_quality_is_recorded_and_summarised(known_content_store):
+    store, values = known_content_store
+    info = store_info(store)
+    assert info["parameters"]["quality"] is True
+    assert set(info["quality"]) == set(QUALITY_MEASURES)
+    p5, median, p95 = info["quality"]["tissue_fraction"]["glass"]
+    assert p5 <= median <= p95 < 0.02
+    assert info["quality"]["sharpness"]["blurred"][1] < info["quality"]["sharpness"]["tissue"][1]
+
+
+def test_quality_off_writes_no_arrays_and_a_resume_keeps_the_choice(aperio_case, tmp_path):
+    store = tmp_path / "plain.zarr"
+    extract(aperio_case.slide, aperio_case.annotations, store, per_annotation=2, quality=False)
+    dataset = open_dataset(store)
+    assert not set(QUALITY_MEASURES) & set(dataset.variables)
+    assert store_info(store)["quality"] == {}
+    with pytest.raises(StoreError, match="other parameters"):
+        extract(aperio_case.slide, aperio_case.annotations, store, per_annotation=2, append=True)
+
+
+def test_a_damaged_or_altered_quality_array_fails_verify(known_content_store, tmp_path):
+    import shutil
+
+    import zarr
+
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(known_content_store[0], store)
+    array = zarr.open_array(store / "sharpness", mode="r+")
+    values = array[:]
+    values[3] += 100  # (glass has sharpness ~0: a multiple would not change it)
+    array[:] = values
+    report = verify(store, sample=32)
+    assert any("'sharpness' does not match patch 3" in problem for problem in report.problems)
+    chunk = store / "tissue_fraction" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    assert any("'tissue_fraction', rows 0..: unreadable" in problem for problem in verify(store, sample=0).problems)

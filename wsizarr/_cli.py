@@ -66,6 +66,8 @@ def _option(parser: Any, record: type, name: str, help: str, **kwargs: Any) -> N
     default = next(f.default for f in fields(record) if f.name == name)
     if default is False:
         kwargs["action"] = "store_true"
+    elif default is True:
+        kwargs["action"] = argparse.BooleanOptionalAction  # --name and --no-name
     flag = "--" + name.replace("_", "-")
     parser.add_argument(flag, dest=name, default=default, help=help.format(default=default), **kwargs)
 
@@ -88,6 +90,9 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, SamplingOptions, "background",
             "add N patches from tissue outside every annotation, labelled 'background'", type=int)
     _option(parser, LayoutOptions, "masks", "store per-patch annotation masks")
+    _option(parser, LayoutOptions, "quality",
+            "store per-patch quality measures (tissue_fraction, sharpness, pen_fraction, brightness, "
+            "saturation; default on)")
     _option(parser, SamplingOptions, "drop_partial", "leave out patches crossing the slide edge")
     _option(parser, SamplingOptions, "seed", "random seed of the plan (default {default})", type=int)
     _option(parser, LayoutOptions, "shard_size", "patches per shard file (default {default})", type=int)

@@ -108,10 +108,21 @@ def write_demo_slide(
     in its tags. Level sizes are floored, so the slide's real downsamples are not exact integers
     unless the size divides evenly. Returns the outlines drawn, in level-0 pixels.
     """
-    import tifffile
-
     path = Path(path)
     image, polygons, labels = _draw_level0(width, height, n_glomeruli, glomerulus_px, seed)
+    write_pyramid(path, image, levels=levels, downsample=downsample, aperio=aperio, mpp=mpp, quality=quality)
+    return DemoSlide(path, (width, height), tuple(polygons), tuple(labels))
+
+
+def write_pyramid(
+    path: Path, image: Image.Image, *, levels: int = 3, downsample: int = 4, aperio: bool = True,
+    mpp: float = 0.25, quality: int = 85,
+) -> None:
+    """Write ``image`` as level 0 of a tiled, JPEG-compressed pyramidal TIFF (see
+    ``write_demo_slide`` for the layout)."""
+    import tifffile
+
+    width, height = image.size
     pixels_per_cm = 1e4 / mpp
     with tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tiff:
         for level in range(levels):
@@ -151,7 +162,6 @@ def write_demo_slide(
                     f"{thumbnail.width}x{thumbnail.height} - |AppMag = {10 / mpp:g}|MPP = {mpp}",
                     metadata=None,
                 )
-    return DemoSlide(path, (width, height), tuple(polygons), tuple(labels))
 
 
 def write_demo_annotations(slide: DemoSlide, path: str | Path) -> Path:
