@@ -236,3 +236,18 @@ def test_cli(source, tmp_path):
     assert_one_line_error(run("subset", source, tmp_path / "s.zip", expect=1), "--overwrite")
     assert_one_line_error(run("subset", source, tmp_path / "t.zarr", "--label", "nope", expect=1), "no label 'nope'")
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_a_damaged_source_chunk_is_named_and_nothing_is_published(source, tmp_path):
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(source, damaged)
+    shard = damaged / shard_key("patches", 1, 4)
+    data = bytearray(shard.read_bytes())
+    offset, _ = ShardIndex.parse(bytes(data), 4).chunk(2)
+    data[offset + 5] ^= 0x10
+    shard.write_bytes(bytes(data))
+    with pytest.raises(wsizarr.CorruptStoreError, match=r"shard 1 of 'patches' is unreadable \(patch 6 "):
+        wsizarr.subset(damaged, tmp_path / "s.zarr", workers=1)
+    assert not (tmp_path / "s.zarr").exists()
+    wsizarr.subset(damaged, tmp_path / "s.zarr", indices=[0, 1, 2, 3, 8])  # the damaged shard avoided
+    assert wsizarr.verify(tmp_path / "s.zarr", sample=0).ok
