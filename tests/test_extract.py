@@ -137,7 +137,8 @@ def test_xarray_open_zarr_gives_patch_coordinates(demo_store):
     assert dataset["patches"].dtype == np.uint8
     for name in ("x", "y", "level", "annotation_id", "label", "slide", "padded"):
         assert name in dataset.coords and dataset[name].dims == ("patch",)
-    assert set(dataset.data_vars) == {"patches"}
+    assert set(dataset.data_vars) == {"patches", *wsizarr.QUALITY_MEASURES}
+    assert dataset.tissue_fraction.dims == ("patch",) and dataset.sharpness.dtype == np.float32
 
 
 def test_open_dataset_decodes_labels(demo_store):

@@ -36,6 +36,18 @@ def test_contact_sheet_has_one_block_per_label(store, tmp_path):
     assert len(header_rows) >= 20 * len(names) - 2  # a 20-px coloured header per label
     tiles = image[20:148, :128]
     assert tiles.std() > 5  # a real patch, not blank
+    # below the patches, a histogram per quality measure with a line in each label's colour
+    below = image[-200:]
+    for code in range(len(names)):
+        assert (below == LABEL_COLOURS[code]).all(axis=2).sum() > 100
+
+
+def test_a_store_without_quality_has_no_histograms(store, aperio_even_case, tmp_path):
+    path = tmp_path / "plain.zarr"
+    extract(aperio_even_case.slide, aperio_even_case.annotations, path, **KWARGS, quality=False)
+    plain = Image.open(preview(path, tmp_path / "p.png", per_label=5))
+    full = Image.open(preview(store, tmp_path / "q.png", per_label=5))
+    assert plain.width == full.width and plain.height < full.height
 
 
 def test_overlay_draws_boxes_where_the_coordinates_say(store, tmp_path):
@@ -83,7 +95,8 @@ def chromium():
 def test_report_renders_in_headless_chromium(store, tmp_path, chromium):
     report = write_report(store, tmp_path / "report.html")
     text = report.read_text()
-    assert text.count("data:image/png;base64,") == 2 and "Parameters" in text
+    assert text.count("data:image/png;base64,") == 3 and "Parameters" in text
+    assert "Quality measures per label" in text and "tissue_fraction" in text
     assert not list(tmp_path.glob("report.*.png"))  # images only embedded
     shot = tmp_path / "shot.png"
     subprocess.run([

@@ -33,7 +33,7 @@ _CAPTION_PX = 14
 _COLUMNS = 8
 _PER_LABEL = 16  # patches per label on a contact sheet
 _THUMBNAIL_PX = 1600  # the longer side of an overlay
-_PANEL_PX = (256, 150)  # one quality measure's histogram
+_PANEL_HEIGHT_PX = 150  # of the histograms, which share the contact sheet's width
 _BINS = 32
 
 
@@ -61,7 +61,7 @@ def preview(
     sheet = _contact_sheet(location, per_label, seed)
     histograms = _quality_histograms(open_store(location))
     if histograms is not None:
-        combined = Image.new("RGB", (max(sheet.width, histograms.width), sheet.height + histograms.height), "white")
+        combined = Image.new("RGB", (sheet.width, sheet.height + histograms.height), "white")
         combined.paste(sheet, (0, 0))
         combined.paste(histograms, (0, sheet.height))
         sheet = combined
@@ -76,8 +76,8 @@ def _quality_histograms(group: zarr.Group) -> Image.Image | None:
         return None
     labels = np.asarray(group["label"][:])
     codes = sorted(set(labels.tolist()))
-    width, height = _PANEL_PX
-    image = Image.new("RGB", (width * len(manifest.quality), height + 20 + 16 * len(codes)), "white")
+    width, height = _COLUMNS * _TILE_PX // len(manifest.quality), _PANEL_HEIGHT_PX
+    image = Image.new("RGB", (_COLUMNS * _TILE_PX, height + 20 + 16 * len(codes)), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     for column, name in enumerate(manifest.quality):

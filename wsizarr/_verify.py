@@ -111,7 +111,7 @@ def verify(
         problems.append(f"patches has {group['patches'].shape[0]} entries, the store {n}")
     problems += _plan_problems(manifest, slides.columns, arrays)
     problems += _added_problems(group, manifest)
-    problems += _quality_problems(reader, group, manifest, sample, seed)
+    problems += _quality_problems(group, manifest)
     if arrays["label"].size and arrays["label"].max() >= len(manifest.label_names):
         problems.append("label codes beyond the label names")
     if arrays["slide"].size and arrays["slide"].max() >= len(slides):
@@ -121,6 +121,7 @@ def verify(
         compared = _compare_sample(
             reader, group, manifest, slides, arrays, sample, seed, problems, storage_options
         )
+        problems += _measured_problems(reader, group, manifest, sample, seed)
     return VerifyReport(str(location), n, shards, checked, compared, tuple(problems))
 
 
@@ -159,36 +160,39 @@ def _added_problems(group: zarr.Group, manifest: Manifest) -> list[str]:
     return problems
 
 
-def _quality_problems(
-    reader: PatchReader, group: zarr.Group, manifest: Manifest, sample: int, seed: int,
-) -> list[str]:
+def _quality_problems(group: zarr.Group, manifest: Manifest) -> list[str]:
     """The quality arrays: one value per patch, every chunk's crc32c, none missing (NaN: a
-    chunk never written), and ``sample`` random patches' measures recomputed from their pixels."""
+    chunk never written)."""
     problems = []
-    values = {}
     for name in manifest.quality:
         if name not in group or group[name].shape != (manifest.n_patches,):
             problems.append(f"the quality array '{name}' is missing or not one value per patch; re-extract the store")
             continue
         damaged = _unreadable_rows(group[name], f"the quality array '{name}'", "re-extract the store")
-        if damaged:
-            problems += damaged
-            continue
-        values[name] = np.asarray(group[name][:])
-        unset = np.flatnonzero(np.isnan(values[name]))
+        unset = [] if damaged else np.flatnonzero(np.isnan(group[name][:]))
         if len(unset):
-            problems.append(f"the quality array '{name}' has no value for {len(unset)} patches (first: {unset[0]}); re-extract the store")
-    if problems or not values or not sample:
-        return problems
+            damaged.append(f"the quality array '{name}' has no value for {len(unset)} patches (first: {unset[0]}); re-extract the store")
+        problems += damaged
+    return problems
+
+
+def _measured_problems(
+    reader: PatchReader, group: zarr.Group, manifest: Manifest, sample: int, seed: int,
+) -> list[str]:
+    """``sample`` random patches' quality measures recomputed from their stored pixels, against
+    the stored ones (float32 arithmetic on the same pixels: equal within rounding)."""
+    if not manifest.quality or not sample:
+        return []
     picks = np.sort(np.random.default_rng(seed).choice(manifest.n_patches, min(sample, manifest.n_patches), replace=False))
     measured = measure_patches(reader.read_patches(picks))
-    for name, stored in values.items():
-        wrong = np.flatnonzero(~np.isclose(stored[picks], measured[name], rtol=1e-4, atol=1e-6))
+    problems = []
+    for name in manifest.quality:
+        stored = np.asarray(group[name][:])[picks]
+        wrong = np.flatnonzero(~np.isclose(stored, measured[name], rtol=1e-4, atol=1e-6))
         if len(wrong):
-            i = int(picks[wrong[0]])
             problems.append(
-                f"the quality array '{name}' does not match patch {i}'s pixels ({stored[i]:g}, measured "
-                f"{measured[name][wrong[0]]:g}; {len(wrong)} of {len(picks)} sampled differ); re-extract the store"
+                f"the quality array '{name}' does not match patch {picks[wrong[0]]}'s pixels ({stored[wrong[0]]:g}, "
+                f"measured {measured[name][wrong[0]]:g}; {len(wrong)} of {len(picks)} sampled differ); re-extract the store"
             )
     return problems
 
