@@ -11,7 +11,7 @@ from wsizarr._errors import ParameterError, StoreError, StoreExistsError, as_fla
 from wsizarr._execution import SlideSource
 from wsizarr._manifest import Manifest, RunState
 from wsizarr._options import (
-    ExecutionOptions, ExtractOptions, LabelOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
+    ExecutionOptions, ExtractOptions, FilterOptions, LabelOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
 )
 from wsizarr._planning import PreparedSlide
 from wsizarr._runplan import check_same_slides, plan_run, recorded_parameters, where_to_build
@@ -190,7 +190,7 @@ def test_every_option_has_its_flag():
     parser = _parser()
     extract = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("extract"))
     dests = {action.dest: action.default for action in extract._actions}
-    for record in (ResolutionOptions, SamplingOptions, LabelOptions, LayoutOptions, ExecutionOptions):
+    for record in (ResolutionOptions, SamplingOptions, LabelOptions, LayoutOptions, ExecutionOptions, FilterOptions):
         for f in fields(record):
             if f.name in ("client", "progress", "on_note", "label_map"):
                 continue  # built from --dask-scheduler, the progress bar, printed notes, --label-map's parser

@@ -30,6 +30,7 @@ from ._migrate import migrate
 from ._options import (
     ExecutionOptions,
     ExtractOptions,
+    FilterOptions,
     LabelOptions,
     LayoutOptions,
     ResolutionOptions,
@@ -56,6 +57,7 @@ __all__ = [
     "ExecutionOptions",
     "ExtractOptions",
     "ExtractionSummary",
+    "FilterOptions",
     "IncompleteStoreError",
     "LabelOptions",
     "LayoutOptions",

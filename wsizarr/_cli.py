@@ -72,6 +72,14 @@ def _option(parser: Any, record: type, name: str, help: str, **kwargs: Any) -> N
     parser.add_argument(flag, dest=name, default=default, help=help.format(default=default), **kwargs)
 
 
+def _add_filter_options(parser: argparse.ArgumentParser, how: str = "") -> None:
+    from ._options import FilterOptions
+
+    _option(parser, FilterOptions, "min_tissue", "keep patches with at least this tissue_fraction (0-1)" + how, type=float)
+    _option(parser, FilterOptions, "min_sharpness", "keep patches at least this sharp (variance of the Laplacian)", type=float)
+    _option(parser, FilterOptions, "max_pen", "keep patches with at most this pen_fraction (0-1)", type=float)
+
+
 def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     from ._options import (
         EXECUTORS, READERS, ExecutionOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
@@ -93,6 +101,7 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, LayoutOptions, "quality",
             "store per-patch quality measures (tissue_fraction, sharpness, pen_fraction, brightness, "
             "saturation; default on)")
+    _add_filter_options(parser, " (the whole plan is extracted beside --out, then the patches that pass written into it)")
     _option(parser, SamplingOptions, "drop_partial", "leave out patches crossing the slide edge")
     _option(parser, SamplingOptions, "seed", "random seed of the plan (default {default})", type=int)
     _option(parser, LayoutOptions, "shard_size", "patches per shard file (default {default})", type=int)
@@ -143,7 +152,8 @@ def _extract_options(args: argparse.Namespace, mode: str) -> ExtractOptions:
     """The run's options from the flags: each record from its own fields."""
     from ._annotations import parse_label_map
     from ._options import (
-        ExecutionOptions, ExtractOptions, LabelOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
+        ExecutionOptions, ExtractOptions, FilterOptions, LabelOptions, LayoutOptions, ResolutionOptions,
+        SamplingOptions,
     )
 
     label_map = getattr(args, "label_map", None)
@@ -157,7 +167,7 @@ def _extract_options(args: argparse.Namespace, mode: str) -> ExtractOptions:
             ExecutionOptions, args, client=_dask_client(args.dask_scheduler), progress=_ProgressBar(),
             on_note=print,
         ),
-        mode=mode,
+        mode=mode, filters=_record(FilterOptions, args),
     )
 
 
@@ -313,9 +323,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep this slide: file name, stem or index (repeat for more)")
     subset.add_argument("--annotation", dest="annotations", action="append", type=int, default=None,
                         metavar="ID", help="keep this annotation id (repeat for more)")
-    subset.add_argument("--min-tissue", type=float, default=None, help="least tissue_fraction (0-1)")
-    subset.add_argument("--min-sharpness", type=float, default=None, help="least sharpness")
-    subset.add_argument("--max-pen", type=float, default=None, help="most pen_fraction (0-1)")
+    _add_filter_options(subset)
     subset.add_argument("--exclude-padded", action="store_true", help="leave out patches crossing the slide edge")
     subset.add_argument("--indices", default=None, metavar="FILE",
                         help="keep only these patches: a .npy file or a text file of one index a line")

@@ -69,6 +69,7 @@ class ExtractionSummary:
     annotations_without_slides: tuple[str, ...] = ()
     plan_seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    filtered_out: int = 0  # patches extracted but left out by the quality filters
 
     @property
     def patches_per_second(self) -> float:
@@ -84,6 +85,7 @@ class ExtractionSummary:
                 (self.padded, "edge patches padded with white"),
                 (self.dropped_partial, "edge patches dropped"),
                 (self.dropped_excluded, "patches centred in exclusions dropped"),
+                (self.filtered_out, "patches left out by the quality filters"),
             ] if count
         )
         slides = f" from {self.n_slides} slides" if self.n_slides > 1 else ""
@@ -155,6 +157,9 @@ def extract(
     resume: bool = False,
     append: bool = False,
     strict: bool = False,
+    min_tissue: float | None = None,
+    min_sharpness: float | None = None,
+    max_pen: float | None = None,
     executor: str = "threads",
     client: Any = None,
     storage_options: Mapping[str, str] | None = None,
@@ -179,6 +184,8 @@ def extract(
     in one) and ``strict_annotations`` (refuse degenerate objects instead of skipping them) are
     passed to ``read_annotation_file``. ``resume`` finishes an interrupted run of the
     same command, writing only missing shards; ``append`` adds the slides to an existing store.
+    ``min_tissue``, ``min_sharpness`` and ``max_pen`` keep only the patches whose quality
+    measures pass (see ``run_extraction``; ``FilterOptions``).
     In a cohort an unreadable slide is reported and skipped unless ``strict``. Shard tasks run
     on ``workers`` threads (``executor="threads"``, the default: OpenSlide and the codecs
     release the GIL) or processes (``"processes"``), or on a ``dask.distributed`` ``client``.
@@ -202,7 +209,7 @@ def extract(
         strict_annotations=strict_annotations,
         shard_size=shard_size, codec=codec, masks=masks, quality=quality,
         workers=workers, executor=executor, client=client, reader=reader, strict=strict,
-        progress=progress, on_note=on_note,
+        progress=progress, on_note=on_note, min_tissue=min_tissue, min_sharpness=min_sharpness, max_pen=max_pen,
         overwrite=overwrite, resume=resume, append=append,
     )
     return run_extraction(slide, annotations, out, options, storage_options)
@@ -215,7 +222,14 @@ def run_extraction(
     options: ExtractOptions,
     storage_options: Mapping[str, str] | None = None,
 ) -> ExtractionSummary:
-    """``extract`` with its options as one validated :class:`ExtractOptions` record."""
+    """``extract`` with its options as one validated :class:`ExtractOptions` record. With quality
+    filters (``options.filters``) the whole plan is extracted into ``<out>.unfiltered.zarr``
+    beside ``out``, then the patches that pass are written into ``out`` (``subset``) and the
+    unfiltered store removed; ``resume`` finishes either step."""
+    if options.filters.active:
+        from ._subset import extract_filtered  # the filtered store is a subset of the extraction
+
+        return extract_filtered(slides, annotations, out, options, storage_options)
     started = time.perf_counter()
     target = parse_store_location(out, storage_options)
     partial = partial_location(target)

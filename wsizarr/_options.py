@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ._errors import ParameterError, option
 
 __all__ = [
-    "EXECUTORS", "LABEL_SOURCES", "READERS", "SAMPLERS", "ExecutionOptions", "ExtractOptions", "LabelOptions",
+    "EXECUTORS", "LABEL_SOURCES", "READERS", "SAMPLERS", "ExecutionOptions", "ExtractOptions", "FilterOptions", "LabelOptions",
     "LayoutOptions", "Mode", "ResolutionOptions", "SamplingOptions",
 ]
 
@@ -149,6 +149,34 @@ class LayoutOptions:
 
 
 @dataclass(frozen=True)
+class FilterOptions:
+    """Which extracted patches the store keeps, by their quality measures (``_quality``):
+    ``min_tissue`` (tissue_fraction, 0-1), ``min_sharpness`` (grey levels^2), ``max_pen``
+    (pen_fraction, 0-1); None keeps all. The whole plan is extracted and measured, then the
+    patches that pass are written into the store (``subset``), so the store is the same
+    whatever the executor and however often the run was resumed."""
+
+    min_tissue: float | None = None
+    min_sharpness: float | None = None
+    max_pen: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_tissue", "max_pen"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ParameterError(f"{option(name, value)}: give a share of the patch's pixels, 0 to 1")
+        if self.min_sharpness is not None and not (self.min_sharpness >= 0 and math.isfinite(self.min_sharpness)):
+            raise ParameterError(
+                f"{option('min_sharpness', self.min_sharpness)}: give a variance of the Laplacian, 0 or more "
+                "(see `wsizarr info` for the store's values)"
+            )
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+@dataclass(frozen=True)
 class ExecutionOptions:
     """How the work is done (never recorded): ``workers`` threads or processes (``executor``)
     or a ``dask.distributed`` ``client``; ``reader`` (``auto``: tiles where tifffile reads the
@@ -183,6 +211,7 @@ class ExtractOptions:
     layout: LayoutOptions = field(default_factory=LayoutOptions)
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
     mode: Mode = "create"
+    filters: FilterOptions = field(default_factory=FilterOptions)
 
     def __post_init__(self) -> None:
         shard_bytes = self.layout.shard_size * self.resolution.patch_size ** 2 * 3
@@ -191,6 +220,15 @@ class ExtractOptions:
                 f"a shard of {self.layout.shard_size} patches of {self.resolution.patch_size} px is "
                 f"{shard_bytes / 2**30:.1f} GiB in memory (at most {MAX_SHARD_BYTES / 2**30:.0f} GiB); "
                 f"lower {option('shard_size')} or {option('patch_size')}"
+            )
+        if self.filters.active and not self.layout.quality:
+            raise ParameterError(
+                f"the quality filters need the quality measures: drop {option('quality', False)}"
+            )
+        if self.filters.active and self.mode == "append":
+            raise ParameterError(
+                f"the quality filters apply when a store is made, not to {option('append', True)}: append "
+                "without them, then write the patches that pass into a new store with `wsizarr subset`"
             )
 
     @classmethod
@@ -205,7 +243,7 @@ class ExtractOptions:
         groups: dict[str, Any] = {}
         for name, group in (("resolution", ResolutionOptions), ("sampling", SamplingOptions),
                             ("labels", LabelOptions), ("layout", LayoutOptions),
-                            ("execution", ExecutionOptions)):
+                            ("execution", ExecutionOptions), ("filters", FilterOptions)):
             names = {f.name for f in fields(group)}
             groups[name] = group(**{k: keywords.pop(k) for k in list(keywords) if k in names})
         if keywords:

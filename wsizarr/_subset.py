@@ -31,6 +31,7 @@ import zarr
 from ._added import create_added
 from ._errors import ParameterError, StoreError, StoreExistsError, option
 from ._execution import TaskRunner, shard_tasks
+from ._extract import ExtractionSummary, run_extraction
 from ._locations import Location, parse_store_location
 from ._lock import writer_lock
 from ._loaders import AddedRows, Bounds, PatchTable, patch_table, quality_bounds
@@ -38,7 +39,8 @@ from ._manifest import (
     ANNOTATION_COLUMNS, RING_COLUMNS, VERTEX_COLUMNS, Manifest, RunState, SubsetOrigin, plan_sha256,
     read_table,
 )
-from ._options import ExecutionOptions
+from ._options import ExecutionOptions, ExtractOptions, FilterOptions
+from ._runplan import recorded_parameters
 from ._reader import PatchReader
 from ._shards import is_standard
 from ._store import (
@@ -48,7 +50,9 @@ from ._store import (
 )
 from ._version import __version__
 
-__all__ = ["SubsetSummary", "subset"]
+__all__ = ["SubsetSummary", "extract_filtered", "subset"]
+
+UNFILTERED_SUFFIX = ".unfiltered.zarr"  # where a filtered extraction extracts the whole plan
 
 
 @dataclass(frozen=True)
@@ -303,3 +307,65 @@ def _copy(
         finished += count
         if progress:
             progress(finished, len(chosen))
+
+
+def extract_filtered(
+    slides: Any, annotations: Any, out: str | Path | Location, options: ExtractOptions,
+    storage_options: Mapping[str, str] | None = None,
+) -> ExtractionSummary:
+    """An extraction with quality filters: the whole plan extracted (and measured) into
+    ``<out>.unfiltered.zarr`` beside ``out``, which ``resume`` finishes like any extraction; then
+    the patches that pass written into ``out`` by ``subset``, and the unfiltered store removed.
+    Whatever the executor and however often it was resumed, the store is the same."""
+    started = time.perf_counter()
+    target = parse_store_location(out, storage_options)
+    unfiltered = target.beside(UNFILTERED_SUFFIX)
+    filters = options.filters
+    if target.exists() and not unfiltered.exists():
+        if options.mode == "create":
+            raise StoreExistsError(
+                f"{target}: already exists; replace it ({option('overwrite', True)}) or finish it ({option('resume', True)})"
+            )
+        if options.mode == "resume":  # finished and published
+            return _published(target, options, started)
+    if options.mode == "overwrite" and target.exists():
+        ensure_own_store(target)  # before the long extraction
+    mode = "create" if options.mode == "overwrite" and not unfiltered.exists() else options.mode
+    extraction = run_extraction(
+        slides, annotations, unfiltered, replace(options, mode=mode, filters=FilterOptions()), storage_options,
+    )
+    execution = options.execution
+    try:
+        kept = subset(
+            unfiltered, target, min_tissue=filters.min_tissue, min_sharpness=filters.min_sharpness,
+            max_pen=filters.max_pen, overwrite=target.exists(), storage_options=storage_options,
+            workers=execution.workers, executor=execution.executor, client=execution.client,
+        )
+    except ParameterError as exc:  # no patch passes
+        raise ParameterError(
+            f"{exc}; the extracted patches are kept in {unfiltered}: rerun with {option('resume', True)} "
+            "and other filters"
+        ) from None
+    delete_store(unfiltered)
+    return replace(
+        extraction, store=str(target), n_patches=kept.n_patches, n_shards=kept.n_shards,
+        seconds=time.perf_counter() - started, bytes_on_disk=kept.bytes_on_disk,
+        filtered_out=extraction.n_patches - kept.n_patches,
+    )
+
+
+def _published(target: Location, options: ExtractOptions, started: float) -> ExtractionSummary:
+    """The summary of a filtered extraction finished earlier, after checking it was made with
+    these options and filters."""
+    manifest = read_manifest(open_store(target))
+    wanted = quality_bounds(options.filters.min_tissue, options.filters.min_sharpness, options.filters.max_pen)
+    recorded = None if manifest.subset is None else manifest.subset.selection.get("quality")
+    if recorded != {name: list(bound) for name, bound in wanted.items()} or recorded_parameters(manifest) != options.parameters():
+        raise StoreError(
+            f"{target}: was made with other parameters or filters; use the same ones to resume, "
+            f"or replace it ({option('overwrite', True)})"
+        )
+    return ExtractionSummary(
+        str(target), manifest.n_patches, manifest.n_shards, 0, time.perf_counter() - started,
+        target.usage()[0], n_slides=manifest.n_slides,
+    )
