@@ -138,3 +138,10 @@ def test_the_command_line_flags(aperio_case, tmp_path):
     assert table.quality["tissue_fraction"].min() >= 0.995 and table.quality["pen_fraction"].max() <= 0.01
     assert_one_line_error(run(*args, "--min-tissue", "2", "--overwrite", expect=1), "--min-tissue 2.0", "0 to 1")
     assert "subset of" in run("info", out).stdout
+
+
+def test_a_filtered_store_takes_no_append(reference, aperio_even_case):
+    _, filtered, _ = reference
+    with pytest.raises(StoreError, match="is a subset of .*append to the source, then make the subset again"):
+        extract(aperio_even_case.slide, aperio_even_case.annotations, filtered, **OPTIONS, append=True)
+    assert verify(filtered, sample=0).ok

@@ -125,6 +125,11 @@ def plan_run(
                 f"{store}: holds arrays added after extraction ({', '.join(existing.added)}), which "
                 "new patches would leave short; append to a copy without them, or extract a new store"
             )
+        if existing.subset is not None:
+            raise StoreError(
+                f"{store}: is a subset of {existing.subset.source}, not all the patches of its slides; "
+                "append to the source, then make the subset again (`wsizarr subset`)"
+            )
         run = RunState(existing.n_slides, existing.n_patches, existing.n_annotations)
         names = label_names(existing.label_names, found, wants_background, label_order)
     else:
