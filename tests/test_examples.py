@@ -10,6 +10,8 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED = {
+    "curate_and_probe.py": ["540 patches from 3 slides", "tissue_fraction per label", "patches have less than 80% tissue",
+                            "of 540 patches of", "features: (", "validation accuracy"],
     "extract_and_train.py": ["720 patches in", "glomerulus: 660 patches"],
     "glomerulus_workflow.py": ["re-read from their slides: OK", "held-out accuracy", "report:"],
     "train_cnn.py": ["720 patches in", "540 training, 180 held-out patches", "epoch 3: ", "held-out accuracy"],
