@@ -77,8 +77,9 @@ class RunPlan:
 
 
 # Options added after stores were made, as those stores were made: no exclusions, not strict,
-# read with OpenSlide (so appending to one needs reader openslide, not a mix of pixels).
-_OLDER_STORES = {"exclude_labels": [], "strict_annotations": False, "reader": "openslide"}
+# read with OpenSlide (so appending to one needs reader openslide, not a mix of pixels), colours
+# unchanged.
+_OLDER_STORES = {"exclude_labels": [], "strict_annotations": False, "reader": "openslide", "color": "unchanged"}
 
 
 def recorded_parameters(manifest: Manifest) -> dict[str, Any]:
