@@ -207,16 +207,16 @@ def coordinate_chunk_rows(shard_size: int) -> int:
 
 def create_table(
     group: zarr.Group, columns: Mapping[str, Column], dim: str, chunk_rows: int | None = None,
-    attributes: Mapping[str, Mapping[str, Any]] | None = None,
+    attributes: Mapping[str, Mapping[str, Any]] | None = None, rows: int = 0,
 ) -> None:
-    """Create empty arrays for ``columns`` in ``group`` along dimension ``dim``, each chunk
-    compressed and ending in its crc32c."""
+    """Create arrays for ``columns`` in ``group`` along dimension ``dim``, ``rows`` long (their
+    fill value; empty by default), each chunk compressed and ending in its crc32c."""
     for name, column in columns.items():
-        rows = chunk_rows or column.chunk_rows
+        chunk = chunk_rows or column.chunk_rows
         extra_dims = tuple(f"{name}_{i}" for i in range(len(column.row_shape)))
         group.create_array(
-            name, shape=(0, *column.row_shape), dtype=str if column.dtype == "str" else column.dtype,
-            chunks=(rows, *column.row_shape), compressors=(ZstdCodec(level=0), Crc32cCodec()),
+            name, shape=(rows, *column.row_shape), dtype=str if column.dtype == "str" else column.dtype,
+            chunks=(chunk, *column.row_shape), compressors=(ZstdCodec(level=0), Crc32cCodec()),
             fill_value=column.fill, dimension_names=(dim, *extra_dims),
             attributes=dict((attributes or {}).get(name, {})),
         )
@@ -434,7 +434,8 @@ class SlideTable:
 
     def color(self, index: int) -> str:
         """``srgb`` when the slide's patches were converted from its profile, else ``unchanged``."""
-        return str(self.columns["color"][index]) if "color" in self.columns else "unchanged"
+        recorded = str(self.columns["color"][index]) if "color" in self.columns else ""
+        return recorded or "unchanged"  # "": a slide of a store made before colours were recorded
 
     def resolution(self, index: int) -> Resolution:
         c = self.columns
