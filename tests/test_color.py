@@ -12,7 +12,7 @@ import pytest
 import zarr
 from PIL import Image, ImageCms
 
-from wsizarr import StoreError, extract
+from wsizarr import StoreError, extract, verify
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._slide import open_slide, resize_patch, slide_info
 from wsizarr._store import consolidate, slide_table
@@ -119,6 +119,7 @@ def test_srgb_patches_are_littlecms_conversions_of_the_pixels_read(tmp_path, pro
     np.testing.assert_array_equal(after["patches"][:], littlecms_to_srgb(before["patches"][:]))
     assert np.abs(after["patches"][:].astype(int) - before["patches"][:]).mean() > 10
     assert slide_table(after).color(0) == "srgb"
+    assert verify(srgb, sample=16).ok  # its patches re-read from the slide and converted alike
     assert after.attrs["wsizarr"]["parameters"]["color"] == "srgb"
     processes = tmp_path / "processes.zarr"  # each worker process builds its own transform
     extract(profiled_case.slide, profiled_case.annotations, processes, level=1, color="srgb",
@@ -137,6 +138,7 @@ def test_conversion_comes_before_the_resize(tmp_path, profiled_case):
         region = read_like_openslide(profiled_case.slide, x, y, resolution.level, resolution.read_size_px)
         expected = resize_patch(littlecms_to_srgb(region[None])[0], 32)
         np.testing.assert_array_equal(group["patches"][i], expected)
+    assert verify(store, sample=8).ok
 
 
 def test_a_slide_without_a_profile_is_left_unchanged_and_reported(tmp_path, profiled_case, aperio_case):

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import numpy as np
 import zarr
 
+from ._color import to_srgb
 from ._errors import SlideError
 from ._geometry import rasterize
 from ._locations import Location
-from ._color import to_srgb
 from ._manifest import read_annotations
 from ._options import ExecutionOptions
 from ._reader import PatchReader
