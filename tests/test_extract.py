@@ -105,7 +105,7 @@ def test_store_layout_and_attributes(demo_store, aperio_even_case):
         "sampler": "jitter", "level": 1, "mpp": None, "magnification": None, "patch_size": 96,
         "per_annotation": 30, "stride": None,
         "min_overlap": 0.5, "background": 0, "masks": False, "quality": True, "drop_partial": False, "seed": 7,
-        "shard_size": 64, "codec": "zstd", "label_map": None, "keep_only": False,
+        "shard_size": 64, "codec": "zstd", "color": "unchanged", "label_map": None, "keep_only": False,
         "label_from": "name", "exclude_detections": False, "exclude_labels": [],
         "strict_annotations": False, "reader": "auto",
     }

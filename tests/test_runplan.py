@@ -132,7 +132,7 @@ def test_resume_refuses_changed_slides_and_annotations():
 
 
 def test_older_stores_are_read_with_the_options_they_lacked():
-    older = {k: v for k, v in PARAMETERS.items() if k not in ("exclude_labels", "strict_annotations", "reader")}
+    older = {k: v for k, v in PARAMETERS.items() if k not in ("exclude_labels", "strict_annotations", "reader", "color")}
     recorded = recorded_parameters(replace(_manifest(), parameters={**older, "level": None}))
     assert recorded == {**PARAMETERS, "reader": "openslide"}
 
@@ -151,6 +151,7 @@ def test_older_stores_are_read_with_the_options_they_lacked():
         (SamplingOptions, {"min_overlap": 0}, "min_overlap is a fraction"),
         (LayoutOptions, {"codec": "gif"}, "unknown codec 'gif'"),
         (LayoutOptions, {"shard_size": 0}, "shard_size must be at least 1"),
+        (LayoutOptions, {"color": "p3"}, "unknown color 'p3'; choose one of unchanged, srgb"),
         (ExecutionOptions, {"workers": 0}, "workers must be at least 1"),
         (ExecutionOptions, {"reader": "vips"}, "unknown reader 'vips'"),
     ],

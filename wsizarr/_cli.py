@@ -81,6 +81,7 @@ def _add_filter_options(parser: argparse.ArgumentParser, how: str = "") -> None:
 
 
 def _add_extract_options(parser: argparse.ArgumentParser) -> None:
+    from ._color import COLORS
     from ._options import (
         EXECUTORS, READERS, ExecutionOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
     )
@@ -108,6 +109,9 @@ def _add_extract_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, LayoutOptions, "codec",
             "patch codec: zstd (default, lossless), blosc-lz4 (lossless, fastest), none, "
             "jpegxl (lossless, smallest), jpeg (lossy q90)")
+    _option(parser, LayoutOptions, "color",
+            "unchanged (default): the slide's own pixels; srgb: converted from the slide's ICC "
+            "profile to sRGB (slides without one stay unchanged)", choices=COLORS)
     _option(parser, ExecutionOptions, "workers", "parallel workers (default: cores)", type=int)
     _option(parser, ExecutionOptions, "executor", "run tasks on threads (default) or processes", choices=EXECUTORS)
     _option(parser, ExecutionOptions, "reader",
@@ -424,6 +428,8 @@ def _report_cohort(summary: ExtractionSummary) -> None:
         print(f"wsizarr: no annotations for {_printable(str(slide))}", file=sys.stderr)
     for orphan in summary.annotations_without_slides:
         print(f"wsizarr: no slide for {_printable(str(orphan))}", file=sys.stderr)
+    for slide in summary.slides_without_profile:
+        print(f"wsizarr: no colour profile, colours left unchanged: {_printable(str(slide))}", file=sys.stderr)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -99,6 +99,7 @@ def write_demo_slide(
     glomerulus_px: int = 260,
     quality: int = 85,
     seed: int = 0,
+    icc_profile: bytes | None = None,
 ) -> DemoSlide:
     """Write a tiled, JPEG-compressed pyramidal TIFF with H&E-like texture and glomeruli.
 
@@ -106,7 +107,9 @@ def write_demo_slide(
     AppMag, levels reduced by ``downsample``, a stripped thumbnail page after level 0 as Aperio
     scanners write it); otherwise a generic tiled TIFF with the resolution
     in its tags. Level sizes are floored, so the slide's real downsamples are not exact integers
-    unless the size divides evenly. Returns the outlines drawn, in level-0 pixels.
+    unless the size divides evenly. ``icc_profile`` is embedded in level 0 (TIFF tag
+    InterColorProfile, where Aperio scanners put theirs). Returns the outlines drawn, in level-0
+    pixels.
     """
     path = Path(path)
     image, polygons, labels = _draw_level0(width, height, n_glomeruli, glomerulus_px, seed)
@@ -151,6 +154,7 @@ def write_pyramid(
                 resolution=(pixels_per_cm / downsample**level,) * 2,
                 resolutionunit="CENTIMETER",
                 subfiletype=1 if level else 0,
+                iccprofile=None if level else icc_profile,
                 metadata=None,
             )
             if aperio and level == 0:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import zarr
 
+from ._color import to_srgb
 from ._errors import SlideError
 from ._geometry import rasterize
 from ._locations import Location
@@ -158,7 +159,7 @@ class ShardJob:
     """What one shard task needs besides the store: the run's first patch (earlier patches of
     its shard are kept as written), its rows of the plan (``slide``, ``x``, ``y``,
     ``annotation_id`` from ``max(task.start, first_patch)``), the sources of the slides they
-    come from, and the layout."""
+    come from, and the layout (``color``: ``srgb`` converts each slide's pixels from its profile)."""
 
     store: Location
     task: ShardTask
@@ -168,6 +169,7 @@ class ShardJob:
     patch_size: int
     masks: bool
     quality: bool = False
+    color: str = "unchanged"
 
 
 PLAN_COLUMNS = ("slide", "x", "y", "annotation_id")
@@ -259,6 +261,8 @@ def read_shard(group: zarr.Group, job: ShardJob) -> dict[str, np.ndarray]:
         except SlideError as exc:
             message = str(exc)
             raise SlideError(message if source.path in message else f"{source.path}: {message}") from None
+        if job.color == "srgb" and source.info.icc_profile is not None:  # else unchanged, as recorded
+            to_srgb(regions, source.info.icc_profile, source.path)
         if regions is not patches:
             for i, region in enumerate(regions):
                 patches[i] = resize_patch(region, size)

@@ -50,8 +50,8 @@ ProgressCallback = Callable[[int, int], None]
 class ExtractionSummary:
     """What an extraction did: patches in the store, shards written by this run, time (and the
     part spent preparing and planning the slides), bytes, and what was left out or flagged
-    (slides, annotations outside the slide, edge patches) or noted (annotation files with
-    skipped objects or warnings)."""
+    (slides, annotations outside the slide, edge patches, slides without a colour profile to
+    convert from) or noted (annotation files with skipped objects or warnings)."""
 
     store: str
     n_patches: int
@@ -67,6 +67,7 @@ class ExtractionSummary:
     failed_slides: tuple[SlideFailure, ...] = ()
     slides_without_annotations: tuple[str, ...] = ()
     annotations_without_slides: tuple[str, ...] = ()
+    slides_without_profile: tuple[str, ...] = ()  # color srgb: left unchanged
     plan_seconds: float = 0.0
     notes: tuple[str, ...] = ()
     filtered_out: int = 0  # patches extracted but left out by the quality filters
@@ -81,6 +82,7 @@ class ExtractionSummary:
                 (len(self.failed_slides), "unreadable slides skipped"),
                 (len(self.slides_without_annotations), "slides without annotations"),
                 (len(self.annotations_without_slides), "annotation files without a slide"),
+                (len(self.slides_without_profile), "slides without a colour profile left unchanged"),
                 (self.skipped_annotations, "annotations outside the slide skipped"),
                 (self.padded, "edge patches padded with white"),
                 (self.dropped_partial, "edge patches dropped"),
@@ -122,6 +124,7 @@ class _Inputs:
     unmatched_slides: tuple[str, ...]
     unmatched_annotations: tuple[str, ...]
     notes: tuple[str, ...]
+    without_profile: tuple[str, ...]  # color srgb: the slides left unchanged
 
 
 
@@ -152,6 +155,7 @@ def extract(
     seed: int = 0,
     shard_size: int = 256,
     codec: str = "zstd",
+    color: str = "unchanged",
     workers: int | None = None,
     overwrite: bool = False,
     resume: bool = False,
@@ -175,9 +179,8 @@ def extract(
     ``magnification``; ``patch_size`` is in pixels of that resolution. ``sampler`` is one of
     ``jitter``, ``centroid``, ``grid`` (``stride`` px, ``min_overlap`` fraction),
     ``random-in-polygon``, ``background``; ``background`` adds that many tissue patches outside
-    every annotation. ``masks`` stores per-patch label masks, ``quality`` (default on) per-patch
-    quality measures (``QUALITY_MEASURES``: tissue, focus, marker ink...); ``drop_partial`` leaves out
-    patches crossing the slide edge (otherwise padded with white and flagged). ``label_map``
+            options.resolution.patch_size, options.layout.masks,
+            quality=options.layout.quality, color=options.layout.color,
     renames or merges labels (``keep_only``: drop the labels it does not name), ``label_order``
     fixes the label codes (stable across stores); ``label_from``, ``exclude_detections``,
     ``exclude_labels`` (labels whose annotations become areas to leave out: no patch is centred
@@ -207,7 +210,7 @@ def extract(
         label_order=label_order, label_map=label_map, keep_only=keep_only, label_from=label_from,
         exclude_detections=exclude_detections, exclude_labels=exclude_labels,
         strict_annotations=strict_annotations,
-        shard_size=shard_size, codec=codec, masks=masks, quality=quality,
+        shard_size=shard_size, codec=codec, masks=masks, quality=quality, color=color,
         workers=workers, executor=executor, client=client, reader=reader, strict=strict,
         progress=progress, on_note=on_note, min_tissue=min_tissue, min_sharpness=min_sharpness, max_pen=max_pen,
         overwrite=overwrite, resume=resume, append=append,
@@ -310,7 +313,13 @@ def _prepare(
                 options.execution.on_note(result.note)
     if not prepared:
         raise ParameterError("no slide could be read: " + "; ".join(f.reason for f in failures))
-    return _Inputs(tuple(prepared), tuple(failures), tuple(unmatched_slides), tuple(unmatched_annotations), tuple(notes))
+    without_profile = tuple(
+        p.source.path for p in prepared if options.layout.color == "srgb" and p.source.info.icc_profile is None
+    )
+    return _Inputs(
+        tuple(prepared), tuple(failures), tuple(unmatched_slides), tuple(unmatched_annotations), tuple(notes),
+        without_profile,
+    )
 
 
 def _failure_error(failure: SlideFailure) -> Exception:
@@ -350,7 +359,7 @@ def _plan(
         manifest = replace(manifest, run=run, label_names=decision.label_names, complete=False)
         writers = begin_run(group, manifest)
         for plan in runner.ordered(plan_slide, requests):
-            _write_plan(writers, plan, codes, prepared[plan.slide_index - run.first_slide])
+            _write_plan(writers, plan, codes, prepared[plan.slide_index - run.first_slide], options.layout.color)
             counts.add(plan)
         n_patches, n_slides = writers["patches"].close(), writers["slides"].close()
         n_annotations = writers["annotations"].close()
@@ -377,8 +386,11 @@ def _plan(
     return manifest, sources, counts
 
 
-def _write_plan(writers: Mapping[str, Any], plan: SlidePlan, codes: Mapping[str, int], prepared: PreparedSlide) -> None:
-    """Append one slide's plan, annotations and slide row to the store's tables."""
+def _write_plan(
+    writers: Mapping[str, Any], plan: SlidePlan, codes: Mapping[str, int], prepared: PreparedSlide, color: str,
+) -> None:
+    """Append one slide's plan, annotations and slide row (with what ``color`` does to it) to
+    the store's tables."""
     arrays = plan.plan.arrays()
     first_patch, first_annotation = writers["patches"].rows, writers["annotations"].rows
     writers["patches"].append(arrays)
@@ -394,6 +406,7 @@ def _write_plan(writers: Mapping[str, Any], plan: SlidePlan, codes: Mapping[str,
         annotations=prepared.annotations_file, annotations_sha256=prepared.annotations_sha256,
         reader=source.reader, first_patch=first_patch, n_patches=len(plan.plan),
         first_annotation=first_annotation, n_annotations=len(table["id"]), plan_sha256=plan_sha256(arrays),
+        color=color,
     ))
 
 
@@ -426,7 +439,8 @@ def _execute(
         covered = {i: sources[i] for i in indices[first: last + 1]}
         return ShardJob(
             location, task, run.first_patch, plan_rows(start, task.stop), covered,
-            options.resolution.patch_size, options.layout.masks, options.layout.quality,
+            options.resolution.patch_size, options.layout.masks,
+            quality=options.layout.quality, color=options.layout.color,
         )
 
     jobs = (job(task) for task in shard_tasks(total, shard_size, done))
@@ -470,7 +484,8 @@ def _summariser(out: Location, inputs: _Inputs, started: float) -> Callable[...,
             skipped_annotations=counts.skipped_annotations, padded=counts.padded,
             dropped_partial=counts.dropped_partial, dropped_excluded=counts.dropped_excluded,
             failed_slides=inputs.failures, slides_without_annotations=inputs.unmatched_slides,
-            annotations_without_slides=inputs.unmatched_annotations, plan_seconds=counts.seconds,
+            annotations_without_slides=inputs.unmatched_annotations,
+            slides_without_profile=inputs.without_profile, plan_seconds=counts.seconds,
             notes=inputs.notes,
         )
 

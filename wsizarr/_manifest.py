@@ -8,11 +8,13 @@ per-slide and per-annotation records are tables of aligned arrays in the ``slide
 a time by :class:`TableWriter` as slides are planned, and read whole (O(slides)) or by rows.
 
 Schema 1 stores (slide table in the attributes) still open read-only: :func:`read_slides`
-returns the same table for both.
+returns the same table for both. Columns added since (the colour columns) are absent from older
+stores: :class:`SlideTable` reads them as their fill value ("no profile", ``unchanged``).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from ._color import applied_color, profile_description, profile_sha256
 from ._errors import StoreError
 from ._shards import n_shards
 from ._slide import Resolution, SlideInfo
@@ -188,6 +191,12 @@ SLIDE_COLUMNS: dict[str, Column] = {
     "first_annotation": Column("int64", (), -1),
     "n_annotations": Column("int64", (), 0),
     "plan_sha256": _text(),  # of the slide's rows of the 1-D patch arrays
+    # the ICC profile the slide embeds, its bytes as base64 text (zarr's variable-length bytes
+    # has no Zarr v3 specification yet; text has, and every reader reads it); "" without one
+    "icc_profile": _text(),
+    "icc_description": _text(),
+    "icc_sha256": _text(),  # of the profile's bytes
+    "color": _text(),  # what the color option did: srgb (converted from icc_profile) or unchanged
 }
 _ANNOTATION_ROWS = 1 << 14
 ANNOTATION_COLUMNS: dict[str, Column] = {
@@ -223,16 +232,16 @@ def coordinate_chunk_rows(shard_size: int) -> int:
 
 def create_table(
     group: zarr.Group, columns: Mapping[str, Column], dim: str, chunk_rows: int | None = None,
-    attributes: Mapping[str, Mapping[str, Any]] | None = None,
+    attributes: Mapping[str, Mapping[str, Any]] | None = None, rows: int = 0,
 ) -> None:
-    """Create empty arrays for ``columns`` in ``group`` along dimension ``dim``, each chunk
-    compressed and ending in its crc32c."""
+    """Create arrays for ``columns`` in ``group`` along dimension ``dim``, ``rows`` long (their
+    fill value; empty by default), each chunk compressed and ending in its crc32c."""
     for name, column in columns.items():
-        rows = chunk_rows or column.chunk_rows
+        chunk = chunk_rows or column.chunk_rows
         extra_dims = tuple(f"{name}_{i}" for i in range(len(column.row_shape)))
         group.create_array(
-            name, shape=(0, *column.row_shape), dtype=str if column.dtype == "str" else column.dtype,
-            chunks=(rows, *column.row_shape), compressors=(ZstdCodec(level=0), Crc32cCodec()),
+            name, shape=(rows, *column.row_shape), dtype=str if column.dtype == "str" else column.dtype,
+            chunks=(chunk, *column.row_shape), compressors=(ZstdCodec(level=0), Crc32cCodec()),
             fill_value=column.fill, dimension_names=(dim, *extra_dims),
             attributes=dict((attributes or {}).get(name, {})),
         )
@@ -309,9 +318,9 @@ def _plain(values: np.ndarray) -> np.ndarray:
 def slide_row(
     info: SlideInfo, resolution: Resolution, *, content_hash: str, annotations: str | None,
     annotations_sha256: str, reader: str, first_patch: int, n_patches: int, first_annotation: int,
-    n_annotations: int, plan_sha256: str,
+    n_annotations: int, plan_sha256: str, color: str,
 ) -> dict[str, np.ndarray]:
-    """One slide's row of ``SLIDE_COLUMNS`` (arrays of length 1)."""
+    """One slide's row of ``SLIDE_COLUMNS`` (arrays of length 1); ``color`` is the run's option."""
     if info.level_count > MAX_LEVELS:
         raise StoreError(f"{info.path}: {info.level_count} levels; the store holds at most {MAX_LEVELS}")
     level_dimensions = np.full((MAX_LEVELS, 2), -1, np.int64)
@@ -328,6 +337,9 @@ def slide_row(
         "effective_mpp": np.nan if resolution.mpp is None else resolution.mpp, "reader": reader,
         "first_patch": first_patch, "n_patches": n_patches, "first_annotation": first_annotation,
         "n_annotations": n_annotations, "plan_sha256": plan_sha256,
+        "icc_profile": "" if info.icc_profile is None else base64.b64encode(info.icc_profile).decode("ascii"),
+        "icc_description": profile_description(info.icc_profile), "icc_sha256": profile_sha256(info.icc_profile),
+        "color": applied_color(color, info.icc_profile),
     }
     return {
         name: np.array([values[name]], dtype=object if column.dtype == "str" else column.dtype)
@@ -436,8 +448,19 @@ class SlideTable:
             level_dimensions=tuple((int(w), int(h)) for w, h in c["level_dimensions"][index][:count]),
             level_downsamples=tuple(float(d) for d in c["level_downsamples"][index][:count]),
             mpp=None if np.isnan(mpp).any() else (float(mpp[0]), float(mpp[1])),
-            objective_power=None if np.isnan(power) else power,
+            objective_power=None if np.isnan(power) else power, icc_profile=self.icc_profile(index),
         )
+
+    def icc_profile(self, index: int) -> bytes | None:
+        """The ICC profile the slide embeds, None without one (or in a store made before
+        profiles were recorded)."""
+        encoded = str(self.columns["icc_profile"][index]) if "icc_profile" in self.columns else ""
+        return base64.b64decode(encoded) if encoded else None
+
+    def color(self, index: int) -> str:
+        """``srgb`` when the slide's patches were converted from its profile, else ``unchanged``."""
+        recorded = str(self.columns["color"][index]) if "color" in self.columns else ""
+        return recorded or "unchanged"  # "": a slide of a store made before colours were recorded
 
     def resolution(self, index: int) -> Resolution:
         c = self.columns
@@ -465,7 +488,7 @@ def read_slides(group: zarr.Group, manifest: Manifest) -> SlideTable:
             info, resolution, content_hash=entry.get("content_hash") or "",
             annotations=entry.get("annotations"), annotations_sha256=entry.get("annotations_sha256") or "",
             reader=entry.get("reader", "openslide"), first_patch=-1, n_patches=0, first_annotation=-1,
-            n_annotations=len(entry.get("annotation_names", ())), plan_sha256="",
+            n_annotations=len(entry.get("annotation_names", ())), plan_sha256="", color="unchanged",
         )
         for name, values in row.items():
             columns[name].append(values[0])

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from ._color import COLORS
 from ._errors import ParameterError, option
 
 __all__ = [
@@ -132,13 +133,16 @@ class LabelOptions:
 @dataclass(frozen=True)
 class LayoutOptions:
     """How the store is laid out: ``shard_size`` patches per shard file, the patch ``codec``,
-    ``masks`` (per-patch label masks) and ``quality`` (per-patch quality measures: tissue,
-    focus, marker ink, brightness, stain saturation; see ``wsizarr.QUALITY_MEASURES``)."""
+    ``masks`` (per-patch label masks), ``quality`` (per-patch quality measures: tissue, focus,
+    marker ink, brightness, stain saturation; see ``wsizarr.QUALITY_MEASURES``) and ``color``
+    (``unchanged``, or ``srgb``: pixels converted from each slide's ICC profile to sRGB; slides
+    without one stay unchanged)."""
 
     shard_size: int = 256
     codec: str = "zstd"
     masks: bool = False
     quality: bool = True
+    color: str = "unchanged"
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
@@ -146,6 +150,7 @@ class LayoutOptions:
         from ._store import CODECS  # the codec table lives with the schema
 
         _choice("codec", self.codec, tuple(CODECS))
+        _choice("color", self.color, COLORS)
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,11 @@ class RunPlan:
 
 
 # Options added after stores were made, as those stores were made: no exclusions, not strict,
-# read with OpenSlide (so appending to one needs reader openslide, not a mix of pixels).
-_OLDER_STORES = {"exclude_labels": [], "strict_annotations": False, "reader": "openslide", "quality": False}
+# read with OpenSlide (so appending to one needs reader openslide, not a mix of pixels), colours
+# unchanged, without quality measures.
+_OLDER_STORES = {
+    "exclude_labels": [], "strict_annotations": False, "reader": "openslide", "color": "unchanged", "quality": False,
+}
 
 
 def recorded_parameters(manifest: Manifest) -> dict[str, Any]:

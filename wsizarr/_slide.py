@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ class SlideInfo:
     """Geometry and provenance of one slide, as OpenSlide reports it.
 
     ``level_downsamples`` are the slide's real factors (Aperio levels are ~4, e.g. 4.00009,
-    never assumed to be ``2**level``); ``mpp`` is level-0 microns per pixel ``(x, y)`` or None.
+    never assumed to be ``2**level``); ``mpp`` is level-0 microns per pixel ``(x, y)`` or None;
+    ``icc_profile`` the bytes of the ICC colour profile the slide embeds, or None.
     """
 
     path: str
@@ -37,6 +38,7 @@ class SlideInfo:
     level_downsamples: tuple[float, ...]
     mpp: tuple[float, float] | None
     objective_power: float | None
+    icc_profile: bytes | None = field(default=None, repr=False)
 
     @property
     def level_count(self) -> int:
@@ -64,8 +66,9 @@ class SlideInfo:
         )
 
     def to_attrs(self) -> dict[str, Any]:
-        """A JSON-ready dict of this record."""
+        """A JSON-ready dict of this record (without the profile: schema 1 had none)."""
         attrs = asdict(self)
+        del attrs["icc_profile"]
         attrs["dimensions"] = list(self.dimensions)
         attrs["level_dimensions"] = [list(d) for d in self.level_dimensions]
         attrs["level_downsamples"] = list(self.level_downsamples)
@@ -229,6 +232,9 @@ def open_slide(path: str | Path) -> openslide.OpenSlide:
         ) from None
 
 
+_ICC_SIZE = "openslide.icc-size"  # OpenSlide 4 sets it when the slide has a profile
+
+
 def _float_property(slide: openslide.OpenSlide, key: str) -> float | None:
     try:
         value = float(slide.properties[key])
@@ -249,7 +255,16 @@ def slide_info(slide: openslide.OpenSlide, path: str | Path) -> SlideInfo:
         level_downsamples=tuple(float(d) for d in slide.level_downsamples),
         mpp=None if mpp_x is None or mpp_y is None else (mpp_x, mpp_y),
         objective_power=_float_property(slide, openslide.PROPERTY_NAME_OBJECTIVE_POWER),
+        icc_profile=_icc_profile(slide),
     )
+
+
+def _icc_profile(slide: openslide.OpenSlide) -> bytes | None:
+    """The slide's ICC profile as embedded (``color_profile`` would give LittleCMS's
+    re-serialisation, not the same bytes): OpenSlide attaches it to every region it reads."""
+    if _ICC_SIZE not in slide.properties:
+        return None
+    return _read_region(slide, (0, 0), 0, (1, 1)).info.get("icc_profile")
 
 
 def level0_from_level_px(level_px: np.ndarray, downsample: float) -> np.ndarray:

@@ -336,6 +336,7 @@ def begin_run(group: zarr.Group, manifest: Manifest) -> dict[str, TableWriter]:
     write_manifest(group, replace(manifest, complete=False))
     if _DONE in group:
         del group[_DONE]
+    _add_new_slide_columns(group, run.first_slide)
     annotations = group["annotations"]
     first_ring = _row_count(annotations, "first_ring", "n_rings", run.first_annotation)
     first_vertex = _row_count(annotations, "ring_start", "ring_length", first_ring)
@@ -346,6 +347,14 @@ def begin_run(group: zarr.Group, manifest: Manifest) -> dict[str, TableWriter]:
         "rings": TableWriter(annotations, RING_COLUMNS, first_ring),
         "vertices": TableWriter(annotations, VERTEX_COLUMNS, first_vertex),
     }
+
+
+def _add_new_slide_columns(group: zarr.Group, rows: int) -> None:
+    """Add the slide columns a store made by an older version lacks, ``rows`` long: their fill
+    value reads as what that version did (no profile recorded, colours unchanged)."""
+    slides = group["slides"]
+    missing = {name: column for name, column in SLIDE_COLUMNS.items() if name not in slides}
+    create_table(slides, missing, TABLE_DIMS["slides"], rows=rows)
 
 
 def roll_back_run(group: zarr.Group, manifest: Manifest) -> None:

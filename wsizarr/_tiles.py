@@ -37,6 +37,7 @@ __all__ = [
 
 READERS = ("auto", "tiles", "openslide")
 _TILE_VENDORS = ("aperio", "generic-tiff")  # what auto reads by tiles: tested pixel for pixel
+_INTER_COLOR_PROFILE = 34675  # the TIFF tag of the ICC profile, where OpenSlide reads it
 _TILE_CACHE_BYTES = 64 << 20  # decoded tiles kept per open reader (~330 RGB tiles of 256 px)
 _BLOCK_BYTES = 16 << 10  # S3: the unit of ranged reads and of the block cache
 _BLOCK_CACHE = 4096  # S3: blocks kept per process (64 MiB), shared by its threads
@@ -331,9 +332,9 @@ def _positive(value: Any) -> float | None:
 
 
 def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None) -> tuple[SlideInfo, str]:
-    """A TIFF slide's ``SlideInfo`` from its header alone, as OpenSlide reports it for Aperio
-    SVS and generic tiled TIFF (OpenSlide reads local files only, so this is how slides on S3
-    are planned), and a content hash: SHA-256 of the size and the first and last MiB.
+    """A TIFF slide's ``SlideInfo`` (ICC profile included) from its header alone, as OpenSlide
+    reports it for Aperio SVS and generic tiled TIFF (OpenSlide reads local files only, so this
+    is how slides on S3 are planned), and a content hash: SHA-256 of the size and the first and last MiB.
 
     ``SlideError`` for other formats: they must be copied locally and read with OpenSlide.
     """
@@ -364,6 +365,7 @@ def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None)
             power = _positive(properties.get("AppMag"))
         else:
             vendor, mpp, power = "generic-tiff", _resolution_mpp(tiff.levels[0].page), None
+        profile = tiff.levels[0].page.tags.valueof(_INTER_COLOR_PROFILE)
         digest = content_digest(tif.filehandle, tif.filehandle.size)
     finally:
         tiff.close()
@@ -372,7 +374,7 @@ def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None)
         path=path if is_remote(path) else str(Path(path).resolve()), vendor=vendor,
         dimensions=(w0, h0), level_dimensions=tuple(sizes),
         level_downsamples=tuple((w0 / w + h0 / h) / 2 for w, h in sizes),  # OpenSlide's formula
-        mpp=mpp, objective_power=power,
+        mpp=mpp, objective_power=power, icc_profile=None if profile is None else bytes(profile),
     )
     return info, digest
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ._color import to_srgb
 from ._errors import CorruptStoreError, ParameterError, SlideError, option
 from ._locations import Location, parse_store_location
 from ._quality import measure_patches
@@ -61,7 +62,7 @@ def verify(
     every checksum (its index's and each patch's), no stray files (such as a killed writer's
     ``*.partial``), the quality arrays whole and matching ``sample`` patches' pixels, the 1-D arrays consistent with the plan digest and the slide and label
     tables, and ``sample`` random patches equal to their slide read with the reader that wrote
-    them (pixel for pixel; PSNR >= 30 dB for lossy codecs; 0 skips the slides), cross-checked
+    them (and converted to sRGB where the slide table says so; pixel for pixel; PSNR >= 30 dB for lossy codecs; 0 skips the slides), cross-checked
     with the other reader where it applies. ``storage_options`` serve the store and slides on S3."""
     if sample < 0:
         raise ParameterError(f"{option('sample', sample)}: give the number of patches to re-read from the slides, 0 or more")
@@ -249,7 +250,10 @@ def _compare_sample(
             for i, stored in zip(of_slide.tolist(), reader.read_patches(of_slide)):
                 x, y, level = int(arrays["x"][i]), int(arrays["y"][i]), int(arrays["level"][i])
                 where = f"patch {i} (slide {slide_index}, level {level}, x {x}, y {y})"
-                expected = resize_patch(readers[0].read(level, x, y, read_size), patch_size)
+                region = np.array(readers[0].read(level, x, y, read_size))  # a copy: converted in place
+                if slides.color(slide_index) == "srgb":  # as the shard task did, before the resize
+                    to_srgb(region, slides.icc_profile(slide_index), slides.paths[slide_index])
+                expected = resize_patch(region, patch_size)
                 compared += 1
                 if lossless and not np.array_equal(stored, expected):
                     diff = int(np.abs(stored.astype(int) - expected).max())
