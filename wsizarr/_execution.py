@@ -159,7 +159,8 @@ class ShardJob:
     """What one shard task needs besides the store: the run's first patch (earlier patches of
     its shard are kept as written), its rows of the plan (``slide``, ``x``, ``y``,
     ``annotation_id`` from ``max(task.start, first_patch)``), the sources of the slides they
-    come from, and the layout (``color``: ``srgb`` converts each slide's pixels from its profile)."""
+    come from, and the layout (``quality``: measure the patches; ``color``: ``srgb`` converts
+    each slide's pixels from its profile)."""
 
     store: Location
     task: ShardTask
