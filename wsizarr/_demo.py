@@ -113,13 +113,16 @@ def write_demo_slide(
     """
     path = Path(path)
     image, polygons, labels = _draw_level0(width, height, n_glomeruli, glomerulus_px, seed)
-    write_pyramid(path, image, levels=levels, downsample=downsample, aperio=aperio, mpp=mpp, quality=quality)
+    write_pyramid(
+        path, image, levels=levels, downsample=downsample, aperio=aperio, mpp=mpp, quality=quality,
+        icc_profile=icc_profile,
+    )
     return DemoSlide(path, (width, height), tuple(polygons), tuple(labels))
 
 
 def write_pyramid(
     path: Path, image: Image.Image, *, levels: int = 3, downsample: int = 4, aperio: bool = True,
-    mpp: float = 0.25, quality: int = 85,
+    mpp: float = 0.25, quality: int = 85, icc_profile: bytes | None = None,
 ) -> None:
     """Write ``image`` as level 0 of a tiled, JPEG-compressed pyramidal TIFF (see
     ``write_demo_slide`` for the layout)."""

@@ -221,6 +221,17 @@ def encode_shard(
     return pack_shard(chunks, shard_size)
 
 
+def encode_rows(values: np.ndarray, chunk_rows: int, fill: float, encoder: numcodecs.abc.Codec) -> bytes:
+    """Encode ``values`` (at most ``chunk_rows`` rows of a 1-D little-endian array chunked
+    ``chunk_rows`` rows at a time) as its one chunk, as zarr's ``bytes`` + compressor + ``crc32c``
+    pipeline stores it: padded with ``fill`` to the whole chunk, compressed by ``encoder``, then
+    its crc32c."""
+    padded = np.full(chunk_rows, fill, values.dtype.newbyteorder("<"))
+    padded[: len(values)] = values
+    encoded = bytes(encoder.encode(padded))
+    return encoded + checksum(encoded)
+
+
 def pack_shard(chunks: Sequence[bytes | np.ndarray], shard_size: int) -> bytes:
     """One shard of chunks already encoded as stored (checksum included, as a shard of this
     layout holds them): back to back in order, then the index of where each is. At most

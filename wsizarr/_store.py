@@ -24,6 +24,7 @@ open read-only; ``wsizarr migrate`` rewrites them as schema 2.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import warnings
@@ -53,7 +54,7 @@ from ._manifest import (
 )
 from ._locations import Location, parse_location
 from ._quality import QUALITY_MEASURES
-from ._shards import encode_shard, has_chunk_checksums, pack_shard, shard_key
+from ._shards import encode_rows, encode_shard, has_chunk_checksums, pack_shard, shard_key
 
 __all__ = [
     "CODECS",
@@ -241,7 +242,7 @@ def create_store(
         )
     for name, (dtype, description) in QUALITY_MEASURES.items() if quality else ():
         group.create_array(
-            name, shape=(0,), dtype=dtype, chunks=(shard_size,), compressors=checksummed(ZstdCodec()),
+            name, shape=(0,), dtype=dtype, chunks=(shard_size,), compressors=checksummed(CODECS["zstd"].compressor()),
             fill_value=np.nan, dimension_names=("patch",), attributes={**coordinates, "description": description},
         )
     create_table(group, COORDINATE_COLUMNS, "patch", coordinate_chunk_rows(shard_size))
@@ -498,7 +499,14 @@ def write_shard(
     before chunk checksums existed keeps getting shards without them.
     """
     manifest = read_manifest(group)
+    rows = {  # the quality measures' layout is known (``create_store``): encoded here, no metadata read
+        shard_key(name, shard_index, 1): encode_rows(values, manifest.shard_size, np.nan, CODECS["zstd"].encoder())
+        for name, values in arrays.items() if name in manifest.quality
+    }
+    sync(_set_all(group.store, rows))
     for name, values in arrays.items():
+        if name in manifest.quality:
+            continue
         array = group[name]
         if array.shards is None:
             start = shard_index * manifest.shard_size
@@ -510,6 +518,12 @@ def write_shard(
     for name, stored in (chunks or {}).items():
         _put_shard(group, name, shard_index, pack_shard(stored, manifest.shard_size))
     group[_DONE][shard_index] = 1
+
+
+async def _set_all(store: Any, data: Mapping[str, bytes]) -> None:
+    """Write every ``key: bytes`` of ``data``, concurrently (one round trip of zarr's loop)."""
+    prototype = default_buffer_prototype()
+    await asyncio.gather(*(store.set(key, prototype.buffer.from_bytes(value)) for key, value in data.items()))
 
 
 def _put_shard(group: zarr.Group, name: str, shard_index: int, data: bytes) -> None:
