@@ -27,8 +27,9 @@ def test_demo_extract_and_info(tmp_path):
     assert "[complete]" in info.stdout and "72 x 64x64x3" in info.stdout
     data = json.loads(run("info", out, "--json").stdout)
     assert data["n_patches"] == 72 and sum(data["per_label"].values()) == 72
-    # a shard file per 64 patches, plus a constant: metadata, 1-D arrays and the tables
-    assert data["parameters"]["seed"] == 5 and data["files"] <= 72 / 64 + 90
+    # per 64 patches a shard file and a chunk per quality measure, plus a constant: metadata,
+    # 1-D arrays and the tables
+    assert data["parameters"]["seed"] == 5 and data["files"] <= 6 * 2 + 90
     again = run("extract", folder / "demo.svs", "--annotations", folder / "demo.xml", "--out", out, expect=1)
     assert_one_line_error(again, str(out), "--overwrite")
     replaced = run("extract", folder / "demo.svs", "--annotations", folder / "demo.xml", "--out", out,

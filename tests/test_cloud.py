@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from wsizarr import IncompleteStoreError, ParameterError, StoreError, StoreExistsError, extract, open_dataset, store_info
+from wsizarr import QUALITY_MEASURES, IncompleteStoreError, ParameterError, StoreError, StoreExistsError, extract, open_dataset, store_info
 from wsizarr._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import parse_location
 
@@ -42,7 +42,10 @@ def test_extract_to_s3_equals_local_and_counts_objects(s3_server, aperio_even_ca
     keys = location.keys()
     shards = [k for k in keys if k.startswith("patches/c/")]
     assert len(shards) == 13  # 200 patches, 16 a shard
-    others = [k for k in keys if not k.startswith("patches/c/")]  # metadata, one chunk per small array
+    for measure in QUALITY_MEASURES:  # a chunk per shard
+        assert sorted(k for k in keys if k.startswith(f"{measure}/c/")) == sorted(f"{measure}/c/{i}" for i in range(13))
+    chunked = ("patches/c/", *(f"{measure}/c/" for measure in QUALITY_MEASURES))
+    others = [k for k in keys if not k.startswith(chunked)]  # metadata, one chunk per small array
     assert all(k.endswith("zarr.json") or re.search(r"/c/0(/0)*$", k) for k in others), others
     info = store_info(location)
     assert info["complete"] and info["files"] == len(keys)
