@@ -105,3 +105,26 @@ def test_random_kills_then_resume_give_the_identical_verified_store(tmp_path, ap
     report = verify(crashed)
     assert report.ok, report
     assert not list(crashed.rglob("*.partial"))
+
+
+def test_killed_right_after_marking_complete_then_resumed(tmp_path, aperio_even_case):
+    """The last steps of a run (shard markers removed, metadata consolidated) are redone by a
+    resume that finds the store already marked complete."""
+    import json
+
+    import zarr
+
+    from wsizarr import extract
+
+    options = dict(level=0, patch_size=64, per_annotation=4, shard_size=16, seed=2)
+    reference, killed = tmp_path / "reference.zarr", tmp_path / "killed.zarr"
+    for out in (reference, killed):
+        extract(aperio_even_case.slide, aperio_even_case.annotations, out, **options)
+    root = json.loads((killed / "zarr.json").read_text())
+    root["consolidated_metadata"] = None  # as left by a kill between the two steps
+    (killed / "zarr.json").write_text(json.dumps(root))
+    zarr.open_group(killed, mode="r+", use_consolidated=False).create_array(
+        "_shards_done", shape=(3,), dtype="uint8", chunks=(1,), fill_value=1,
+    )
+    extract(aperio_even_case.slide, aperio_even_case.annotations, killed, **options, resume=True)
+    assert_same_store(reference, killed)

@@ -32,7 +32,7 @@ from ._planning import (
 )
 from ._runplan import RunPlan, check_same_slides, is_stillborn, plan_run, where_to_build
 from ._store import (
-    begin_run, create_store, delete_store, done_shards, end_planning, ensure_own_store,
+    begin_run, create_store, delete_store, tidy_complete, done_shards, end_planning, ensure_own_store,
     finalize_store, open_for_writing, open_store, partial_location, read_manifest, roll_back_run,
     store_writes,
 )
@@ -261,6 +261,7 @@ def run_extraction(
             wants_background=options.sampling.wants_background, label_order=options.labels.label_order,
         )
         if decision.finished:
+            tidy_complete(group)  # a run killed right after marking it complete
             if building.beside:
                 _publish(location, target)
             return summarise(existing, 0)

@@ -87,6 +87,7 @@ __all__ = [
     "slide_table",
     "store_info",
     "store_writes",
+    "tidy_complete",
     "why_not_a_store",
     "write_manifest",
     "write_shard",
@@ -566,9 +567,17 @@ def finalize_store(group: zarr.Group, location: Location) -> None:
         )
     location.remove_partial_writes()
     write_manifest(group, replace(read_manifest(group), complete=True, run=None))
+    tidy_complete(group)
+
+
+def tidy_complete(group: zarr.Group) -> None:
+    """What follows marking a store complete: its shard markers removed and its metadata
+    consolidated. A resume of a store killed in between finds it complete and does this again."""
     if _DONE in group:
         del group[_DONE]
-    consolidate(group)
+    root = sync(group.store.get("zarr.json", default_buffer_prototype()))
+    if root is None or json.loads(root.to_bytes()).get("consolidated_metadata") is None:
+        consolidate(group)
 
 
 def store_info(location: StoreLocation) -> dict[str, Any]:
