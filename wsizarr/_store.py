@@ -500,24 +500,23 @@ def write_shard(
     before chunk checksums existed keeps getting shards without them.
     """
     manifest = read_manifest(group)
-    rows = {  # the quality measures' layout is known (``create_store``): encoded here, no metadata read
-        shard_key(name, shard_index, 1): encode_rows(values, manifest.shard_size, np.nan, CODECS["zstd"].encoder())
-        for name, values in arrays.items() if name in manifest.quality
-    }
-    sync(_set_all(group.store, rows))
+    pieces: dict[str, bytes] = {}  # key -> bytes, written together
     for name, values in arrays.items():
-        if name in manifest.quality:
+        if name in manifest.quality:  # a known layout (``create_store``): encoded here, no metadata read
+            pieces[shard_key(name, shard_index, 1)] = encode_rows(values, manifest.shard_size, np.nan, CODECS["zstd"].encoder())
             continue
         array = group[name]
-        if array.shards is None:
+        if array.shards is None:  # an added array, whatever its layout: through zarr
             start = shard_index * manifest.shard_size
             array[start: start + len(values)] = values
             continue
-        codec = manifest.codec if name == "patches" else MASK_CODEC
-        encoder = CODECS[codec].encoder()
-        _put_shard(group, name, shard_index, encode_shard(values, manifest.shard_size, encoder, checksums=has_chunk_checksums(array)))
+        encoder = CODECS[manifest.codec if name == "patches" else MASK_CODEC].encoder()
+        pieces[shard_key(array.path, shard_index, array.ndim)] = encode_shard(
+            values, manifest.shard_size, encoder, checksums=has_chunk_checksums(array),
+        )
     for name, stored in (chunks or {}).items():
-        _put_shard(group, name, shard_index, pack_shard(stored, manifest.shard_size))
+        pieces[shard_key(name, shard_index, group[name].ndim)] = pack_shard(stored, manifest.shard_size)
+    sync(_set_all(group.store, pieces))
     group[_DONE][shard_index] = 1
 
 
@@ -525,11 +524,6 @@ async def _set_all(store: Any, data: Mapping[str, bytes]) -> None:
     """Write every ``key: bytes`` of ``data``, concurrently (one round trip of zarr's loop)."""
     prototype = default_buffer_prototype()
     await asyncio.gather(*(store.set(key, prototype.buffer.from_bytes(value)) for key, value in data.items()))
-
-
-def _put_shard(group: zarr.Group, name: str, shard_index: int, data: bytes) -> None:
-    key = shard_key(group[name].path, shard_index, group[name].ndim)
-    sync(group.store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
 
 @contextmanager
