@@ -112,7 +112,8 @@ def verify(
         problems.append(f"patches has {group['patches'].shape[0]} entries, the store {n}")
     problems += _plan_problems(manifest, slides.columns, arrays)
     problems += _added_problems(group, manifest)
-    problems += _quality_problems(group, manifest)
+    damaged_quality, quality = _quality_problems(group, manifest)
+    problems += damaged_quality
     if arrays["label"].size and arrays["label"].max() >= len(manifest.label_names):
         problems.append("label codes beyond the label names")
     if arrays["slide"].size and arrays["slide"].max() >= len(slides):
@@ -122,7 +123,7 @@ def verify(
         compared = _compare_sample(
             reader, group, manifest, slides, arrays, sample, seed, problems, storage_options
         )
-        problems += _measured_problems(reader, group, manifest, sample, seed)
+        problems += _measured_problems(reader, quality, sample, seed)
     return VerifyReport(str(location), n, shards, checked, compared, tuple(problems))
 
 
@@ -157,56 +158,59 @@ def _added_problems(group: zarr.Group, manifest: Manifest) -> list[str]:
         if name not in group or group[name].shape != tuple(added.shape) or added.shape[0] != manifest.n_patches:
             problems.append(f"the added array '{name}' is missing or not {tuple(added.shape)}; add it again (overwrite)")
             continue
-        problems += _unreadable_rows(group[name], f"the added array '{name}'", "add it again (overwrite)")
+        problems += _read_rows(group[name], f"the added array '{name}'", "add it again (overwrite)")[1]
     return problems
 
 
-def _quality_problems(group: zarr.Group, manifest: Manifest) -> list[str]:
+def _quality_problems(group: zarr.Group, manifest: Manifest) -> tuple[list[str], dict[str, np.ndarray]]:
     """The quality arrays: one value per patch, every chunk's crc32c, none missing (NaN: a
-    chunk never written)."""
-    problems = []
+    chunk never written); and their values, for ``_measured_problems``."""
+    problems: list[str] = []
+    stored: dict[str, np.ndarray] = {}
     for name in manifest.quality:
         if name not in group or group[name].shape != (manifest.n_patches,):
             problems.append(f"the quality array '{name}' is missing or not one value per patch; re-extract the store")
             continue
-        damaged = _unreadable_rows(group[name], f"the quality array '{name}'", "re-extract the store")
-        unset = [] if damaged else np.flatnonzero(np.isnan(group[name][:]))
+        values, damaged = _read_rows(group[name], f"the quality array '{name}'", "re-extract the store")
+        unset = [] if values is None else np.flatnonzero(np.isnan(values))
         if len(unset):
             damaged.append(f"the quality array '{name}' has no value for {len(unset)} patches (first: {unset[0]}); re-extract the store")
         problems += damaged
-    return problems
+        if values is not None:
+            stored[name] = values
+    return problems, stored
 
 
-def _measured_problems(
-    reader: PatchReader, group: zarr.Group, manifest: Manifest, sample: int, seed: int,
-) -> list[str]:
+def _measured_problems(reader: PatchReader, stored: Mapping[str, np.ndarray], sample: int, seed: int) -> list[str]:
     """``sample`` random patches' quality measures recomputed from their stored pixels, against
-    the stored ones (float32 arithmetic on the same pixels: equal within rounding)."""
-    if not manifest.quality or not sample:
+    the ``stored`` ones (float32 arithmetic on the same pixels: equal within rounding)."""
+    if not stored or not sample:
         return []
-    picks = np.sort(np.random.default_rng(seed).choice(manifest.n_patches, min(sample, manifest.n_patches), replace=False))
-    measured = measure_patches(reader.read_patches(picks))
+    n = len(next(iter(stored.values())))
     problems = []
-    for name in manifest.quality:
-        stored = np.asarray(group[name][:])[picks]
-        wrong = np.flatnonzero(~np.isclose(stored, measured[name], rtol=1e-4, atol=1e-6))
+    picks = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
+    measured = measure_patches(reader.read_patches(picks))
+    for name, values in stored.items():
+        wrong = np.flatnonzero(~np.isclose(values[picks], measured[name], rtol=1e-4, atol=1e-6))
         if len(wrong):
             problems.append(
-                f"the quality array '{name}' does not match patch {picks[wrong[0]]}'s pixels ({stored[wrong[0]]:g}, "
+                f"the quality array '{name}' does not match patch {picks[wrong[0]]}'s pixels ({values[picks[wrong[0]]]:g}, "
                 f"measured {measured[name][wrong[0]]:g}; {len(wrong)} of {len(picks)} sampled differ); re-extract the store"
             )
     return problems
 
 
-def _unreadable_rows(array: zarr.Array, what: str, fix: str) -> list[str]:
-    """A line for the first chunk of a 1-D-chunked array whose bytes are damaged or missing."""
+def _read_rows(array: zarr.Array, what: str, fix: str) -> tuple[np.ndarray | None, list[str]]:
+    """A 1-D-chunked array's values, read a chunk at a time, or None and a line for the first
+    chunk whose bytes are damaged or missing."""
     rows = array.chunks[0]
+    chunks = []
     for start in range(0, array.shape[0], rows):
         try:
-            array[start: start + rows]
+            chunks.append(array[start: start + rows])
         except Exception as exc:  # a damaged or missing chunk: zarr's crc32c check, or no bytes
-            return [f"{what}, rows {start}..: unreadable ({type(exc).__name__}: {exc}); {fix}"]
-    return []
+            return None, [f"{what}, rows {start}..: unreadable ({type(exc).__name__}: {exc}); {fix}"]
+    return (np.concatenate(chunks) if chunks else np.asarray(array[:])), []
 
 
 def _plan_problems(manifest: Manifest, slides: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> list[str]:
