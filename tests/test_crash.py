@@ -12,7 +12,7 @@ import pytest
 
 from wsizarr import IncompleteStoreError, open_dataset, store_info
 
-from .helpers import WSIZARR, assert_same_store, run
+from .helpers import WSIZARR, assert_one_line_error, assert_same_store, run
 
 
 def _extract_args(case, out, *extra):
@@ -70,6 +70,35 @@ def test_sigkill_then_resume_gives_the_identical_store(tmp_path, aperio_even_cas
     assert_same_store(reference, crashed)
     assert {i: shard_file(i).stat().st_mtime_ns for i in done} == mtimes  # not redone
     assert len(open_dataset(crashed).patch) == 800
+
+
+def test_resume_with_paths_typed_relative(tmp_path, aperio_even_case):
+    """The README's way of calling it: slide, annotations and store typed relative to the
+    working directory, killed, then resumed with the same relative paths; a resume naming
+    another slide says which."""
+    import shutil
+
+    for name in (aperio_even_case.slide, aperio_even_case.annotations):
+        shutil.copy(name, tmp_path)
+    case = type(aperio_even_case)("relative", "even.svs", "even.xml")
+    markers = tmp_path / "crashed.zarr" / "_shards_done" / "c"
+    args = [*_extract_args(case, "crashed.zarr"), "--workers", "1"]
+    process = subprocess.Popen([WSIZARR, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    while process.poll() is None and not (markers.is_dir() and len(_finished(markers)) >= 2):
+        time.sleep(0.005)
+    assert process.poll() is None, "the extraction finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    shutil.copy(tmp_path / "even.svs", tmp_path / "other.svs")
+    other = run(*_extract_args(type(case)("other", "other.svs", "even.xml"), "crashed.zarr", "--resume"),
+                cwd=tmp_path, expect=1)
+    assert_one_line_error(other, "slide 1 of the interrupted run was", str((tmp_path / "even.svs").resolve()),
+                          f"now {(tmp_path / 'other.svs').resolve()}", "--overwrite")
+    run(*_extract_args(case, "crashed.zarr", "--resume"), cwd=tmp_path)
+    run(*_extract_args(case, "reference.zarr"), cwd=tmp_path)
+    assert_same_store(tmp_path / "reference.zarr", tmp_path / "crashed.zarr")
 
 
 def _kill_after(args, seconds):

@@ -123,8 +123,10 @@ def test_resume_refuses_changed_slides_and_annotations():
     prepared = [_prepared("a", set()), _prepared("b", set())]
     recorded = {"path": ["a", "b"], "content_hash": ["hash-a", "hash-b"], "annotations_sha256": ["sha-a", "sha-b"]}
     check_same_slides("s", recorded, prepared)
-    with pytest.raises(StoreError, match="other slides"):
+    with pytest.raises(StoreError, match="slide 2 of the interrupted run was c, now b"):
         check_same_slides("s", {**recorded, "path": ["a", "c"]}, prepared)
+    with pytest.raises(StoreError, match=r"read 1 slide\(s\), this one 2"):
+        check_same_slides("s", {k: v[:1] for k, v in recorded.items()}, prepared)
     with pytest.raises(StoreError, match="the slide b changed"):
         check_same_slides("s", {**recorded, "content_hash": ["hash-a", "new"]}, prepared)
     with pytest.raises(StoreError, match="the annotations of b .*b.xml.* changed"):

@@ -158,8 +158,15 @@ def check_same_slides(
     wrote would not match the recorded coordinates. ``recorded`` are the run's rows of the
     slide table (``path``, ``content_hash``, ``annotations_sha256``)."""
     fix = f"resume with the same inputs, or start again ({option('overwrite', True)})"
-    if [str(p) for p in recorded["path"]] != [p.source.path for p in prepared]:
-        raise StoreError(f"{store}: the interrupted run had other slides or annotations; {fix}")
+    before = [str(p) for p in recorded["path"]]
+    now = [p.source.info.path for p in prepared]  # resolved, as recorded, however it was typed
+    if len(before) != len(now):
+        raise StoreError(
+            f"{store}: the interrupted run read {len(before)} slide(s), this one {len(now)}; {fix}"
+        )
+    for index, (was, is_now) in enumerate(zip(before, now)):
+        if was != is_now:
+            raise StoreError(f"{store}: slide {index + 1} of the interrupted run was {was}, now {is_now}; {fix}")
     for before_hash, before_annotations, now in zip(recorded["content_hash"], recorded["annotations_sha256"], prepared):
         if before_hash != now.content_hash:
             raise StoreError(f"{store}: the slide {now.source.path} changed since the interrupted run; {fix}")
