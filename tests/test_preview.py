@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -114,3 +115,22 @@ def test_cli_preview_overlay_report(store, tmp_path):
     for command, out in [("preview", "m.png"), ("overlay", "o.png"), ("report", "r.html")]:
         result = run(command, store, "--out", tmp_path / out)
         assert (tmp_path / out).stat().st_size > 1000, result.stderr
+
+
+def test_written_files_honour_the_umask(store, tmp_path):
+    """Every file a command writes for a person (and every file of a store it packs or
+    subsets) gets the mode the umask gives, like any other tool's: not tempfile's 0600."""
+    previous = os.umask(0o027)  # the commands below inherit it
+    try:
+        for command, out in [("preview", "m.png"), ("overlay", "o.png"), ("report", "r.html"),
+                             ("export", "exported"), ("subset", "s.zip"), ("pack", "p.zip"),
+                             ("subset", "s.zarr")]:
+            target = [tmp_path / out] if command in ("export", "subset", "pack") else ["--out", tmp_path / out]
+            run(command, store, *target)
+    finally:
+        os.umask(previous)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in (tmp_path / "exported").iterdir()} >= {"metadata.csv"}
+    assert len([p for p in written if p.suffix == ".png"]) > 2
+    modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in written}
+    assert set(modes.values()) == {oct(0o640)}, modes

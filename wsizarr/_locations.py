@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -39,6 +38,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ._errors import ParameterError, StoreError, StoreExistsError, option
+from ._output import new_partial_file
 
 if TYPE_CHECKING:
     from obstore.store import RetryConfig, S3Store
@@ -447,7 +447,7 @@ def _write_zip(source: Location, path: Path) -> None:
     """Pack ``source`` into a zip written beside ``path`` and renamed over it when complete."""
     store = source.open("r")
     prototype = default_buffer_prototype()
-    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, partial = new_partial_file(path)
     try:
         with os.fdopen(fd, "wb") as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
             for key in source.keys():

@@ -4,14 +4,14 @@ unless asked, and never half-written."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ._errors import ParameterError, option
 
-__all__ = ["check_output_file", "output_file"]
+__all__ = ["check_output_file", "new_partial_file", "output_file"]
 
 
 def check_output_file(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
@@ -27,12 +27,24 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
     return path
 
 
+def new_partial_file(path: Path) -> tuple[int, Path]:
+    """Create a new, empty hidden file beside ``path`` to be renamed over it when complete, and
+    return its open descriptor (for writing) and its path. Its mode is what the umask gives a
+    new file, as for any other tool (``tempfile.mkstemp`` would make it 0600)."""
+    while True:
+        partial = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
+        try:
+            return os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), partial
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def output_file(path: str | os.PathLike[str], *, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; it is renamed over ``path`` only when
     the block succeeds (see ``check_output_file`` for what is refused)."""
     path = check_output_file(path, overwrite=overwrite)
-    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, partial = new_partial_file(path)
     os.close(fd)
     try:
         yield Path(partial)
