@@ -14,7 +14,7 @@ from wsizarr._shards import encode_shard
 from wsizarr._store import CODECS
 
 from .conftest import ANNOTATIONS, SLIDES
-from .helpers import run
+from .helpers import run, write_rectangles
 
 KWARGS = dict(level=1, patch_size=48, per_annotation=5, shard_size=16, seed=4)
 
@@ -50,6 +50,73 @@ def test_altered_pixels_are_caught(store):
     assert not report.ok and any("patch 19 " in p and "differs from its slide" in p for p in report.problems)
     result = run("verify", store, "--sample", "40", expect=1)
     assert "patch 19" in result.stdout
+
+
+CODECS_ALL = ("zstd", "blosc-lz4", "none", "jpegxl", "jpeg")
+
+
+@pytest.mark.parametrize("codec", CODECS_ALL)
+def test_an_untouched_store_of_every_codec_verifies(tmp_path, aperio_even_case, codec):
+    path = tmp_path / f"{codec}.zarr"
+    extract(aperio_even_case.slide, aperio_even_case.annotations, path, codec=codec, **KWARGS)
+    report = verify(path, sample=40)
+    assert report.ok, report.problems
+    assert report.patches_compared == 40  # every patch
+
+
+@pytest.fixture(scope="module")
+def cmu_jpeg_store(tmp_path_factory):
+    """Real H&E (CMU-1-Small-Region) as a ``jpeg`` store: regions over most of the slide."""
+    folder = tmp_path_factory.mktemp("cmu_jpeg")
+    xml = write_rectangles(folder / "cmu.xml", [(100, 100, 1000, 1400), (1000, 1400, 2100, 2850)])
+    path = folder / "cmu.zarr"
+    extract(SLIDES / "CMU-1-Small-Region.svs", xml, path, codec="jpeg", patch_size=128, per_annotation=40,
+            shard_size=16, seed=1)
+    return path
+
+
+def test_a_real_jpeg_store_verifies_every_patch(cmu_jpeg_store):
+    report = verify(cmu_jpeg_store, sample=80)
+    assert report.ok, report.problems
+    assert report.patches_compared == 80
+
+
+def test_appending_to_a_jpeg_store_keeps_the_earlier_patches_as_stored(tmp_path, aperio_case, aperio_even_case):
+    """The last, partial shard is written again with the appended patches: its earlier patches
+    are copied as stored (decoded and encoded again, a lossy codec would change them)."""
+    from wsizarr._reader import PatchReader
+
+    path = tmp_path / "appended.zarr"
+    kwargs = {**KWARGS, "per_annotation": 3, "codec": "jpeg"}  # 24 patches: shard 1 half full
+    extract(aperio_even_case.slide, aperio_even_case.annotations, path, **kwargs)
+    before = PatchReader(path).read_chunks(range(16, 24))
+    extract(aperio_case.slide, aperio_case.annotations, path, append=True, **kwargs)
+    after = PatchReader(path).read_chunks(range(16, 24))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    report = verify(path, sample=48)
+    assert report.ok, report.problems
+
+
+def test_tampered_jpeg_pixels_are_caught(tmp_path, cmu_jpeg_store):
+    """A patch replaced by a slightly brighter one (a JPEG well above 30 dB of the original, its
+    checksum right) fails: the slide's pixels through the same codec are compared exactly."""
+    import shutil
+
+    from wsizarr._reader import PatchReader
+    from wsizarr._shards import checksum, pack_shard
+
+    path = tmp_path / "tampered.zarr"
+    shutil.copytree(cmu_jpeg_store, path)
+    reader = PatchReader(path)
+    chunks = reader.read_chunks(range(16, 32))
+    pixels = reader.read_patches([19])[0].astype(int)
+    pixels[40:60, 40:60] += 4  # a faint square in patch 19
+    encoded = bytes(CODECS["jpeg"].encoder().encode(np.clip(pixels, 0, 255).astype(np.uint8)))
+    chunks[3] = np.frombuffer(encoded + checksum(encoded), np.uint8)
+    (path / "patches" / "c" / "1" / "0" / "0" / "0").write_bytes(pack_shard(chunks, 16))
+    report = verify(path, sample=80)
+    assert not report.ok
+    assert any("patch 19 " in p and "differs from its slide" in p for p in report.problems), report.problems
 
 
 def test_missing_shard_and_altered_coordinates_are_caught(store):
