@@ -211,12 +211,14 @@ def run_shard_task(job: ShardJob) -> int:
     A shard that starts before ``job.first_patch`` (the store's last, partial shard when
     appending) keeps its earlier patches: they are read back, checksums checked (a damaged or
     missing shard is a ``CorruptStoreError``, never white patches), and written with the new ones.
+    With a lossy codec each new patch is encoded once, here: the quality measures are taken on
+    it decoded (what the store holds) and the earlier patches are copied as stored.
     """
     group = open_for_task(job.store)
     task = job.task
     arrays = read_shard(group, job)
     codec = read_manifest(group).codec
-    chunks: dict[str, list[bytes]] = {}
+    chunks: dict[str, list[bytes | np.ndarray]] = {}
     if not CODECS[codec].lossless:  # encoded here, once: measured as stored, packed as they are
         encoded, stored = encode_lossy(codec, arrays.pop("patches"))
         checksums = has_chunk_checksums(group["patches"])
