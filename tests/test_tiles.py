@@ -12,7 +12,7 @@ import zarr
 from wsizarr import ParameterError, SlideError, extract, verify
 from wsizarr._slide import level0_from_level_px, open_slide, read_rgb, slide_info
 from wsizarr._tiles import (
-    TileReader, TiledTiff, choose_reader, interpolate_like_openslide, tiff_slide_info,
+    TileReader, TiledTiff, choose_reader, interpolate_like_openslide, openslide_origin, tiff_slide_info,
 )
 
 from .conftest import SLIDES, read_level_pixels, read_like_openslide, slide_rows
@@ -75,6 +75,65 @@ def test_read_region_at_fractional_levels_is_the_level_interpolated_at_the_subpi
             own_errors.append(np.abs(through_openslide - tiles.read(level, x, y, 64)))
     assert max(e.max() for e in errors) <= 2.5  # cairo's fixed-point weights
     assert np.mean(own_errors) > 3 * np.mean(errors)  # the level's own pixels are not read_region's
+
+
+def _edge_places(info, level, size):
+    """Level-0 places of patches crossing every edge of a level: left of and above the slide
+    (negative x, y), past its right and bottom, and the corners; each on the level's grid
+    (as the planner puts patches, ``True``) and one level-0 pixel off it (``False``)."""
+    width, height = info.level_dimensions[level]
+    downsample = info.level_downsamples[level]
+    places = []
+    for px, py in [(-size // 3, 7), (9, -size // 2), (-size + 2, -size // 4), (-1, -1), (5, 11),
+                   (width - size // 2, 3), (4, height - size // 3), (width - 5, height - 7)]:
+        x, y = (int(level0_from_level_px(v, downsample)) for v in (px, py))
+        places += [(x, y, True), (x + 1, y - 1, False)]
+    return places
+
+
+@pytest.mark.parametrize("name", ["tcga-cr-7395-01a-01-ts1.svs", "wsipacker_example.tif", "aperio_case"])
+def test_openslide_at_negative_and_positive_offsets_is_the_model_of_it(request, name):
+    """At a fractional level OpenSlide truncates a negative offset toward zero (whole level
+    pixels, no interpolation on that axis) and interpolates a positive one by its sub-pixel
+    rest: ``interpolate_like_openslide`` follows it at every edge of every fractional level."""
+    path = _case_path(request, name)
+    info, _ = tiff_slide_info(str(path))
+    levels = [k for k, d in enumerate(info.level_downsamples) if not float(d).is_integer()]
+    with TileReader(info) as tiles, open_slide(path) as slide:
+        for level in levels:
+            for x, y, _ in _edge_places(info, level, 48):
+                through_openslide = read_rgb(slide, (x, y), level, (48, 48)).astype(np.float32)
+                error = np.abs(through_openslide - interpolate_like_openslide(tiles, level, x, y, 48)).max()
+                assert error <= 2.5, (level, x, y, error)  # cairo's fixed-point weights
+
+
+def test_openslide_origin_truncates_negative_offsets_toward_zero():
+    assert openslide_origin(-8, 4.0004) == (-1, 0.0)  # -1.9998: OpenSlide's -1, not floor's -2
+    assert openslide_origin(-8, 4.0) == (-2, 0.0)
+    assert openslide_origin(-3, 4.0004) == (0, 0.0)
+    pixel, fraction = openslide_origin(9, 4.0004)
+    assert pixel == 2 and fraction == pytest.approx(9 / 4.0004 - 2)
+
+
+@pytest.mark.parametrize("name", [*REAL, "aperio_case", "aperio_even_case", "generic_case"])
+def test_tiles_place_edge_patches_where_openslide_does(request, name):
+    """Patches crossing the slide's edges (negative x, y; past the right and bottom): on the
+    level's grid at whole downsamples (level 0 included) the tiles reader equals read_region
+    pixel for pixel; elsewhere (fractional levels; off the grid, where OpenSlide interpolates
+    or truncates) its pixels, interpolated as OpenSlide interpolates, are within 2.5 levels of
+    read_region. Both readers white outside the level."""
+    path = _case_path(request, name)
+    info, _ = tiff_slide_info(str(path))
+    with TileReader(info) as tiles:
+        for level in range(info.level_count):
+            whole = float(info.level_downsamples[level]).is_integer()
+            for x, y, on_grid in _edge_places(info, level, 48):
+                expected = read_like_openslide(path, x, y, level, 48)
+                if whole and on_grid:
+                    np.testing.assert_array_equal(tiles.read(level, x, y, 48), expected, err_msg=f"{level, x, y}")
+                else:
+                    error = np.abs(expected - interpolate_like_openslide(tiles, level, x, y, 48)).max()
+                    assert error <= 2.5, (level, x, y, error)
 
 
 def test_a_tiny_tile_cache_gives_the_same_pixels(aperio_case):

@@ -29,7 +29,8 @@ from ._options import ExecutionOptions
 from ._quality import measure_patches
 from ._reader import PatchReader
 from ._slide import Resolution, SlideInfo, resize_patch
-from ._store import open_for_task, store_writes, write_shard
+from ._shards import checksum, has_chunk_checksums
+from ._store import CODECS, encode_lossy, open_for_task, read_manifest, store_writes, write_shard
 from ._tiles import equal_runs, open_reader
 
 __all__ = [
@@ -210,10 +211,22 @@ def run_shard_task(job: ShardJob) -> int:
     A shard that starts before ``job.first_patch`` (the store's last, partial shard when
     appending) keeps its earlier patches: they are read back, checksums checked (a damaged or
     missing shard is a ``CorruptStoreError``, never white patches), and written with the new ones.
+    With a lossy codec each new patch is encoded once, here: the quality measures are taken on
+    it decoded (what the store holds) and the earlier patches are copied as stored.
     """
     group = open_for_task(job.store)
     task = job.task
     arrays = read_shard(group, job)
+    codec = read_manifest(group).codec
+    chunks: dict[str, list[bytes | np.ndarray]] = {}
+    if not CODECS[codec].lossless:  # encoded here, once: measured as stored, packed as they are
+        encoded, stored = encode_lossy(codec, arrays.pop("patches"))
+        checksums = has_chunk_checksums(group["patches"])
+        chunks["patches"] = [chunk + checksum(chunk) if checksums else chunk for chunk in encoded]
+    else:
+        stored = arrays["patches"]
+    if job.quality:
+        arrays.update(measure_patches(stored))
     with store_writes(job.store):
         if task.start < job.first_patch:
             earlier = PatchReader(job.store, group=group)
@@ -221,7 +234,12 @@ def run_shard_task(job: ShardJob) -> int:
                 name: np.concatenate([_earlier_rows(earlier, group, name, task, job.first_patch), values])
                 for name, values in arrays.items()
             }
-        write_shard(group, task.index, arrays)
+            # a lossy codec's earlier patches kept as stored: encoded again they would change
+            chunks = {
+                name: [*earlier.read_chunks(range(task.start, job.first_patch), name), *values]
+                for name, values in chunks.items()
+            }
+        write_shard(group, task.index, arrays, chunks)
     return task.stop - task.start
 
 
@@ -235,7 +253,8 @@ def _earlier_rows(reader: PatchReader, group: zarr.Group, name: str, task: Shard
 def read_shard(group: zarr.Group, job: ShardJob) -> dict[str, np.ndarray]:
     """The pixels of the run's patches in ``job.task``, store indices ``max(task.start,
     job.first_patch)`` to ``task.stop``: ``patches`` ``(n, P, P, 3)`` uint8 (and ``masks``
-    ``(n, P, P)``, and a float32 ``(n,)`` array per quality measure), from the job's plan rows.
+    ``(n, P, P)``), from the job's plan rows; ``run_shard_task`` measures the quality of the
+    pixels as the store's codec keeps them.
 
     Each slide's patches are read through one open reader (``_tiles``): with ``tiles`` each
     tile is decoded once for the whole task and patches are cropped from the level's own
@@ -269,8 +288,6 @@ def read_shard(group: zarr.Group, job: ShardJob) -> dict[str, np.ndarray]:
                 patches[i] = resize_patch(region, size)
         if job.masks:
             arrays["masks"][start:stop] = _masks(group["annotations"], source, size, xs, ys)
-    if job.quality:
-        arrays.update(measure_patches(arrays["patches"]))
     return arrays
 
 

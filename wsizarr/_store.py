@@ -70,6 +70,7 @@ __all__ = [
     "create_tables",
     "delete_store",
     "done_shards",
+    "encode_lossy",
     "ensure_own_store",
     "consolidate",
     "finalize_store",
@@ -150,6 +151,25 @@ CODECS: dict[str, _Codec] = {
         serializer=_jpeg_serializer, lossless=False, requires=_IMAGE_REQUIRES,
     ),
 }
+
+
+
+def encode_lossy(codec: str, pixels: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+    """``pixels`` (``(n, P, P, 3)`` uint8) encoded one patch a chunk by the lossy ``codec``
+    (no checksums), and those chunks decoded: the pixels as the store will hold them.
+
+    The quality measures are computed on these (what is stored, not what was read), and
+    ``verify`` passes the slide's pixels through here to compare them with the stored ones:
+    the encoder is deterministic, so the same pixels give the same chunk bytes and the same
+    decoded pixels.
+    """
+    encoder = CODECS[codec].encoder()
+    encoded = [bytes(encoder.encode(np.ascontiguousarray(patch))) for patch in pixels]
+    decoded = np.empty_like(pixels)
+    for chunk, out in zip(encoded, decoded):
+        encoder.decode(chunk, out=out)
+    return encoded, decoded
+
 
 _DONE = "_shards_done"
 ADDING = "_adding"  # the done-markers of arrays being added (``_added``), one array per name

@@ -4,7 +4,8 @@
 cache, so the patches of one annotation share their tiles) and crops patches from the level's
 own pixels: level ``L`` pixel ``floor(x / downsample)`` for level-0 ``x``, never resampled.
 ``openslide`` calls ``read_region``, which at a fractional downsample (Aperio's 4.0004...)
-interpolates between the level's pixels by the sub-pixel offset ``x / downsample - floor(...)``;
+interpolates between the level's pixels by the sub-pixel offset ``x / downsample - floor(...)``
+(from a negative ``x`` it shifts by whole pixels, truncated toward zero: ``openslide_origin``);
 ``interpolate_like_openslide`` states that relation. Slides on S3 (``s3://bucket/key``) are read
 through ranged GETs of a block cache: the TIFF header, then only the tiles that patches touch.
 """
@@ -32,7 +33,7 @@ from ._slide import SlideInfo, composite_on_white, open_slide, read_rgb
 __all__ = [
     "READERS", "OpenSlideReader", "RangedFile", "SlideReader", "TileReader", "TiledTiff",
     "choose_reader", "content_digest", "equal_runs", "interpolate_like_openslide", "is_remote",
-    "level_px", "open_reader", "tiff_slide_info",
+    "level_px", "open_reader", "openslide_origin", "tiff_slide_info",
 ]
 
 READERS = ("auto", "tiles", "openslide")
@@ -223,6 +224,10 @@ class TiledTiff:
         """Decode one tile of every level: ``SlideError`` unless imagecodecs has their codecs."""
         for level, lv in enumerate(self.levels):
             self._decoded(level, int(np.argmax(lv.counts > 0)))
+
+    def has_alpha(self, level: int) -> bool:
+        """Whether ``level`` has an alpha channel (its pixels are composited onto white)."""
+        return int(self.levels[level].page.samplesperpixel) == 4
 
     @property
     def description(self) -> str:
@@ -531,14 +536,31 @@ def open_reader(info: SlideInfo, reader: str, storage_options: Mapping[str, str]
     return _READER_CLASSES[reader](info, storage_options)
 
 
+def openslide_origin(level0: int, downsample: float) -> tuple[int, float]:
+    """Where OpenSlide's ``read_region`` from level-0 ``level0`` starts on a level: the level
+    pixel under its first column (or row) and the sub-pixel fraction it interpolates by.
+
+    From ``level0 >= 0`` it paints the level at ``level0 / downsample``: pixel
+    ``floor(level0 / downsample)``, fraction the rest. From ``level0 < 0`` it paints the level
+    from its column 0, shifted right by ``-level0 / downsample`` truncated to whole pixels
+    (openslide.c ``read_region``): level pixel ``-trunc(-level0 / downsample)``, no fraction.
+    So at a fractional downsample a region left of (or above) the slide starts one level pixel
+    later than ``level_px`` (which floors) wherever the division is not whole.
+    """
+    if level0 < 0:
+        return -int(-level0 / downsample), 0.0  # int() truncates, as C's conversion does
+    pixel = level_px(level0, downsample)
+    return pixel, level0 / downsample - pixel
+
+
 def interpolate_like_openslide(tiles: TileReader, level: int, x: int, y: int, size: int) -> np.ndarray:
     """What OpenSlide's ``read_region`` gives at a fractional level, from the level's own pixels:
-    bilinear interpolation at the sub-pixel offset ``x / downsample - floor(x / downsample)``
-    (and likewise ``y``), as float. cairo's fixed-point weights put OpenSlide within a few
-    levels of this; a one-pixel slip is tens of levels off."""
+    bilinear interpolation at ``openslide_origin`` (per axis: the sub-pixel offset
+    ``x / downsample - floor(x / downsample)`` from ``x >= 0``, whole pixels from ``x < 0``),
+    as float. cairo's fixed-point weights put OpenSlide within a few levels of this; a
+    one-pixel slip is tens of levels off."""
     downsample = tiles.info.level_downsamples[level]
-    px, py = level_px(x, downsample), level_px(y, downsample)
-    fx, fy = x / downsample - px, y / downsample - py
+    (px, fx), (py, fy) = openslide_origin(x, downsample), openslide_origin(y, downsample)
     own = tiles.tiff.region(level, px, py, size + 1, size + 1).astype(np.float32)
     rows = (1 - fy) * own[:-1] + fy * own[1:]
     return (1 - fx) * rows[:, :-1] + fx * rows[:, 1:]
