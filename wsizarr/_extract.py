@@ -71,10 +71,17 @@ class ExtractionSummary:
     plan_seconds: float = 0.0
     notes: tuple[str, ...] = ()
     filtered_out: int = 0  # patches extracted but left out by the quality filters
+    patches_written: int | None = None  # the patches of the shards this run wrote; None: all of them
+
+    @property
+    def written(self) -> int:
+        """The patches this run wrote (a resume: those of the shards it wrote)."""
+        return self.n_patches if self.patches_written is None else self.patches_written
 
     @property
     def patches_per_second(self) -> float:
-        return self.n_patches / self.seconds if self.seconds > 0 else float("inf")
+        """Patches written per second by this run."""
+        return self.written / self.seconds if self.seconds > 0 else float("inf")
 
     def __str__(self) -> str:
         notes = ", ".join(
@@ -91,9 +98,12 @@ class ExtractionSummary:
             ] if count
         )
         slides = f" from {self.n_slides} slides" if self.n_slides > 1 else ""
+        already = self.n_patches - self.written
+        written = f": {self.written} written, {already} already there" if already else ""
+        rate = f"{self.patches_per_second:.0f} patches/s" if self.written else "nothing left to write"
         return (
             f"{self.n_patches} patches{slides} in {self.store} ({self.shards_written} of {self.n_shards} "
-            f"shards written) in {self.seconds:.1f} s, {self.patches_per_second:.0f} patches/s, "
+            f"shards written{written}) in {self.seconds:.1f} s, {rate}, "
             f"{self.bytes_on_disk / 1e6:.1f} MB on disk" + (f"; {notes}" if notes else "")
         )
 
@@ -249,7 +259,7 @@ def run_extraction(
         prepared, inputs = inputs.prepared, replace(inputs, prepared=())  # prepared: dropped once planned
         summarise = _summariser(target, inputs, started)
         if building.beside and not building.exists and target_exists and options.mode == "resume":
-            return summarise(read_manifest(open_store(target)), 0)  # resumed after it was published
+            return summarise(read_manifest(open_store(target)))  # resumed after it was published
         group = open_for_writing(location) if building.exists and options.mode != "overwrite" else None
         existing = read_manifest(group) if group is not None else None
         if existing is not None and is_stillborn(existing):
@@ -264,7 +274,7 @@ def run_extraction(
             tidy_complete(group)  # a run killed right after marking it complete
             if building.beside:
                 _publish(location, target)
-            return summarise(existing, 0)
+            return summarise(existing)
         with store_writes(location):
             if group is None:
                 if building.exists:  # our own unfinished build beside the target: start it again
@@ -283,7 +293,7 @@ def run_extraction(
             finalize_store(group, location)
             if building.beside:
                 _publish(location, target)
-        return summarise(read_manifest(group), int((~done).sum()), counts)
+        return summarise(read_manifest(group), done, counts)
 
 
 def _prepare(
@@ -476,11 +486,15 @@ def _publish(building: Location, target: Location) -> None:
 
 
 def _summariser(out: Location, inputs: _Inputs, started: float) -> Callable[..., ExtractionSummary]:
-    def summarise(manifest: Manifest, shards_written: int, counts: _PlanCounts | None = None) -> ExtractionSummary:
+    def summarise(manifest: Manifest, done: np.ndarray | None = None, counts: _PlanCounts | None = None) -> ExtractionSummary:
+        """The summary of a run that wrote the shards not in ``done`` (None: none)."""
         counts = counts or _PlanCounts()
+        written = np.zeros(manifest.n_shards, bool) if done is None else ~done
+        sizes = np.diff(np.minimum(np.arange(manifest.n_shards + 1) * manifest.shard_size, manifest.n_patches))
         return ExtractionSummary(
             store=str(out), n_patches=manifest.n_patches, n_shards=manifest.n_shards,
-            shards_written=shards_written, seconds=time.perf_counter() - started,
+            shards_written=int(written.sum()), seconds=time.perf_counter() - started,
+            patches_written=int(sizes[written].sum()),
             bytes_on_disk=out.usage()[0], n_slides=manifest.n_slides,
             skipped_annotations=counts.skipped_annotations, padded=counts.padded,
             dropped_partial=counts.dropped_partial, dropped_excluded=counts.dropped_excluded,

@@ -350,7 +350,7 @@ def extract_filtered(
     return replace(
         extraction, store=str(target), n_patches=kept.n_patches, n_shards=kept.n_shards,
         seconds=time.perf_counter() - started, bytes_on_disk=kept.bytes_on_disk,
-        filtered_out=extraction.n_patches - kept.n_patches,
+        filtered_out=extraction.n_patches - kept.n_patches, patches_written=kept.n_patches,  # subset writes them all
     )
 
 
@@ -367,5 +367,5 @@ def _published(target: Location, options: ExtractOptions, started: float) -> Ext
         )
     return ExtractionSummary(
         str(target), manifest.n_patches, manifest.n_shards, 0, time.perf_counter() - started,
-        target.usage()[0], n_slides=manifest.n_slides,
+        target.usage()[0], n_slides=manifest.n_slides, patches_written=0,
     )
