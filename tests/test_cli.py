@@ -25,6 +25,7 @@ def test_demo_extract_and_info(tmp_path):
     assert result.stdout.strip().splitlines()[-1].startswith("72 patches in")
     info = run("info", out)
     assert "[complete]" in info.stdout and "72 x 64x64x3" in info.stdout
+    assert "tables      1 slide, 24 annotations" in info.stdout
     data = json.loads(run("info", out, "--json").stdout)
     assert data["n_patches"] == 72 and sum(data["per_label"].values()) == 72
     # per 64 patches a shard file and a chunk per quality measure, plus a constant: metadata,
@@ -153,7 +154,7 @@ def test_extract_says_first_what_was_skipped_and_honours_exclusions(tmp_path, ap
     result = run("extract", aperio_even_case.slide, "--annotations", folder, "--out", out, "--sampler",
                  "random-in-polygon", "--per-annotation", "30", "--patch-size", "64", "--exclude-labels", "_2")
     first, summary = result.stdout.splitlines()
-    assert first.startswith(f"{path}: 1 annotations; 1 skipped (no area 1)")
+    assert first.startswith(f"{path}: 1 annotation; 1 skipped (no area 1)")
     assert summary.startswith("30 patches")
     store = zarr.open_group(out, mode="r")
     centres = np.column_stack([store["x"][:] + 32, store["y"][:] + 32])
@@ -162,3 +163,12 @@ def test_extract_says_first_what_was_skipped_and_honours_exclusions(tmp_path, ap
     strict = run("extract", aperio_even_case.slide, "--annotations", path, "--out", tmp_path / "s.zarr",
                  "--strict-annotations", expect=1)
     assert_one_line_error(strict, "even.xml:5: annotation 'Annotation 1': it has no area", "--strict-annotations")
+
+
+def test_counts_agree_with_their_nouns():
+    from wsizarr._text import count
+
+    assert [count(n, "slide") for n in (0, 1, 2)] == ["0 slides", "1 slide", "2 slides"]
+    assert count(1, "patch") == "1 patch" and count(3, "edge patch") == "3 edge patches"
+    assert count(1, "vertex") == "1 vertex" and count(2, "vertex") == "2 vertices"
+    assert count(2, "png file") == "2 png files" and count(2, "datum", "data") == "2 data"

@@ -42,6 +42,7 @@ from ._store import (
     ADDING, COORDINATE_ARRAYS, RESERVED_NAMES, checksummed, consolidate, open_for_writing,
     open_store, partial_location, read_manifest, refuse_legacy, why_not_a_store, write_manifest,
 )
+from ._text import count
 
 __all__ = ["AddSummary", "add_array", "added_dims", "create_added", "describe_fn"]
 
@@ -67,7 +68,7 @@ class AddSummary:
     def __str__(self) -> str:
         return (
             f"{self.name}: {self.shape} {self.dtype} in {self.store} ({self.shards_written} of "
-            f"{self.n_shards} shards written) in {self.seconds:.1f} s"
+            f"{count(self.n_shards, 'shard')} written) in {self.seconds:.1f} s"
         )
 
 

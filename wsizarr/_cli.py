@@ -18,6 +18,7 @@ from dataclasses import fields
 from typing import Any
 
 from ._errors import ParameterError, WsizarrError, as_flag
+from ._text import count
 
 if TYPE_CHECKING:
     from ._extract import ExtractionSummary
@@ -380,22 +381,22 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     _say(f"store       {info['store']}  [{state}]")
     _say(f"patches     {info['n_patches']} x {'x'.join(map(str, info['patch_shape']))} uint8")
     _say(f"chunks      {info['chunks']}  shards {info['shards']}  codec {info['codec']}")
-    _say(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files")
+    _say(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB in {count(info['files'], 'file')}")
     _say("per label   " + ", ".join(f"{_printable(k)}: {v}" for k, v in info["per_label"].items()))
     per_slide = list(info["per_slide"].items())
-    more = f", ... and {len(per_slide) - _SHOWN} more slides" if len(per_slide) > _SHOWN else ""
+    more = f", ... and {count(len(per_slide) - _SHOWN, 'more slide')}" if len(per_slide) > _SHOWN else ""
     _say("per slide   " + ", ".join(f"{_printable(k)}: {v}" for k, v in per_slide[:_SHOWN]) + more)
     _say("parameters  " + ", ".join(f"{k}={v}" for k, v in info["parameters"].items()))
     legacy = " (read-only: `wsizarr migrate` rewrites it as schema 2)" if info["schema_version"] == 1 else ""
     _say(f"schema      {info['schema_version']}{legacy} (wsizarr {info['wsizarr_version']})")
-    _say(f"tables      {info['n_slides']} slides, {info['n_annotations']} annotations")
+    _say(f"tables      {count(info['n_slides'], 'slide')}, {count(info['n_annotations'], 'annotation')}")
     for name, per_label in info["quality"].items():
         spread = ", ".join(f"{_printable(k)}: {p50:.3g} [{p5:.3g}-{p95:.3g}]" for k, (p5, p50, p95) in per_label.items())
         _say(f"quality     {name} median [5-95 %]  {spread}")
     if info["subset"] is not None:
         origin = info["subset"]
         chosen = ", ".join(f"{k}={v}" for k, v in origin["selection"].items()) or "every patch"
-        _say(f"subset of   {origin['source']} ({origin['source_patches']} patches): {chosen}")
+        _say(f"subset of   {origin['source']} ({count(origin['source_patches'], 'patch')}): {chosen}")
     for name, added in info["added"].items():
         state = "complete" if added["complete"] else "UNFINISHED: run the same command again"
         shape = "x".join(map(str, added["shape"]))
@@ -547,8 +548,8 @@ def _run(args: argparse.Namespace) -> int:
             from ._migrate import migrate
 
             manifest = migrate(args.store, storage_options=_storage_options(args))
-            _say(f"{args.store}: schema {manifest.schema_version}, {manifest.n_slides} slides, "
-                 f"{manifest.n_annotations} annotations, {manifest.n_patches} patches")
+            _say(f"{args.store}: schema {manifest.schema_version}, {count(manifest.n_slides, 'slide')}, "
+                 f"{count(manifest.n_annotations, 'annotation')}, {count(manifest.n_patches, 'patch')}")
         elif args.command == "verify":
             from ._verify import verify
 
@@ -559,9 +560,9 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "export":
             from ._export import export
 
-            count = export(args.store, args.dir, format=args.format, label=args.label,
+            written = export(args.store, args.dir, format=args.format, label=args.label,
                            overwrite=args.overwrite, storage_options=_storage_options(args))
-            _say(f"wrote {count} {args.format} files and metadata.csv to {args.dir}")
+            _say(f"wrote {count(written, args.format + ' file')} and metadata.csv to {args.dir}")
         elif args.command in ("preview", "overlay", "report"):
             from . import _preview
 

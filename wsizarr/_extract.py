@@ -36,6 +36,7 @@ from ._store import (
     finalize_store, open_for_writing, open_store, partial_location, read_manifest, roll_back_run,
     store_writes,
 )
+from ._text import count
 from ._version import __version__
 
 __all__ = [
@@ -85,25 +86,25 @@ class ExtractionSummary:
 
     def __str__(self) -> str:
         notes = ", ".join(
-            f"{count} {what}" for count, what in [
-                (len(self.failed_slides), "unreadable slides skipped"),
-                (len(self.slides_without_annotations), "slides without annotations"),
-                (len(self.annotations_without_slides), "annotation files without a slide"),
-                (len(self.slides_without_profile), "slides without a colour profile left unchanged"),
-                (self.skipped_annotations, "annotations outside the slide skipped"),
-                (self.padded, "edge patches padded with white"),
-                (self.dropped_partial, "edge patches dropped"),
-                (self.dropped_excluded, "patches centred in exclusions dropped"),
-                (self.filtered_out, "patches left out by the quality filters"),
-            ] if count
+            f"{count(n, noun)} {what}".rstrip() for n, noun, what in [
+                (len(self.failed_slides), "unreadable slide", "skipped"),
+                (len(self.slides_without_annotations), "slide", "without annotations"),
+                (len(self.annotations_without_slides), "annotation file", "without a slide"),
+                (len(self.slides_without_profile), "slide", "without a colour profile left unchanged"),
+                (self.skipped_annotations, "annotation", "outside the slide skipped"),
+                (self.padded, "edge patch", "padded with white"),
+                (self.dropped_partial, "edge patch", "dropped"),
+                (self.dropped_excluded, "patch", "centred in exclusions dropped"),
+                (self.filtered_out, "patch", "left out by the quality filters"),
+            ] if n
         )
         slides = f" from {self.n_slides} slides" if self.n_slides > 1 else ""
         already = self.n_patches - self.written
         written = f": {self.written} written, {already} already there" if already else ""
         rate = f"{self.patches_per_second:.0f} patches/s" if self.written else "nothing left to write"
         return (
-            f"{self.n_patches} patches{slides} in {self.store} ({self.shards_written} of {self.n_shards} "
-            f"shards written{written}) in {self.seconds:.1f} s, {rate}, "
+            f"{count(self.n_patches, 'patch')}{slides} in {self.store} ({self.shards_written} of "
+            f"{count(self.n_shards, 'shard')} written{written}) in {self.seconds:.1f} s, {rate}, "
             f"{self.bytes_on_disk / 1e6:.1f} MB on disk" + (f"; {notes}" if notes else "")
         )
 

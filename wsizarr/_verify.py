@@ -21,6 +21,7 @@ from ._manifest import Manifest, SlideTable
 from ._tiles import SlideReader, TileReader, interpolate_like_openslide, open_reader
 from ._manifest import plan_sha256
 from ._store import COORDINATE_ARRAYS, done_shards, open_store, read_manifest, slide_table
+from ._text import count
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -48,10 +49,10 @@ class VerifyReport:
 
     def __str__(self) -> str:
         head = (
-            f"{self.store}: {self.n_patches} patches in {self.shards} shards, "
+            f"{self.store}: {count(self.n_patches, 'patch')} in {count(self.shards, 'shard')}, "
             f"{self.patches_checked} checked, {self.patches_compared} re-read from their slides: "
         )
-        return head + ("OK" if self.ok else f"{len(self.problems)} problems\n  " + "\n  ".join(self.problems))
+        return head + ("OK" if self.ok else f"{count(len(self.problems), 'problem')}\n  " + "\n  ".join(self.problems))
 
 
 def verify(
