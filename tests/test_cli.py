@@ -47,8 +47,11 @@ def test_demo_extract_and_info(tmp_path):
         ("{svs}", "nothere.xml", [], ["nothere.xml", "not found"]),
         ("{svs}", "{xml}", ["--level", "9"], ["level 9 does not exist", "levels 0..1"]),
         ("{svs}", "{xml}", ["--patch-size", "0"], ["--patch-size must be at least 1"]),
+        ("{svs}", "{xml}", ["--mpp", "0.1"],
+         ["--mpp 0.1 is finer than level 0 (40x, 0.25 mpp); ask for --mpp 0.25 or coarser, or choose a --level"]),
     ],
-    ids=["missing-slide", "unsupported-slide", "malformed-xml", "missing-xml", "bad-level", "bad-patch-size"],
+    ids=["missing-slide", "unsupported-slide", "malformed-xml", "missing-xml", "bad-level", "bad-patch-size",
+         "too-fine-mpp"],
 )
 def test_errors_are_one_line_and_leave_no_store(tmp_path, aperio_case, slide, annotations, extra, fragments):
     bad = tmp_path / "bad.xml"

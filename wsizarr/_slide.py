@@ -129,10 +129,24 @@ def resolve_resolution(
             )
         target = info.objective_power / magnification
     if target < 1 - tolerance:
-        finest = "" if base_mpp is None else f" ({base_mpp:.3g} mpp, {info.objective_power or '?'}x)"
+        # level 0 as the slide records it (what it does not record left out), and the fix in the
+        # units asked for
+        finest = ", ".join(
+            ([] if info.objective_power is None else [f"{info.objective_power:g}x"])
+            + ([] if base_mpp is None else [f"{base_mpp:.3g} mpp"])
+        )
+        def shown(value: float) -> float | int:  # 40 rather than 40.0, 0.252 rather than 0.2519...
+            rounded = float(f"{value:.3g}")
+            return int(rounded) if rounded.is_integer() else rounded
+
+        asked, fix = (
+            (option("mpp", shown(mpp)), f"{option('mpp', shown(base_mpp))} or coarser") if mpp is not None
+            else (option("magnification", shown(magnification)),
+                  f"{option('magnification', shown(info.objective_power))} or less")
+        )
         raise ParameterError(
-            f"{info.path}: the requested resolution is finer than level 0{finest}; "
-            "ask for a coarser one (wsizarr does not upsample)"
+            f"{info.path}: {asked} is finer than level 0 ({finest}); ask for {fix}, or choose a "
+            f"{option('level')} (wsizarr does not upsample)"
         )
     downsamples = np.asarray(info.level_downsamples)
     close = np.flatnonzero(np.abs(downsamples / target - 1) <= tolerance)
