@@ -175,3 +175,23 @@ def test_counts_agree_with_their_nouns():
     assert count(1, "patch") == "1 patch" and count(3, "edge patch") == "3 edge patches"
     assert count(1, "vertex") == "1 vertex" and count(2, "vertex") == "2 vertices"
     assert count(2, "png file") == "2 png files" and count(2, "datum", "data") == "2 data"
+
+
+def test_extract_help_groups_its_options_and_ends_with_examples_that_parse():
+    import shlex
+
+    from wsizarr._cli import _parser
+
+    text = run("extract", "--help").stdout
+    groups = ["input: slides and annotations:", "output:", "resolution and sampling:", "store layout:",
+              "quality filters:", "execution:", "examples:"]
+    at = [text.index(f"\n{title}\n") for title in groups]
+    assert at == sorted(at)
+    section = text[text.index("\nresolution and sampling:\n"):text.index("\nstore layout:\n")]
+    assert "--mpp MPP" in section and "--per-annotation" in section and "--codec" not in section
+    examples = text[text.index("\nexamples:\n"):].replace("\\\n", " ")
+    commands = [line.split("wsizarr ", 1)[1] for line in examples.splitlines() if line.startswith("  wsizarr ")]
+    assert len(commands) == 3
+    for command in commands:  # each one an extraction the parser takes
+        args = _parser().parse_args(shlex.split(command))
+        assert args.command == "extract" and args.out.endswith(".zarr")
