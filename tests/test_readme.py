@@ -60,3 +60,15 @@ def test_add_array_snippet_runs_with_its_imports(demo_folder):
     assert found["ds"].colour.shape == (20, 3)
     image, colour = found["data"][0]
     assert tuple(image.shape) == (3, 64, 64) and tuple(colour.shape) == (3,)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript, deprecated in torch 2.13
+def test_model_snippet_makes_a_model_embed_runs(demo_folder):
+    pytest.importorskip("torch")
+    from .helpers import run
+
+    wsizarr.extract("slide.svs", "slide.xml", "patches.zarr", level=1, per_annotation=5, patch_size=64)
+    run_snippet(snippet('.save("model.pt")'))
+    result = run("embed", "patches.zarr", "--model", "model.pt", "--name", "features", cwd=demo_folder)
+    assert result.stdout.startswith("features: (20, 16) float16 in patches.zarr")
+    assert wsizarr.open_dataset("patches.zarr").features.shape == (20, 16)
