@@ -19,6 +19,15 @@ def test_demo_extract_and_info(tmp_path):
     assert "120 patches in" in demo.stdout and "patches/s" in demo.stdout
     folder = tmp_path / "demo"
     assert {p.name for p in folder.iterdir()} == {"demo.svs", "demo.xml", "demo.zarr"}
+    # it says what it writes before it writes it, and ends with the commands to try next, which run
+    lines = demo.stdout.splitlines()
+    assert lines[0] == f"writing a synthetic Aperio-style slide and its annotations into {folder} ..."
+    assert lines[1].startswith(f"wrote {folder / 'demo.svs'} (8000x6000) and {folder / 'demo.xml'} (24 annotations)")
+    suggested = [line.split() for line in lines[lines.index(next(line for line in lines if line.startswith("next: "))) + 1:]]
+    assert [words[:2] for words in suggested] == [["wsizarr", "info"], ["wsizarr", "verify"], ["wsizarr", "preview"],
+                                                  ["wsizarr", "extract"]]
+    assert "[complete]" in run(*suggested[0][1:]).stdout
+    assert run(*suggested[1][1:], "--sample", "4").stdout.endswith("re-read from their slides: OK\n")
     out = tmp_path / "cli.zarr"
     result = run("extract", folder / "demo.svs", "--annotations", folder / "demo.xml", "--out", out,
                  "--level", "1", "--patch-size", "64", "--per-annotation", "3", "--seed", "5")

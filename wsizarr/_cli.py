@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import json
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -466,11 +467,24 @@ def _demo(args: argparse.Namespace) -> None:
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
+    _say(f"writing a synthetic Aperio-style slide and its annotations into {folder} ...")
+    sys.stdout.flush()  # said before the seconds it takes, also into a pipe
     slide = write_demo_slide(folder / "demo.svs")
     annotations = write_demo_annotations(slide, folder / "demo.xml")
-    print(f"wrote {slide.path} ({slide.dimensions[0]}x{slide.dimensions[1]}) and {annotations}")
-    summary = run_extraction(slide.path, annotations, folder / "demo.zarr", _extract_options(args, "overwrite"))
-    print(summary)
+    store = folder / "demo.zarr"
+    _say(f"wrote {slide.path} ({slide.dimensions[0]}x{slide.dimensions[1]}) and {annotations} "
+         f"({count(len(slide.polygons), 'annotation')}); extracting them into {store} ...")
+    sys.stdout.flush()
+    summary = run_extraction(slide.path, annotations, store, _extract_options(args, "overwrite"))
+    _say(summary)
+    quoted = {name: shlex.quote(str(path)) for name, path in
+              [("store", store), ("slide", slide.path), ("xml", annotations), ("png", folder / "preview.png")]}
+    _say("next: what the store holds, its checksums and patches re-read from the slide, a contact "
+         "sheet per label, an extraction of your own:\n"
+         f"  wsizarr info {quoted['store']}\n"
+         f"  wsizarr verify {quoted['store']}\n"
+         f"  wsizarr preview {quoted['store']} --out {quoted['png']}\n"
+         f"  wsizarr extract {quoted['slide']} --annotations {quoted['xml']} --out patches.zarr --level 1")
 
 
 class _Terminated(KeyboardInterrupt):
