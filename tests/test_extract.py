@@ -181,7 +181,7 @@ def test_incomplete_store_is_resumed_to_the_identical_store(tmp_path, aperio_eve
     already = 16 * (summary.n_shards - summary.shards_written)  # whole shards, the last one written now
     assert already >= 32 and summary.patches_written == summary.n_patches - already
     assert summary.patches_per_second == summary.patches_written / summary.seconds
-    assert f"{summary.patches_written} written, {already} already there" in str(summary)
+    assert f"written) in {summary.seconds:.1f} s, {summary.patches_written} patches written now and {already} already there, " in str(summary)
 
 
 def test_a_store_killed_while_being_created_is_created_again_on_resume(tmp_path, aperio_even_case):

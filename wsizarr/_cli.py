@@ -405,7 +405,7 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     if as_json:
         _print_json(info)
         return
-    state = "complete" if info["complete"] else f"INCOMPLETE ({info['shards_done']}/{info['n_shards']} shards; resume it)"
+    state = "complete" if info["complete"] else f"INCOMPLETE ({info['shards_done']}/{count(info['n_shards'], 'shard')}; resume it)"
     _say(f"store       {info['store']}  [{state}]")
     _say(f"patches     {info['n_patches']} x {'x'.join(map(str, info['patch_shape']))} uint8")
     _say(f"chunks      {info['chunks']}  shards {info['shards']}  codec {info['codec']}")

@@ -100,11 +100,14 @@ class ExtractionSummary:
         )
         slides = f" from {self.n_slides} slides" if self.n_slides > 1 else ""
         already = self.n_patches - self.written
-        written = f": {self.written} written, {already} already there" if already else ""
-        rate = f"{self.patches_per_second:.0f} patches/s" if self.written else "nothing left to write"
+        rate = f"{self.patches_per_second:.0f} patches/s"
+        if not self.written:
+            rate = "every patch already there, nothing left to write"
+        elif already:  # a resume: the rate is of the patches written now
+            rate = f"{count(self.written, 'patch')} written now and {already} already there, {rate}"
         return (
             f"{count(self.n_patches, 'patch')}{slides} in {self.store} ({self.shards_written} of "
-            f"{count(self.n_shards, 'shard')} written{written}) in {self.seconds:.1f} s, {rate}, "
+            f"{count(self.n_shards, 'shard')} written) in {self.seconds:.1f} s, {rate}, "
             f"{self.bytes_on_disk / 1e6:.1f} MB on disk" + (f"; {notes}" if notes else "")
         )
 

@@ -249,8 +249,8 @@ def write_report(
 
     body = [
         f"<h1>wsizarr store {html.escape(info['store'])}</h1>",
-        f"<p>{info['n_patches']} patches of {'×'.join(map(str, info['patch_shape']))}, "
-        f"{info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files, codec {html.escape(str(info['codec']))}, "
+        f"<p>{count(info['n_patches'], 'patch')} of {'×'.join(map(str, info['patch_shape']))}, "
+        f"{info['bytes_on_disk'] / 1e6:.1f} MB in {count(info['files'], 'file')}, codec {html.escape(str(info['codec']))}, "
         f"schema {info['schema_version']}, wsizarr {html.escape(str(info['wsizarr_version']))}</p>",
         "<h2>Patches per label</h2>", table(info["per_label"]),
         "<h2>Patches per slide</h2>", table(info["per_slide"]),

@@ -76,7 +76,7 @@ def verify(
     shard_size = manifest.shard_size
     shards = manifest.n_shards
     if not manifest.complete:
-        problems.append(f"incomplete: {int(done_shards(group).sum())} of {shards} shards marked done; resume it")
+        problems.append(f"incomplete: {int(done_shards(group).sum())} of {count(shards, 'shard')} marked done; resume it")
     keys = set(location.keys())
     stray = sorted(keys - set(_expected_keys(group)))
     if stray:
@@ -108,9 +108,9 @@ def verify(
     arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
     for name, values in arrays.items():
         if len(values) != n:
-            problems.append(f"array {name} has {len(values)} entries, the store {n} patches")
+            problems.append(f"array {name} has {count(len(values), 'entry', 'entries')}, the store {count(n, 'patch')}")
     if group["patches"].shape[0] != n:
-        problems.append(f"patches has {group['patches'].shape[0]} entries, the store {n}")
+        problems.append(f"patches has {count(group['patches'].shape[0], 'entry', 'entries')}, the store {n}")
     problems += _plan_problems(manifest, slides.columns, arrays)
     problems += _added_problems(group, manifest)
     damaged_quality, quality = _quality_problems(group, manifest)
@@ -175,7 +175,7 @@ def _quality_problems(group: zarr.Group, manifest: Manifest) -> tuple[list[str],
         values, damaged = _read_rows(group[name], f"the quality array '{name}'", "re-extract the store")
         unset = [] if values is None else np.flatnonzero(np.isnan(values))
         if len(unset):
-            damaged.append(f"the quality array '{name}' has no value for {len(unset)} patches (first: {unset[0]}); re-extract the store")
+            damaged.append(f"the quality array '{name}' has no value for {count(len(unset), 'patch')} (first: {unset[0]}); re-extract the store")
         problems += damaged
         if values is not None:
             stored[name] = values
