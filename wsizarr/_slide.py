@@ -135,15 +135,11 @@ def resolve_resolution(
             ([] if info.objective_power is None else [f"{info.objective_power:g}x"])
             + ([] if base_mpp is None else [f"{base_mpp:.3g} mpp"])
         )
-        def shown(value: float) -> float | int:  # 40 rather than 40.0, 0.252 rather than 0.2519...
-            rounded = float(f"{value:.3g}")
-            return int(rounded) if rounded.is_integer() else rounded
-
-        asked, fix = (
-            (option("mpp", shown(mpp)), f"{option('mpp', shown(base_mpp))} or coarser") if mpp is not None
-            else (option("magnification", shown(magnification)),
-                  f"{option('magnification', shown(info.objective_power))} or less")
-        )
+        if mpp is not None and base_mpp is not None:  # base_mpp: checked above
+            asked, fix = option("mpp", _shown(mpp)), f"{option('mpp', _shown(base_mpp))} or coarser"
+        else:  # magnification, with the objective power checked above
+            asked = option("magnification", _shown(magnification or 0))
+            fix = f"{option('magnification', _shown(info.objective_power or 0))} or less"
         raise ParameterError(
             f"{info.path}: {asked} is finer than level 0 ({finest}); ask for {fix}, or choose a "
             f"{option('level')} (wsizarr does not upsample)"
@@ -160,6 +156,12 @@ def resolve_resolution(
     if base_mpp is not None:
         effective = base_mpp * downsamples[chosen] * read_size / patch_size
     return _fitting(info, Resolution(chosen, read_size, effective), patch_size)
+
+
+def _shown(value: float) -> float | int:
+    """``value`` as an error message shows it: 40 rather than 40.0, 0.252 rather than 0.25193."""
+    rounded = float(f"{value:.3g}")
+    return int(rounded) if rounded.is_integer() else rounded
 
 
 def _fitting(info: SlideInfo, resolution: Resolution, patch_size: int) -> Resolution:
