@@ -331,7 +331,7 @@ def test_describe_and_its_text(tmp_path):
         "exclusions": 1, "outside_slide": 1, "warnings": [],
     }
     text = format_description(description)
-    assert text.splitlines()[0] == f"{path}: Aperio ImageScope XML, 2 annotations, 1 labels"
+    assert text.splitlines()[0] == f"{path}: Aperio ImageScope XML, 2 annotations, 1 label"
     assert "Glom      2  Polygon 2  from layer 1 attribute name" in text
     assert "repaired 0, skipped 1 (line 1), exclusions 1, outside the slide 1" in text
 

@@ -19,12 +19,22 @@ def test_demo_extract_and_info(tmp_path):
     assert "120 patches in" in demo.stdout and "patches/s" in demo.stdout
     folder = tmp_path / "demo"
     assert {p.name for p in folder.iterdir()} == {"demo.svs", "demo.xml", "demo.zarr"}
+    # it says what it writes before it writes it, and ends with the commands to try next, which run
+    lines = demo.stdout.splitlines()
+    assert lines[0] == f"writing a synthetic Aperio-style slide and its annotations into {folder} ..."
+    assert lines[1].startswith(f"wrote {folder / 'demo.svs'} (8000x6000) and {folder / 'demo.xml'} (24 annotations)")
+    suggested = [line.split() for line in lines[lines.index(next(line for line in lines if line.startswith("next: "))) + 1:]]
+    assert [words[:2] for words in suggested] == [["wsizarr", "info"], ["wsizarr", "verify"], ["wsizarr", "preview"],
+                                                  ["wsizarr", "extract"]]
+    assert "[complete]" in run(*suggested[0][1:]).stdout
+    assert run(*suggested[1][1:], "--sample", "4").stdout.endswith("re-read from their slides: OK\n")
     out = tmp_path / "cli.zarr"
     result = run("extract", folder / "demo.svs", "--annotations", folder / "demo.xml", "--out", out,
                  "--level", "1", "--patch-size", "64", "--per-annotation", "3", "--seed", "5")
     assert result.stdout.strip().splitlines()[-1].startswith("72 patches in")
     info = run("info", out)
     assert "[complete]" in info.stdout and "72 x 64x64x3" in info.stdout
+    assert "tables      1 slide, 24 annotations" in info.stdout
     data = json.loads(run("info", out, "--json").stdout)
     assert data["n_patches"] == 72 and sum(data["per_label"].values()) == 72
     # per 64 patches a shard file and a chunk per quality measure, plus a constant: metadata,
@@ -46,8 +56,11 @@ def test_demo_extract_and_info(tmp_path):
         ("{svs}", "nothere.xml", [], ["nothere.xml", "not found"]),
         ("{svs}", "{xml}", ["--level", "9"], ["level 9 does not exist", "levels 0..1"]),
         ("{svs}", "{xml}", ["--patch-size", "0"], ["--patch-size must be at least 1"]),
+        ("{svs}", "{xml}", ["--mpp", "0.1"],
+         ["--mpp 0.1 is finer than level 0 (40x, 0.25 mpp); ask for --mpp 0.25 or coarser, or choose a --level"]),
     ],
-    ids=["missing-slide", "unsupported-slide", "malformed-xml", "missing-xml", "bad-level", "bad-patch-size"],
+    ids=["missing-slide", "unsupported-slide", "malformed-xml", "missing-xml", "bad-level", "bad-patch-size",
+         "too-fine-mpp"],
 )
 def test_errors_are_one_line_and_leave_no_store(tmp_path, aperio_case, slide, annotations, extra, fragments):
     bad = tmp_path / "bad.xml"
@@ -153,7 +166,7 @@ def test_extract_says_first_what_was_skipped_and_honours_exclusions(tmp_path, ap
     result = run("extract", aperio_even_case.slide, "--annotations", folder, "--out", out, "--sampler",
                  "random-in-polygon", "--per-annotation", "30", "--patch-size", "64", "--exclude-labels", "_2")
     first, summary = result.stdout.splitlines()
-    assert first.startswith(f"{path}: 1 annotations; 1 skipped (no area 1)")
+    assert first.startswith(f"{path}: 1 annotation; 1 skipped (no area 1)")
     assert summary.startswith("30 patches")
     store = zarr.open_group(out, mode="r")
     centres = np.column_stack([store["x"][:] + 32, store["y"][:] + 32])
@@ -162,3 +175,32 @@ def test_extract_says_first_what_was_skipped_and_honours_exclusions(tmp_path, ap
     strict = run("extract", aperio_even_case.slide, "--annotations", path, "--out", tmp_path / "s.zarr",
                  "--strict-annotations", expect=1)
     assert_one_line_error(strict, "even.xml:5: annotation 'Annotation 1': it has no area", "--strict-annotations")
+
+
+def test_counts_agree_with_their_nouns():
+    from wsizarr._text import count
+
+    assert [count(n, "slide") for n in (0, 1, 2)] == ["0 slides", "1 slide", "2 slides"]
+    assert count(1, "patch") == "1 patch" and count(3, "edge patch") == "3 edge patches"
+    assert count(1, "vertex") == "1 vertex" and count(2, "vertex") == "2 vertices"
+    assert count(2, "png file") == "2 png files" and count(2, "datum", "data") == "2 data"
+
+
+def test_extract_help_groups_its_options_and_ends_with_examples_that_parse():
+    import shlex
+
+    from wsizarr._cli import _parser
+
+    text = run("extract", "--help").stdout
+    groups = ["input: slides and annotations:", "output:", "resolution and sampling:", "store layout:",
+              "quality filters:", "execution:", "examples:"]
+    at = [text.index(f"\n{title}\n") for title in groups]
+    assert at == sorted(at)
+    section = text[text.index("\nresolution and sampling:\n"):text.index("\nstore layout:\n")]
+    assert "--mpp MPP" in section and "--per-annotation" in section and "--codec" not in section
+    examples = text[text.index("\nexamples:\n"):].replace("\\\n", " ")
+    commands = [line.split("wsizarr ", 1)[1] for line in examples.splitlines() if line.startswith("  wsizarr ")]
+    assert len(commands) == 3
+    for command in commands:  # each one an extraction the parser takes
+        args = _parser().parse_args(shlex.split(command))
+        assert args.command == "extract" and args.out.endswith(".zarr")

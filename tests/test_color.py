@@ -147,7 +147,7 @@ def test_a_slide_without_a_profile_is_left_unchanged_and_reported(tmp_path, prof
     extract(slides, annotations, unchanged, **KWARGS)
     summary = extract(slides, annotations, srgb, color="srgb", **KWARGS)
     assert summary.slides_without_profile == (str(aperio_case.slide),)
-    assert "1 slides without a colour profile left unchanged" in str(summary)
+    assert "1 slide without a colour profile left unchanged" in str(summary)
     before, after = zarr.open_group(unchanged, mode="r"), zarr.open_group(srgb, mode="r")
     table = slide_table(after)
     assert [table.color(i) for i in range(2)] == ["srgb", "unchanged"]

@@ -67,6 +67,8 @@ def test_sigkill_then_resume_gives_the_identical_store(tmp_path, aperio_even_cas
 
     resumed = run(*_extract_args(aperio_even_case, crashed, "--resume"))
     assert f"({100 - done_before} of 100 shards written)" in resumed.stdout
+    # the count and the rate are of this run's patches, 8 a shard
+    assert f"{8 * (100 - done_before)} patches written now and {8 * done_before} already there, " in resumed.stdout
     assert_same_store(reference, crashed)
     assert {i: shard_file(i).stat().st_mtime_ns for i in done} == mtimes  # not redone
     assert len(open_dataset(crashed).patch) == 800

@@ -177,6 +177,11 @@ def test_incomplete_store_is_resumed_to_the_identical_store(tmp_path, aperio_eve
     summary = extract(aperio_even_case.slide, aperio_even_case.annotations, crashed, resume=True, **kwargs)
     assert 0 < summary.shards_written < summary.n_shards
     assert_same_store(reference, crashed)
+    # the count and the rate are of the patches this run wrote, the others said to be there
+    already = 16 * (summary.n_shards - summary.shards_written)  # whole shards, the last one written now
+    assert already >= 32 and summary.patches_written == summary.n_patches - already
+    assert summary.patches_per_second == summary.patches_written / summary.seconds
+    assert f"written) in {summary.seconds:.1f} s, {summary.patches_written} patches written now and {already} already there, " in str(summary)
 
 
 def test_a_store_killed_while_being_created_is_created_again_on_resume(tmp_path, aperio_even_case):

@@ -129,6 +129,17 @@ def test_table_selects_by_label_slide_and_annotation(cohort_store, stored):
         table.select(slides=["Z-999"])
 
 
+def test_table_repr_is_a_short_summary(cohort_store, stored):
+    table = read_patch_table(cohort_store)
+    text = repr(table)
+    per_label = {name: int((stored["label"] == code).sum()) for code, name in enumerate(table.label_names)}
+    assert text.startswith(f"PatchTable({str(cohort_store)!r}: {len(table)} patches from 3 slides (A-001.svs, ")
+    assert "labels " + ", ".join(f"{name} {n}" for name, n in per_label.items()) in text
+    assert "fields x, y, level, annotation_id, label, slide, padded" in text and "quality tissue_fraction, " in text
+    assert len(text) < 400 and "\n" not in text and "[" not in text  # no array printed
+    assert str(table) == text
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_split_by_annotation_keeps_each_glomerulus_on_one_side(cohort_store, seed):
     table = read_patch_table(cohort_store)

@@ -17,6 +17,7 @@ from wsizarr._sampling import plan_patches
 from wsizarr._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask,
 )
+from wsizarr._text import count
 
 from .conftest import SLIDES, read_like_openslide, slide_rows
 
@@ -102,6 +103,18 @@ def test_resolution_errors():
         resolve_resolution(_slide(power=None), 256, magnification=20)
     with pytest.raises(ParameterError, match="finer than level 0"):
         resolve_resolution(_slide(), 256, mpp=0.1)
+    # no placeholder for what the slide does not record: what was asked, the finest there is, the fix
+    with pytest.raises(ParameterError) as finer:
+        resolve_resolution(_slide(power=None), 256, mpp=0.1)
+    assert "?" not in str(finer.value)
+    assert str(finer.value) == (
+        "s.svs: mpp=0.1 is finer than level 0 (0.25 mpp); ask for mpp=0.25 or coarser, or choose "
+        "a level (wsizarr does not upsample)"
+    )
+    with pytest.raises(ParameterError, match=r"magnification=80 is finer than level 0 \(40x, 0.25 mpp\); ask for magnification=40 or less"):
+        resolve_resolution(_slide(), 256, magnification=80)
+    with pytest.raises(ParameterError, match=r"magnification=80 is finer than level 0 \(40x\); ask"):
+        resolve_resolution(_slide(mpp=None), 256, magnification=80)
     with pytest.raises(ParameterError, match="only one of"):
         resolve_resolution(_slide(), 256, mpp=0.5, level=1)
 
@@ -250,7 +263,7 @@ def test_masks_show_exclusions_as_none(tmp_path, aperio_even_case):
                       min_overlap=0.25, masks=True, exclude_labels=["_2"])
     # grid tiles a quarter inside the tumour but centred in the 200-px cut are left out, and said so
     assert summary.dropped_excluded > 0
-    assert f"{summary.dropped_excluded} patches centred in exclusions dropped" in str(summary)
+    assert f"{count(summary.dropped_excluded, 'patch')} centred in exclusions dropped" in str(summary)
     dataset = open_dataset(store)
     assert set(dataset.label.values.tolist()) == {"_0", "_1"}
     xs, ys, masks = dataset.x.values, dataset.y.values, dataset["masks"].values

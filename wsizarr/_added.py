@@ -42,6 +42,7 @@ from ._store import (
     ADDING, COORDINATE_ARRAYS, RESERVED_NAMES, checksummed, consolidate, open_for_writing,
     open_store, partial_location, read_manifest, refuse_legacy, why_not_a_store, write_manifest,
 )
+from ._text import count
 
 __all__ = ["AddSummary", "add_array", "added_dims", "create_added", "describe_fn"]
 
@@ -67,7 +68,7 @@ class AddSummary:
     def __str__(self) -> str:
         return (
             f"{self.name}: {self.shape} {self.dtype} in {self.store} ({self.shards_written} of "
-            f"{self.n_shards} shards written) in {self.seconds:.1f} s"
+            f"{count(self.n_shards, 'shard')} written) in {self.seconds:.1f} s"
         )
 
 
@@ -163,8 +164,8 @@ def _apply(job: _Job, pixels: np.ndarray) -> tuple[np.ndarray | None, str | None
         except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a tensor on a GPU
             return None, f"fn's output for {where} is no numpy array ({exc}); return a (B, ...) numpy array"
         if values.ndim == 0 or values.shape[0] != len(batch):
-            got = "a scalar" if values.ndim == 0 else f"{values.shape[0]} rows"
-            return None, f"fn returned {got} for {where} of {len(batch)} patches; return one row per patch, shape (B, ...)"
+            got = "a scalar" if values.ndim == 0 else count(values.shape[0], "row")
+            return None, f"fn returned {got} for {where} of {count(len(batch), 'patch')}; return one row per patch, shape (B, ...)"
         if values.dtype.kind not in "biuf":
             return None, f"fn returned dtype {values.dtype} for {where}; return numbers (bool, int or float)"
         if job.cast:

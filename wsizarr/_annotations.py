@@ -25,6 +25,7 @@ from lxml import etree
 
 from ._errors import AnnotationError, ParameterError, option
 from ._geometry import ellipse, points_in_polygon, rotate
+from ._text import count
 
 __all__ = [
     "ANNOTATION_TYPES", "Annotation", "AnnotationFile", "Skipped", "annotation_note",
@@ -491,7 +492,7 @@ def _read_imagescope(builder: _Builder, root: etree._Element, label_from: _Label
                 negative.append((where, name, vertices))
             else:
                 builder.skip(
-                    where, "too few points", f"a negative region needs an area, found {len(points)} vertices"
+                    where, "too few points", f"a negative region needs an area, found {count(len(points), 'vertex')}"
                 )
         used: set[int] = set()
         for where, name, kind, vertices in positive:
@@ -747,8 +748,8 @@ def format_description(description: Mapping[str, Any]) -> str:
     """``describe``'s data as lines of text."""
     d = description
     lines = [
-        f"{d['file']}: {_FORMAT_NAMES[d['format']]}, {d['annotations']} annotations, "
-        f"{sum(1 for entry in d['labels'] if entry['label'] is not None)} labels"
+        f"{d['file']}: {_FORMAT_NAMES[d['format']]}, {count(d['annotations'], 'annotation')}, "
+        f"{count(sum(1 for entry in d['labels'] if entry['label'] is not None), 'label')}"
     ]
     names = ["(unlabelled)" if entry["label"] is None else entry["label"] for entry in d["labels"]]
     width = max(map(len, names), default=0)
@@ -774,11 +775,11 @@ def annotation_note(result: AnnotationFile, file: str) -> str | None:
     """One line on what reading ``file`` skipped or warned about; None when nothing."""
     if not (result.skipped or result.warnings):
         return None
-    parts = [f"{len(result.annotations)} annotations"]
+    parts = [count(len(result.annotations), "annotation")]
     if result.skipped:
         parts.append(_skip_counts(result.skipped))
     if result.warnings:
-        parts.append(f"{len(result.warnings)} warnings (first: {result.warnings[0]})")
+        parts.append(f"{count(len(result.warnings), 'warning')} (first: {result.warnings[0]})")
     return f"{file}: {'; '.join(parts)}; `wsizarr annotations {file}` tells more"
 
 

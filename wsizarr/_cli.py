@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import json
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from dataclasses import fields
 from typing import Any
 
 from ._errors import ParameterError, WsizarrError, as_flag
+from ._text import count
 
 if TYPE_CHECKING:
     from ._extract import ExtractionSummary
@@ -72,58 +74,67 @@ def _option(parser: Any, record: type, name: str, help: str, **kwargs: Any) -> N
     parser.add_argument(flag, dest=name, default=default, help=help.format(default=default), **kwargs)
 
 
-def _add_filter_options(parser: argparse.ArgumentParser, how: str = "") -> None:
+def _add_filter_options(parser: Any) -> None:
     from ._options import FilterOptions
 
-    _option(parser, FilterOptions, "min_tissue", "keep patches with at least this tissue_fraction (0-1)" + how, type=float)
+    _option(parser, FilterOptions, "min_tissue", "keep patches with at least this tissue_fraction (0-1)", type=float)
     _option(parser, FilterOptions, "min_sharpness", "keep patches at least this sharp (variance of the Laplacian)", type=float)
     _option(parser, FilterOptions, "max_pen", "keep patches with at most this pen_fraction (0-1)", type=float)
 
 
-def _add_extract_options(parser: argparse.ArgumentParser) -> None:
+def _add_extract_options(parser: argparse.ArgumentParser) -> Any:
+    """The options of an extraction, in groups (resolution and sampling, store layout, quality
+    filters, execution); returns the execution group, for a command's own options of that kind."""
     from ._color import COLORS
     from ._options import (
         EXECUTORS, READERS, ExecutionOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
     )
 
-    resolution = parser.add_mutually_exclusive_group()
+    sampling = parser.add_argument_group("resolution and sampling")
+    resolution = sampling.add_mutually_exclusive_group()
     _option(resolution, ResolutionOptions, "level", "pyramid level to read (default 0)", type=int)
     _option(resolution, ResolutionOptions, "mpp", "patch resolution in microns per pixel", type=float)
     _option(resolution, ResolutionOptions, "magnification", "patch magnification, e.g. 20", type=float)
-    _option(parser, ResolutionOptions, "patch_size", "patch side in pixels (default {default})", type=int)
-    _option(parser, SamplingOptions, "sampler", "jitter (default), centroid, grid, random-in-polygon or background")
-    _option(parser, SamplingOptions, "per_annotation", "patches per annotation (default {default})", type=int)
-    _option(parser, SamplingOptions, "stride", "grid stride in pixels (default: patch size)", type=int)
-    _option(parser, SamplingOptions, "min_overlap",
+    _option(sampling, ResolutionOptions, "patch_size", "patch side in pixels (default {default})", type=int)
+    _option(sampling, SamplingOptions, "sampler", "jitter (default), centroid, grid, random-in-polygon or background")
+    _option(sampling, SamplingOptions, "per_annotation", "patches per annotation (default {default})", type=int)
+    _option(sampling, SamplingOptions, "stride", "grid stride in pixels (default: patch size)", type=int)
+    _option(sampling, SamplingOptions, "min_overlap",
             "grid: least fraction of a patch inside the polygon (default {default})", type=float)
-    _option(parser, SamplingOptions, "background",
+    _option(sampling, SamplingOptions, "background",
             "add N patches from tissue outside every annotation, labelled 'background'", type=int)
-    _option(parser, LayoutOptions, "masks", "store per-patch annotation masks")
-    _option(parser, LayoutOptions, "quality",
+    _option(sampling, SamplingOptions, "drop_partial", "leave out patches crossing the slide edge")
+    _option(sampling, SamplingOptions, "seed", "random seed of the plan (default {default})", type=int)
+    store = parser.add_argument_group("store layout")
+    _option(store, LayoutOptions, "masks", "store per-patch annotation masks")
+    _option(store, LayoutOptions, "quality",
             "store per-patch quality measures (tissue_fraction, sharpness, pen_fraction, brightness, "
             "saturation; default on)")
-    _add_filter_options(parser, " (the whole plan is extracted beside --out, then the patches that pass written into it)")
-    _option(parser, SamplingOptions, "drop_partial", "leave out patches crossing the slide edge")
-    _option(parser, SamplingOptions, "seed", "random seed of the plan (default {default})", type=int)
-    _option(parser, LayoutOptions, "shard_size", "patches per shard file (default {default})", type=int)
-    _option(parser, LayoutOptions, "codec",
+    _option(store, LayoutOptions, "shard_size", "patches per shard file (default {default})", type=int)
+    _option(store, LayoutOptions, "codec",
             "patch codec: zstd (default, lossless), blosc-lz4 (lossless, fastest), none, "
             "jpegxl (lossless, smallest), jpeg (lossy q90)")
-    _option(parser, LayoutOptions, "color",
+    _option(store, LayoutOptions, "color",
             "unchanged (default): the slide's own pixels; srgb: converted from the slide's ICC "
             "profile to sRGB (slides without one stay unchanged)", choices=COLORS)
-    _option(parser, ExecutionOptions, "workers", "parallel workers (default: cores)", type=int)
-    _option(parser, ExecutionOptions, "executor", "run tasks on threads (default) or processes", choices=EXECUTORS)
-    _option(parser, ExecutionOptions, "reader",
+    filters = parser.add_argument_group(
+        "quality filters", "the whole plan is extracted beside the store, then the patches that pass written into it",
+    )
+    _add_filter_options(filters)
+    execution = parser.add_argument_group("execution")
+    _option(execution, ExecutionOptions, "workers", "parallel workers (default: cores)", type=int)
+    _option(execution, ExecutionOptions, "executor", "run tasks on threads (default) or processes", choices=EXECUTORS)
+    _option(execution, ExecutionOptions, "reader",
             "read the slide's TIFF tiles (the level's own pixels; also from S3) or OpenSlide's "
             "read_region; auto (default): tiles where tifffile reads the pyramid", choices=READERS)
-    parser.add_argument(
+    execution.add_argument(
         "--dask-scheduler", default=None, metavar="ADDRESS",
         help="run the tasks on a dask.distributed cluster (pip install 'wsizarr[dask]')",
     )
+    return execution
 
 
-def _add_annotation_options(parser: argparse.ArgumentParser) -> None:
+def _add_annotation_options(parser: Any) -> None:
     from ._options import LABEL_SOURCES, LabelOptions
 
     _option(parser, LabelOptions, "label_from",
@@ -175,7 +186,7 @@ def _extract_options(args: argparse.Namespace, mode: str) -> ExtractOptions:
     )
 
 
-def _add_storage_option(parser: argparse.ArgumentParser) -> None:
+def _add_storage_option(parser: Any) -> None:
     parser.add_argument(
         "--storage-option", action="append", default=[], metavar="KEY=VALUE",
         help="S3 option (endpoint_url, access_key_id, secret_access_key, session_token, region, "
@@ -197,45 +208,63 @@ def _storage_options(args: argparse.Namespace) -> dict[str, str] | None:
     return options or None
 
 
+_EXTRACT_EXAMPLES = """\
+examples:
+  wsizarr extract slide.svs --annotations slide.xml --out patches.zarr \\
+      --level 1 --patch-size 256 --per-annotation 30 --seed 0
+  wsizarr extract slides/*.svs --annotations annotations/ --out cohort.zarr \\
+      --mpp 0.5 --sampler grid --min-tissue 0.5 --label-map 'glomerulus=Normal,sclerotic=Abnormal'
+  wsizarr extract slide.svs --annotations slide.xml --out patches.zarr \\
+      --level 1 --patch-size 256 --per-annotation 30 --seed 0 --resume
+      (after Ctrl-C: the same command with --resume writes only the missing shards)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsizarr", description="Annotation-driven patch extraction from whole-slide images into Zarr v3."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    extract = commands.add_parser("extract", help="extract patches around annotations into a store")
-    extract.add_argument(
+    extract = commands.add_parser(
+        "extract", help="extract patches around annotations into a store",
+        description="Extract patches around the annotations of whole-slide images into one Zarr v3 store.",
+        epilog=_EXTRACT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inputs = extract.add_argument_group("input: slides and annotations")
+    inputs.add_argument(
         "slides", nargs="+",
         help="whole-slide images (any format OpenSlide reads; s3://bucket/key.svs or an s3:// prefix ending in /)",
     )
-    extract.add_argument(
+    inputs.add_argument(
         "--annotations", required=True,
         help="annotation file, or a folder (or s3:// prefix ending in /) of files named like the slides "
         "(slide.svs -> slide.xml)",
     )
-    extract.add_argument(
-        "--out", required=True,
-        help="output store: a directory, a .zip file, or s3://bucket/prefix.zarr",
-    )
-    _add_extract_options(extract)
     from ._options import ExecutionOptions, LabelOptions
 
-    extract.add_argument(
+    inputs.add_argument(
         "--label-map", default=None,
         help="rename or merge labels: 'glomerulus=Normal,sclerotic=Abnormal' or a JSON file",
     )
-    _option(extract, LabelOptions, "keep_only", "keep only the labels the map names")
-    _option(extract, LabelOptions, "label_order",
+    _option(inputs, LabelOptions, "keep_only", "keep only the labels the map names")
+    _option(inputs, LabelOptions, "label_order",
             "comma-separated label names fixing the label codes (stable across stores)", type=_comma_list)
-    _add_annotation_options(extract)
-    _option(extract, ExecutionOptions, "strict", "fail on the first unreadable slide")
-    extract.add_argument(
+    _add_annotation_options(inputs)
+    store = extract.add_argument_group("output")
+    store.add_argument(
+        "--out", required=True,
+        help="output store: a directory, a .zip file, or s3://bucket/prefix.zarr",
+    )
+    store.add_argument(
         "--overwrite", action="store_true",
         help="replace an existing wsizarr store (and --report's file); the old store stays until the new one is complete",
     )
-    extract.add_argument("--resume", action="store_true", help="finish an interrupted extraction")
-    extract.add_argument("--append", action="store_true", help="add the slides to an existing store")
-    extract.add_argument("--report", default=None, metavar="HTML", help="also write an HTML report of the store")
-    _add_storage_option(extract)
+    store.add_argument("--resume", action="store_true", help="finish an interrupted extraction")
+    store.add_argument("--append", action="store_true", help="add the slides to an existing store")
+    store.add_argument("--report", default=None, metavar="HTML", help="also write an HTML report of the store")
+    _add_storage_option(store)
+    execution = _add_extract_options(extract)
+    _option(execution, ExecutionOptions, "strict", "fail on the first unreadable slide")
     annotations = commands.add_parser(
         "annotations", help="what an annotation file holds, before anything is extracted"
     )
@@ -376,26 +405,26 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     if as_json:
         _print_json(info)
         return
-    state = "complete" if info["complete"] else f"INCOMPLETE ({info['shards_done']}/{info['n_shards']} shards; resume it)"
+    state = "complete" if info["complete"] else f"INCOMPLETE ({info['shards_done']}/{count(info['n_shards'], 'shard')}; resume it)"
     _say(f"store       {info['store']}  [{state}]")
     _say(f"patches     {info['n_patches']} x {'x'.join(map(str, info['patch_shape']))} uint8")
     _say(f"chunks      {info['chunks']}  shards {info['shards']}  codec {info['codec']}")
-    _say(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files")
+    _say(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB in {count(info['files'], 'file')}")
     _say("per label   " + ", ".join(f"{_printable(k)}: {v}" for k, v in info["per_label"].items()))
     per_slide = list(info["per_slide"].items())
-    more = f", ... and {len(per_slide) - _SHOWN} more slides" if len(per_slide) > _SHOWN else ""
+    more = f", ... and {count(len(per_slide) - _SHOWN, 'more slide')}" if len(per_slide) > _SHOWN else ""
     _say("per slide   " + ", ".join(f"{_printable(k)}: {v}" for k, v in per_slide[:_SHOWN]) + more)
     _say("parameters  " + ", ".join(f"{k}={v}" for k, v in info["parameters"].items()))
     legacy = " (read-only: `wsizarr migrate` rewrites it as schema 2)" if info["schema_version"] == 1 else ""
     _say(f"schema      {info['schema_version']}{legacy} (wsizarr {info['wsizarr_version']})")
-    _say(f"tables      {info['n_slides']} slides, {info['n_annotations']} annotations")
+    _say(f"tables      {count(info['n_slides'], 'slide')}, {count(info['n_annotations'], 'annotation')}")
     for name, per_label in info["quality"].items():
         spread = ", ".join(f"{_printable(k)}: {p50:.3g} [{p5:.3g}-{p95:.3g}]" for k, (p5, p50, p95) in per_label.items())
         _say(f"quality     {name} median [5-95 %]  {spread}")
     if info["subset"] is not None:
         origin = info["subset"]
         chosen = ", ".join(f"{k}={v}" for k, v in origin["selection"].items()) or "every patch"
-        _say(f"subset of   {origin['source']} ({origin['source_patches']} patches): {chosen}")
+        _say(f"subset of   {origin['source']} ({count(origin['source_patches'], 'patch')}): {chosen}")
     for name, added in info["added"].items():
         state = "complete" if added["complete"] else "UNFINISHED: run the same command again"
         shape = "x".join(map(str, added["shape"]))
@@ -438,11 +467,24 @@ def _demo(args: argparse.Namespace) -> None:
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
+    _say(f"writing a synthetic Aperio-style slide and its annotations into {folder} ...")
+    sys.stdout.flush()  # said before the seconds it takes, also into a pipe
     slide = write_demo_slide(folder / "demo.svs")
     annotations = write_demo_annotations(slide, folder / "demo.xml")
-    print(f"wrote {slide.path} ({slide.dimensions[0]}x{slide.dimensions[1]}) and {annotations}")
-    summary = run_extraction(slide.path, annotations, folder / "demo.zarr", _extract_options(args, "overwrite"))
-    print(summary)
+    store = folder / "demo.zarr"
+    _say(f"wrote {slide.path} ({slide.dimensions[0]}x{slide.dimensions[1]}) and {annotations} "
+         f"({count(len(slide.polygons), 'annotation')}); extracting them into {store} ...")
+    sys.stdout.flush()
+    summary = run_extraction(slide.path, annotations, store, _extract_options(args, "overwrite"))
+    _say(summary)
+    quoted = {name: shlex.quote(str(path)) for name, path in
+              [("store", store), ("slide", slide.path), ("xml", annotations), ("png", folder / "preview.png")]}
+    _say("next: what the store holds, its checksums and patches re-read from the slide, a contact "
+         "sheet per label, an extraction of your own:\n"
+         f"  wsizarr info {quoted['store']}\n"
+         f"  wsizarr verify {quoted['store']}\n"
+         f"  wsizarr preview {quoted['store']} --out {quoted['png']}\n"
+         f"  wsizarr extract {quoted['slide']} --annotations {quoted['xml']} --out patches.zarr --level 1")
 
 
 class _Terminated(KeyboardInterrupt):
@@ -547,8 +589,8 @@ def _run(args: argparse.Namespace) -> int:
             from ._migrate import migrate
 
             manifest = migrate(args.store, storage_options=_storage_options(args))
-            _say(f"{args.store}: schema {manifest.schema_version}, {manifest.n_slides} slides, "
-                 f"{manifest.n_annotations} annotations, {manifest.n_patches} patches")
+            _say(f"{args.store}: schema {manifest.schema_version}, {count(manifest.n_slides, 'slide')}, "
+                 f"{count(manifest.n_annotations, 'annotation')}, {count(manifest.n_patches, 'patch')}")
         elif args.command == "verify":
             from ._verify import verify
 
@@ -559,9 +601,9 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "export":
             from ._export import export
 
-            count = export(args.store, args.dir, format=args.format, label=args.label,
+            written = export(args.store, args.dir, format=args.format, label=args.label,
                            overwrite=args.overwrite, storage_options=_storage_options(args))
-            _say(f"wrote {count} {args.format} files and metadata.csv to {args.dir}")
+            _say(f"wrote {count(written, args.format + ' file')} and metadata.csv to {args.dir}")
         elif args.command in ("preview", "overlay", "report"):
             from . import _preview
 

@@ -36,6 +36,7 @@ from ._store import (
     finalize_store, open_for_writing, open_store, partial_location, read_manifest, roll_back_run,
     store_writes,
 )
+from ._text import count
 from ._version import __version__
 
 __all__ = [
@@ -71,29 +72,42 @@ class ExtractionSummary:
     plan_seconds: float = 0.0
     notes: tuple[str, ...] = ()
     filtered_out: int = 0  # patches extracted but left out by the quality filters
+    patches_written: int | None = None  # the patches of the shards this run wrote; None: all of them
+
+    @property
+    def written(self) -> int:
+        """The patches this run wrote (a resume: those of the shards it wrote)."""
+        return self.n_patches if self.patches_written is None else self.patches_written
 
     @property
     def patches_per_second(self) -> float:
-        return self.n_patches / self.seconds if self.seconds > 0 else float("inf")
+        """Patches written per second by this run."""
+        return self.written / self.seconds if self.seconds > 0 else float("inf")
 
     def __str__(self) -> str:
         notes = ", ".join(
-            f"{count} {what}" for count, what in [
-                (len(self.failed_slides), "unreadable slides skipped"),
-                (len(self.slides_without_annotations), "slides without annotations"),
-                (len(self.annotations_without_slides), "annotation files without a slide"),
-                (len(self.slides_without_profile), "slides without a colour profile left unchanged"),
-                (self.skipped_annotations, "annotations outside the slide skipped"),
-                (self.padded, "edge patches padded with white"),
-                (self.dropped_partial, "edge patches dropped"),
-                (self.dropped_excluded, "patches centred in exclusions dropped"),
-                (self.filtered_out, "patches left out by the quality filters"),
-            ] if count
+            f"{count(n, noun)} {what}".rstrip() for n, noun, what in [
+                (len(self.failed_slides), "unreadable slide", "skipped"),
+                (len(self.slides_without_annotations), "slide", "without annotations"),
+                (len(self.annotations_without_slides), "annotation file", "without a slide"),
+                (len(self.slides_without_profile), "slide", "without a colour profile left unchanged"),
+                (self.skipped_annotations, "annotation", "outside the slide skipped"),
+                (self.padded, "edge patch", "padded with white"),
+                (self.dropped_partial, "edge patch", "dropped"),
+                (self.dropped_excluded, "patch", "centred in exclusions dropped"),
+                (self.filtered_out, "patch", "left out by the quality filters"),
+            ] if n
         )
         slides = f" from {self.n_slides} slides" if self.n_slides > 1 else ""
+        already = self.n_patches - self.written
+        rate = f"{self.patches_per_second:.0f} patches/s"
+        if not self.written:
+            rate = "every patch already there, nothing left to write"
+        elif already:  # a resume: the rate is of the patches written now
+            rate = f"{count(self.written, 'patch')} written now and {already} already there, {rate}"
         return (
-            f"{self.n_patches} patches{slides} in {self.store} ({self.shards_written} of {self.n_shards} "
-            f"shards written) in {self.seconds:.1f} s, {self.patches_per_second:.0f} patches/s, "
+            f"{count(self.n_patches, 'patch')}{slides} in {self.store} ({self.shards_written} of "
+            f"{count(self.n_shards, 'shard')} written) in {self.seconds:.1f} s, {rate}, "
             f"{self.bytes_on_disk / 1e6:.1f} MB on disk" + (f"; {notes}" if notes else "")
         )
 
@@ -249,7 +263,7 @@ def run_extraction(
         prepared, inputs = inputs.prepared, replace(inputs, prepared=())  # prepared: dropped once planned
         summarise = _summariser(target, inputs, started)
         if building.beside and not building.exists and target_exists and options.mode == "resume":
-            return summarise(read_manifest(open_store(target)), 0)  # resumed after it was published
+            return summarise(read_manifest(open_store(target)))  # resumed after it was published
         group = open_for_writing(location) if building.exists and options.mode != "overwrite" else None
         existing = read_manifest(group) if group is not None else None
         if existing is not None and is_stillborn(existing):
@@ -264,7 +278,7 @@ def run_extraction(
             tidy_complete(group)  # a run killed right after marking it complete
             if building.beside:
                 _publish(location, target)
-            return summarise(existing, 0)
+            return summarise(existing)
         with store_writes(location):
             if group is None:
                 if building.exists:  # our own unfinished build beside the target: start it again
@@ -283,7 +297,7 @@ def run_extraction(
             finalize_store(group, location)
             if building.beside:
                 _publish(location, target)
-        return summarise(read_manifest(group), int((~done).sum()), counts)
+        return summarise(read_manifest(group), done, counts)
 
 
 def _prepare(
@@ -476,11 +490,15 @@ def _publish(building: Location, target: Location) -> None:
 
 
 def _summariser(out: Location, inputs: _Inputs, started: float) -> Callable[..., ExtractionSummary]:
-    def summarise(manifest: Manifest, shards_written: int, counts: _PlanCounts | None = None) -> ExtractionSummary:
+    def summarise(manifest: Manifest, done: np.ndarray | None = None, counts: _PlanCounts | None = None) -> ExtractionSummary:
+        """The summary of a run that wrote the shards not in ``done`` (None: none)."""
         counts = counts or _PlanCounts()
+        written = np.zeros(manifest.n_shards, bool) if done is None else ~done
+        sizes = np.diff(np.minimum(np.arange(manifest.n_shards + 1) * manifest.shard_size, manifest.n_patches))
         return ExtractionSummary(
             store=str(out), n_patches=manifest.n_patches, n_shards=manifest.n_shards,
-            shards_written=shards_written, seconds=time.perf_counter() - started,
+            shards_written=int(written.sum()), seconds=time.perf_counter() - started,
+            patches_written=int(sizes[written].sum()),
             bytes_on_disk=out.usage()[0], n_slides=manifest.n_slides,
             skipped_annotations=counts.skipped_annotations, padded=counts.padded,
             dropped_partial=counts.dropped_partial, dropped_excluded=counts.dropped_excluded,

@@ -24,6 +24,7 @@ from ._reader import PatchReader
 from ._manifest import AddedArray, read_table
 from ._quality import QUALITY_MEASURES
 from ._store import COORDINATE_ARRAYS, open_store, read_manifest, slide_table
+from ._text import count
 
 if TYPE_CHECKING:
     import xarray
@@ -198,6 +199,24 @@ class PatchTable:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def __repr__(self) -> str:
+        """A line, not the arrays: patches, slides (the first three named), patches per label,
+        fields, quality measures and added arrays."""
+        shown = ", ".join(self.slide_names[:3]) + (f", ... {len(self.slide_names) - 3} more" if len(self.slide_names) > 3 else "")
+        codes = np.bincount(self.label + 1, minlength=len(self.label_names) + 1)  # -1 unlabelled first
+        labels = [f"{name} {int(n)}" for name, n in zip(self.label_names, codes[1:])]
+        labels += [f"unlabelled {int(codes[0])}"] if codes[0] else []
+        parts = [
+            f"{count(len(self), 'patch')} from {count(len(self.slide_names), 'slide')} ({shown})",
+            "labels " + (", ".join(labels) or "none"),
+            "fields " + ", ".join(COORDINATE_ARRAYS),
+        ]
+        parts += ["quality " + ", ".join(self.quality)] if self.quality else []
+        parts += ["added " + ", ".join(self.added)] if self.added else []
+        return f"PatchTable({self.store!r}: {'; '.join(parts)})"
+
+    __str__ = __repr__
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The 1-D arrays by store name."""

@@ -27,6 +27,7 @@ from ._annotations import (
 from ._errors import ParameterError, WsizarrError, option
 from ._execution import SlideSource
 from ._locations import parse_location
+from ._text import count
 from ._options import LabelOptions, ResolutionOptions, SamplingOptions
 from ._sampling import BACKGROUND_LABEL, PatchPlan, plan_slide_patches
 from ._slide import TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask, tissue_mask_of
@@ -132,7 +133,7 @@ def match_annotations(
     files = [_path_or_url(a) for a in annotations]
     if len(files) != len(slide_paths):
         raise ParameterError(
-            f"{len(slide_paths)} slides but {len(files)} annotation files; give one per slide "
+            f"{count(len(slide_paths), 'slide')} but {count(len(files), 'annotation file')}; give one per slide "
             "or a folder"
         )
     return list(zip(slide_paths, files)), [], []

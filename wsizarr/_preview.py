@@ -20,6 +20,7 @@ from ._reader import PatchReader
 from ._slide import open_slide
 from ._manifest import Manifest, SlideTable, read_annotations as read_stored_annotations
 from ._store import open_store, read_manifest, slide_table, store_info
+from ._text import count
 
 __all__ = ["LABEL_COLOURS", "overlay", "preview", "write_report"]
 
@@ -107,7 +108,7 @@ def _quality_histograms(group: zarr.Group) -> Image.Image | None:
         name = manifest.label_names[code] if code >= 0 else "(unlabelled)"
         top = height + 4 + 16 * row
         draw.rectangle((6, top, 16, top + 10), fill=_colour(code))
-        draw.text((22, top - 1), f"{name} ({int((labels == code).sum())} patches)", fill="black", font=font)
+        draw.text((22, top - 1), f"{name} ({count(int((labels == code).sum()), 'patch')})", fill="black", font=font)
     return image
 
 
@@ -131,7 +132,7 @@ def _contact_sheet(location: Location, per_label: int, seed: int) -> Image.Image
     for code, picks in blocks:
         name = label_names[code] if code >= 0 else "(unlabelled)"
         draw.rectangle((0, top, sheet.width, top + 19), fill=_colour(code))
-        draw.text((4, top + 4), f"{name}: {int((labels == code).sum())} patches", fill="white", font=font)
+        draw.text((4, top + 4), f"{name}: {count(int((labels == code).sum()), 'patch')}", fill="white", font=font)
         top += 20
         for k, (i, patch) in enumerate(zip(picks.tolist(), reader.read_patches(picks))):
             left, row_top = (k % _COLUMNS) * _TILE_PX, top + (k // _COLUMNS) * cell
@@ -248,8 +249,8 @@ def write_report(
 
     body = [
         f"<h1>wsizarr store {html.escape(info['store'])}</h1>",
-        f"<p>{info['n_patches']} patches of {'×'.join(map(str, info['patch_shape']))}, "
-        f"{info['bytes_on_disk'] / 1e6:.1f} MB in {info['files']} files, codec {html.escape(str(info['codec']))}, "
+        f"<p>{count(info['n_patches'], 'patch')} of {'×'.join(map(str, info['patch_shape']))}, "
+        f"{info['bytes_on_disk'] / 1e6:.1f} MB in {count(info['files'], 'file')}, codec {html.escape(str(info['codec']))}, "
         f"schema {info['schema_version']}, wsizarr {html.escape(str(info['wsizarr_version']))}</p>",
         "<h2>Patches per label</h2>", table(info["per_label"]),
         "<h2>Patches per slide</h2>", table(info["per_slide"]),

@@ -129,10 +129,20 @@ def resolve_resolution(
             )
         target = info.objective_power / magnification
     if target < 1 - tolerance:
-        finest = "" if base_mpp is None else f" ({base_mpp:.3g} mpp, {info.objective_power or '?'}x)"
+        # level 0 as the slide records it (what it does not record left out), and the fix in the
+        # units asked for
+        finest = ", ".join(
+            ([] if info.objective_power is None else [f"{info.objective_power:g}x"])
+            + ([] if base_mpp is None else [f"{base_mpp:.3g} mpp"])
+        )
+        if mpp is not None and base_mpp is not None:  # base_mpp: checked above
+            asked, fix = option("mpp", _shown(mpp)), f"{option('mpp', _shown(base_mpp))} or coarser"
+        else:  # magnification, with the objective power checked above
+            asked = option("magnification", _shown(magnification or 0))
+            fix = f"{option('magnification', _shown(info.objective_power or 0))} or less"
         raise ParameterError(
-            f"{info.path}: the requested resolution is finer than level 0{finest}; "
-            "ask for a coarser one (wsizarr does not upsample)"
+            f"{info.path}: {asked} is finer than level 0 ({finest}); ask for {fix}, or choose a "
+            f"{option('level')} (wsizarr does not upsample)"
         )
     downsamples = np.asarray(info.level_downsamples)
     close = np.flatnonzero(np.abs(downsamples / target - 1) <= tolerance)
@@ -146,6 +156,12 @@ def resolve_resolution(
     if base_mpp is not None:
         effective = base_mpp * downsamples[chosen] * read_size / patch_size
     return _fitting(info, Resolution(chosen, read_size, effective), patch_size)
+
+
+def _shown(value: float) -> float | int:
+    """``value`` as an error message shows it: 40 rather than 40.0, 0.252 rather than 0.25193."""
+    rounded = float(f"{value:.3g}")
+    return int(rounded) if rounded.is_integer() else rounded
 
 
 def _fitting(info: SlideInfo, resolution: Resolution, patch_size: int) -> Resolution:

@@ -55,6 +55,7 @@ from ._manifest import (
 from ._locations import Location, parse_location
 from ._quality import QUALITY_MEASURES
 from ._shards import encode_rows, encode_shard, has_chunk_checksums, pack_shard, shard_key
+from ._text import count
 
 __all__ = [
     "CODECS",
@@ -462,7 +463,7 @@ def open_store(location: StoreLocation, *, require_complete: bool = True) -> zar
     if require_complete and not manifest.complete:
         done = done_shards(group)
         raise IncompleteStoreError(
-            f"{location}: the extraction did not finish ({int(done.sum())} of {len(done)} shards "
+            f"{location}: the extraction did not finish ({int(done.sum())} of {count(len(done), 'shard')} "
             f"written); run the same extraction with {option('resume', True)}"
         )
     return group
@@ -577,7 +578,7 @@ def finalize_store(group: zarr.Group, location: Location) -> None:
     done = done_shards(group)
     if not done.all():
         raise IncompleteStoreError(
-            f"{group.store}: {int((~done).sum())} shards are missing; resume the extraction"
+            f"{group.store}: {count(int((~done).sum()), 'shard')} missing; resume the extraction"
         )
     location.remove_partial_writes()
     write_manifest(group, replace(read_manifest(group), complete=True, run=None))

@@ -48,6 +48,7 @@ from ._store import (
     open_for_task, open_store, partial_location, read_manifest, refuse_legacy, why_not_a_store,
     write_shard,
 )
+from ._text import count
 from ._version import __version__
 
 __all__ = ["SubsetSummary", "extract_filtered", "subset"]
@@ -75,8 +76,8 @@ class SubsetSummary:
 
     def __str__(self) -> str:
         return (
-            f"{self.n_patches} of {self.source_patches} patches of {self.source} from {self.n_slides} "
-            f"slides in {self.store} ({self.n_shards} shards) in {self.seconds:.1f} s, "
+            f"{self.n_patches} of {count(self.source_patches, 'patch')} of {self.source} from "
+            f"{count(self.n_slides, 'slide')} in {self.store} ({count(self.n_shards, 'shard')}) in {self.seconds:.1f} s, "
             f"{self.patches_per_second:.0f} patches/s, {self.bytes_on_disk / 1e6:.1f} MB on disk"
         )
 
@@ -350,7 +351,7 @@ def extract_filtered(
     return replace(
         extraction, store=str(target), n_patches=kept.n_patches, n_shards=kept.n_shards,
         seconds=time.perf_counter() - started, bytes_on_disk=kept.bytes_on_disk,
-        filtered_out=extraction.n_patches - kept.n_patches,
+        filtered_out=extraction.n_patches - kept.n_patches, patches_written=kept.n_patches,  # subset writes them all
     )
 
 
@@ -367,5 +368,5 @@ def _published(target: Location, options: ExtractOptions, started: float) -> Ext
         )
     return ExtractionSummary(
         str(target), manifest.n_patches, manifest.n_shards, 0, time.perf_counter() - started,
-        target.usage()[0], n_slides=manifest.n_slides,
+        target.usage()[0], n_slides=manifest.n_slides, patches_written=0,
     )

@@ -21,6 +21,7 @@ from ._manifest import Manifest, SlideTable
 from ._tiles import SlideReader, TileReader, interpolate_like_openslide, open_reader
 from ._manifest import plan_sha256
 from ._store import COORDINATE_ARRAYS, done_shards, encode_lossy, open_store, read_manifest, slide_table
+from ._text import count
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -57,10 +58,10 @@ class VerifyReport:
 
     def __str__(self) -> str:
         head = (
-            f"{self.store}: {self.n_patches} patches in {self.shards} shards, "
+            f"{self.store}: {count(self.n_patches, 'patch')} in {count(self.shards, 'shard')}, "
             f"{self.patches_checked} checked, {self.patches_compared} re-read from their slides: "
         )
-        return head + ("OK" if self.ok else f"{len(self.problems)} problems\n  " + "\n  ".join(self.problems))
+        return head + ("OK" if self.ok else f"{count(len(self.problems), 'problem')}\n  " + "\n  ".join(self.problems))
 
 
 def verify(
@@ -85,7 +86,7 @@ def verify(
     shard_size = manifest.shard_size
     shards = manifest.n_shards
     if not manifest.complete:
-        problems.append(f"incomplete: {int(done_shards(group).sum())} of {shards} shards marked done; resume it")
+        problems.append(f"incomplete: {int(done_shards(group).sum())} of {count(shards, 'shard')} marked done; resume it")
     keys = set(location.keys())
     stray = sorted(keys - set(_expected_keys(group)))
     if stray:
@@ -117,9 +118,9 @@ def verify(
     arrays = {name: np.asarray(group[name][:]) for name in COORDINATE_ARRAYS}
     for name, values in arrays.items():
         if len(values) != n:
-            problems.append(f"array {name} has {len(values)} entries, the store {n} patches")
+            problems.append(f"array {name} has {count(len(values), 'entry', 'entries')}, the store {count(n, 'patch')}")
     if group["patches"].shape[0] != n:
-        problems.append(f"patches has {group['patches'].shape[0]} entries, the store {n}")
+        problems.append(f"patches has {count(group['patches'].shape[0], 'entry', 'entries')}, the store {n}")
     problems += _plan_problems(manifest, slides.columns, arrays)
     problems += _added_problems(group, manifest)
     damaged_quality, quality = _quality_problems(group, manifest)
@@ -184,7 +185,7 @@ def _quality_problems(group: zarr.Group, manifest: Manifest) -> tuple[list[str],
         values, damaged = _read_rows(group[name], f"the quality array '{name}'", "re-extract the store")
         unset = [] if values is None else np.flatnonzero(np.isnan(values))
         if len(unset):
-            damaged.append(f"the quality array '{name}' has no value for {len(unset)} patches (first: {unset[0]}); re-extract the store")
+            damaged.append(f"the quality array '{name}' has no value for {count(len(unset), 'patch')} (first: {unset[0]}); re-extract the store")
         problems += damaged
         if values is not None:
             stored[name] = values

@@ -31,6 +31,7 @@ from ._loaders import (
     PatchTable, StoreLike, added_rows, check_added, gather_patches, open_patches, shuffled_batches,
 )
 from ._store import COORDINATE_ARRAYS
+from ._text import count
 
 __all__ = ["PatchDataset", "ShardShuffledPatches", "balanced_sampler"]
 
@@ -195,7 +196,7 @@ class PatchDataset(_FromStore, Dataset):
         try:
             patches = source.indices[np.asarray(items, np.int64)]
         except IndexError:
-            raise IndexError(f"item out of range for a dataset of {len(self)} patches") from None
+            raise IndexError(f"item out of range for a dataset of {count(len(self), 'patch')}") from None
         batch: dict[str, np.ndarray] = {
             name: source.reader.read_patches(patches, name) for name in source.images
         }
