@@ -2,8 +2,8 @@
 
 ``open_dataset`` gives the store as a lazy ``xarray.Dataset``; ``read_patch_table`` gives its
 1-D arrays (where every patch came from) with selection, group-wise splits and label weights;
-``iter_batches`` streams numpy batches, reading whole shards in a random order through a shuffle
-buffer that spans several shards. The PyTorch datasets in ``wsizarr.torch`` build on these.
+``iter_batches`` streams numpy batches, reading whole shards in a random order and shuffling
+patches within windows of several shards. The PyTorch datasets in ``wsizarr.torch`` build on these.
 """
 
 from __future__ import annotations
@@ -586,8 +586,9 @@ def iter_batches(
     Each batch is a dict: ``patches`` ``(B, H, W, 3)`` uint8 (``channels_first``:
     ``(B, 3, H, W)``; and ``masks`` ``(B, H, W)`` with ``masks=True``), ``index`` (the patch numbers), and ``x``, ``y``, ``level``,
     ``annotation_id``, ``label`` (codes), ``slide``, ``padded``. Whole shards are read in a
-    random order (from ``seed`` and ``epoch``) through a shuffle buffer of ``shuffle_buffer``
-    patches (default four shards: mind the memory at large patch sizes); ``indices`` (from
+    random order (from ``seed`` and ``epoch``), their patches shuffled in windows of at least
+    ``shuffle_buffer`` patches (default four shards, held as stored: the memory is that of
+    their files, not of decoded patches); ``indices`` (from
     ``read_patch_table(...).select`` or ``.split``) restricts to those patches; ``rank`` of
     ``world_size`` reads its share of the shards, every patch once across the ranks.
     ``added`` names arrays added after extraction (``add_array``) to include, e.g.
