@@ -1,19 +1,25 @@
-"""Training-input benchmark: a PyTorch DataLoader over the same patches stored five ways.
+"""Training-input benchmark: a PyTorch DataLoader over the same patches stored seven ways.
 
 The patches (~10,000 jittered 256-px crops around the 120 annotations of bench_extract.py's
 benchmark slide, level 1) are extracted into a lossless (zstd) and a lossy (JPEG) wsizarr store;
 the zstd store's patches, with their labels, are then written as the recipe does it: a folder of
 PNG files, a folder of JPEG q90 files (cv2.imwrite, one file per patch, a ``labels.csv`` beside
-them) and one HDF5 file (h5py, one patch per chunk, gzip). Every method feeds a
+them), one HDF5 file (h5py, one patch per chunk, gzip) and WebDataset tar shards (1,000 samples
+each, members ``.jpg`` (the same JPEG q90 bytes) or ``.npy``, and ``.cls``). Every method feeds a
 ``DataLoader`` with batches of 64 shuffled patches, CHW uint8 tensors ``(64, 3, 256, 256)`` plus
 labels, with ``num_workers`` 0 and 2, one full epoch per run:
 
 * PNG / JPEG folder: a map-style Dataset over the file list, cv2.imread + BGR->RGB, then
   ``torch.from_numpy(img).permute(2, 0, 1)`` per sample (the DataLoader's collate stacks them);
 * HDF5: the same over an h5py dataset, the file opened lazily inside each worker;
+* WebDataset: ``WebDataset(shards, shardshuffle=True).shuffle(1000)``, the ``.jpg`` members
+  decoded with cv2 as the JPEG folder is, the ``.npy`` members with numpy, ``.batched(64)``,
+  ``DataLoader(batch_size=None)``;
 * ``wsizarr.torch.PatchDataset`` with ``DataLoader(batch_size=64, shuffle=True)``;
 * ``wsizarr.torch.ShardShuffledPatches(store, batch_size=64, seed=0)`` with
-  ``DataLoader(ds, batch_size=None)``.
+  ``DataLoader(ds, batch_size=None)``; and the zstd store with ``layout="HWC"`` and
+  ``transform=lambda t: t.permute(0, 3, 1, 2)``: the same ``(64, 3, 256, 256)`` batch as a
+  channels-last view (``torch.channels_last``, as convolutions prefer), no transposing copy.
 
 Separately, the time to the first batch of a ~100,000-patch store (JPEG) for both datasets.
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import os
 import platform
 import shutil
@@ -52,6 +59,9 @@ WORKERS = (0, 2)
 _START = "<!-- bench_load.py start -->\n"
 _STOP = "<!-- bench_load.py end -->\n"
 PNG, JPEG, HDF5 = "png folder", "jpeg q90 folder", "hdf5 gzip"
+WDS_JPEG, WDS_NPY = "webdataset .jpg", "webdataset .npy"
+WDS_SAMPLES = 1000  # per tar shard
+HWC_ROW = "ShardShuffledPatches zstd HWC"
 
 
 # --- the recipe's datasets ---------------------------------------------------------------------
@@ -108,6 +118,31 @@ class HDF5Dataset(Dataset):
         return state
 
 
+def _rgb_from_jpeg(data: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+def webdataset_loader(folder: Path, member: str):  # noqa: ANN201 - a webdataset pipeline
+    """WebDataset's own recipe: shards shuffled, a 1,000-sample shuffle buffer, batches of 64."""
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    decode = _rgb_from_jpeg if member == "jpg" else lambda data: np.load(io.BytesIO(data))
+    return (
+        wds.WebDataset(shards, shardshuffle=len(shards), seed=0, empty_check=False)
+        .shuffle(1000)
+        .to_tuple(member, "cls")
+        .map_tuple(lambda data: _chw(decode(data)), lambda data: int(data))
+        .batched(BATCH, partial=True)
+    )
+
+
 # --- the data ---------------------------------------------------------------------------------
 
 
@@ -137,6 +172,13 @@ def write_recipe_files(store: Path, work: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     csv = ["file,label"]
+    import webdataset as wds
+
+    writers = {}
+    for member in ("jpg", "npy"):
+        shutil.rmtree(work / f"wds-{member}", ignore_errors=True)
+        (work / f"wds-{member}").mkdir()
+        writers[member] = wds.ShardWriter(str(work / f"wds-{member}" / "%05d.tar"), maxcount=WDS_SAMPLES, verbose=0)
     with h5py.File(work / "patches.h5", "w") as f, ThreadPoolExecutor(os.cpu_count()) as pool:
         # gzip as bench_extract writes it (h5py's default level 4, one patch per chunk); the
         # chunks are deflated in threads and stored with write_direct_chunk: the same bytes on disk
@@ -153,8 +195,17 @@ def write_recipe_files(store: Path, work: Path) -> None:
 
             for k, chunk in enumerate(pool.map(write, range(len(index)))):
                 data.id.write_direct_chunk((index[k], 0, 0, 0), chunk)
+                label = str(int(batch["label"][k])).encode()
+                jpeg = (folders[".jpg"][0] / f"patch_{index[k]:06d}.jpg").read_bytes()
+                npy = io.BytesIO()
+                np.save(npy, rgb[k])
+                key = f"patch_{index[k]:06d}"
+                writers["jpg"].write({"__key__": key, "jpg": jpeg, "cls": label})
+                writers["npy"].write({"__key__": key, "npy": npy.getvalue(), "cls": label})
             csv += [f"patch_{i:06d}{{}},{names[code]}" for i, code in zip(index, batch["label"].tolist())]
         f["label"] = table.label
+    for writer in writers.values():
+        writer.close()
     for suffix, (folder, _) in folders.items():
         (folder / "labels.csv").write_text("\n".join(line.format(suffix) for line in csv) + "\n")
     # spot check: the lossless copies hold the store's pixels
@@ -165,6 +216,13 @@ def write_recipe_files(store: Path, work: Path) -> None:
         for dataset in (png, hdf5):
             if not np.array_equal(dataset[i][0].permute(1, 2, 0).numpy(), expected[row]):
                 raise RuntimeError(f"{type(dataset).__name__} patch {i} differs from the store")
+    import webdataset as wds
+
+    stored = {int(s["__key__"][6:]): np.load(io.BytesIO(s["npy"])) for s in wds.WebDataset(
+        sorted(str(p) for p in (work / "wds-npy").glob("*.tar")), shardshuffle=False, empty_check=False)
+        if int(s["__key__"][6:]) in check}
+    if any(not np.array_equal(stored[i], expected[row]) for row, i in enumerate(check)):
+        raise RuntimeError("a webdataset .npy member differs from the store")
 
 
 def disk_bytes(path: Path) -> int:
@@ -197,7 +255,8 @@ def run_epoch(make: Callable[[], Dataset], kind: str, workers: int, n: int, run:
         loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
                             generator=torch.Generator().manual_seed(run))
     else:
-        dataset.set_epoch(run)
+        if kind == "iter":
+            dataset.set_epoch(run)
         loader = DataLoader(dataset, batch_size=None, num_workers=workers)
     started = time.perf_counter()
     batches = iter(loader)
@@ -243,6 +302,11 @@ class OtherLoad:
         """Other processes' share of all cores since the start (0..1)."""
         wall, busy, mine = (b - a for a, b in zip(self.start, self._now()))
         return max(0.0, busy - mine) / (wall * (os.cpu_count() or 1))
+
+
+def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+    """An ``(B, H, W, 3)`` batch as the ``(B, 3, H, W)`` view it is in channels-last memory."""
+    return batch.permute(0, 3, 1, 2)
 
 
 def _median(runs: list[dict], key: str) -> float:
@@ -293,6 +357,11 @@ def main() -> None:
     for codec, store in stores.items():
         methods.append((f"ShardShuffledPatches {codec}",
                         lambda s=store: ShardShuffledPatches(s, batch_size=BATCH, seed=0), "iter", store))
+    methods.append((HWC_ROW, lambda: ShardShuffledPatches(
+        stores["zstd"], batch_size=BATCH, seed=0, layout="HWC", transform=_channels_last), "iter", stores["zstd"]))
+    for name, member in ((WDS_JPEG, "jpg"), (WDS_NPY, "npy")):
+        methods.append((name, lambda m=member: webdataset_loader(work / f"wds-{m}", m), "batched",
+                        work / f"wds-{member}"))
     sizes = {name: disk_bytes(path) for name, _, _, path in methods}
     t = time.perf_counter()
     warmed = warm(list(dict.fromkeys(path for _, _, _, path in methods)))  # each file once
@@ -411,7 +480,9 @@ def _reading(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]
 
     png2 = row(2, PNG)["rate"]
     wsizarr_methods = [f"{d} {c}" for d in ("ShardShuffledPatches", "PatchDataset") for c in ("zstd", "jpeg")]
-    scaling = ", ".join(f"{m} {row(2, m)['rate'] / row(0, m)['rate']:.2f}×" for m in (PNG, JPEG, HDF5, *wsizarr_methods))
+    wsizarr_methods.insert(1, HWC_ROW)
+    peers = (PNG, JPEG, HDF5, WDS_JPEG, WDS_NPY)
+    scaling = ", ".join(f"{m} {row(2, m)['rate'] / row(0, m)['rate']:.2f}×" for m in (*peers, *wsizarr_methods))
     spread = max(
         (max(r["rates"]) - min(r["rates"])) / r["rate"] for r in rows if len(r["rates"]) > 1
     ) if facts["repeats"] > 1 else 0.0
@@ -419,12 +490,12 @@ def _reading(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]
         "Reading the figures:", "",
         f"- With 2 workers the PNG folder feeds {png2:.0f} patches/s ({png2 * PIXEL_BYTES / 1e6:.0f} MB/s "
         "of pixels); " + ", ".join(
-            f"`{m.split()[0]}` {m.split()[1]} {row(2, m)['rate']:.0f} ({row(2, m)['rate'] / png2:.2f}×)"
+            f"`{m.split()[0]}` {' '.join(m.split()[1:])} {row(2, m)['rate']:.0f} ({row(2, m)['rate'] / png2:.2f}×)"
             for m in wsizarr_methods
-        ) + f"; the JPEG folder {row(2, JPEG)['rate'] / png2:.2f}× and HDF5 {row(2, HDF5)['rate'] / png2:.2f}×.",
+        ) + "; " + ", ".join(f"{m} {row(2, m)['rate'] / png2:.2f}×" for m in peers[1:]) + ".",
         f"- From 0 to 2 workers (2 cores, shared with the main process): {scaling}.",
         "- Time to the first batch within the epoch, 2 workers: " + ", ".join(
-            f"{m} {row(2, m)['first']:.2f} s" for m in (PNG, JPEG, HDF5, *wsizarr_methods)
+            f"{m} {row(2, m)['first']:.2f} s" for m in (*peers, *wsizarr_methods)
         ) + ".",
     ]
     firsts = {r["method"].split()[0]: r["first"] for r in first_rows}
@@ -443,7 +514,7 @@ def _reading(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]
 def _targets(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]:
     png = _rate(rows, 2, PNG)
     out = []
-    for method, limit in (("ShardShuffledPatches zstd", 3.0), ("ShardShuffledPatches jpeg", 3.0),
+    for method, limit in (("ShardShuffledPatches zstd", 4.0), (HWC_ROW, 4.0), ("ShardShuffledPatches jpeg", 3.0),
                           ("PatchDataset zstd", 1.5), ("PatchDataset jpeg", 1.5)):
         ratio = _rate(rows, 2, method) / png
         out.append(f"- {method}, 2 workers = {ratio:.2f}× the PNG folder's patches/s with 2 workers "

@@ -40,11 +40,12 @@ def test_quick_load_benchmark_reports_every_loader():
     methods = {(workers, method) for workers, _, method, _, _, _ in rows}
     for workers in ("0", "2"):
         for method in ("png folder", "jpeg q90 folder", "hdf5 gzip", "PatchDataset zstd", "PatchDataset jpeg",
-                       "ShardShuffledPatches zstd", "ShardShuffledPatches jpeg"):
+                       "ShardShuffledPatches zstd", "ShardShuffledPatches jpeg", "ShardShuffledPatches zstd HWC",
+                       "webdataset .jpg", "webdataset .npy"):
             assert (workers, method) in methods
     assert all(int(rate) > 0 and float(first) > 0 for _, _, _, rate, first, _ in rows)
     targets = result.stdout.partition("## Targets")[2]
-    assert len(re.findall(r"\((PASS|FAIL) (≥|<) ", targets)) == 6
+    assert len(re.findall(r"\((PASS|FAIL) (≥|<) ", targets)) == 7
 
 
 @pytest.mark.slow

@@ -2,8 +2,8 @@
 
 ``open_dataset`` gives the store as a lazy ``xarray.Dataset``; ``read_patch_table`` gives its
 1-D arrays (where every patch came from) with selection, group-wise splits and label weights;
-``iter_batches`` streams numpy batches, reading whole shards in a random order through a shuffle
-buffer that spans several shards. The PyTorch datasets in ``wsizarr.torch`` build on these.
+``iter_batches`` streams numpy batches, reading whole shards in a random order and shuffling
+patches within windows of several shards. The PyTorch datasets in ``wsizarr.torch`` build on these.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from ._errors import IncompleteStoreError, ParameterError, option
 from ._locations import Location, parse_location
-from ._reader import PatchReader
+from ._reader import FetchedShard, PatchReader
 from ._manifest import AddedArray, read_table
 from ._quality import QUALITY_MEASURES
 from ._store import COORDINATE_ARRAYS, open_store, read_manifest, slide_table
@@ -431,14 +431,16 @@ def shuffled_batches(
 
     The shards holding the patches are ordered at random from ``(seed, epoch)`` (the same for
     every part, so the parts split them exactly) and dealt out round-robin; each part reads its
-    shards whole, one request each, into a shuffle buffer of ``shuffle_buffer`` patches (default
-    four shards) and emits random batches from it (while the buffer first fills, one batch
-    after each shard, so the first batch waits for one shard only). Without ``shuffle``:
-    shards and patches in store order. Each batch holds ``index``, the 1-D arrays and the ``images`` arrays
-    (``patches`` as ``(B, 3, H, W)`` with ``channels_first``) and the ``added`` arrays (names
-    of arrays added after extraction, read a shard's chunk at a time). Patches are decoded straight
-    into the buffer's free slots and copied once more, into the batch's arrays, which
-    ``allocate(shape, dtype)`` makes (e.g. in shared memory).
+    shards whole, one request each, into a window of at least ``shuffle_buffer`` patches
+    (default four shards; the first windows hold one batch, two, four, ... so the first batch
+    waits for few shards), shuffles the window's patches with those left over from the last
+    window and emits them as batches, keeping the rest (less than a batch) for the next window.
+    Without ``shuffle``: shards and patches in store order. Each batch holds ``index``, the 1-D
+    arrays and the ``images`` arrays (``patches`` as ``(B, 3, H, W)`` with ``channels_first``)
+    and the ``added`` arrays (names of arrays added after extraction, read a shard's chunk at a
+    time). The window holds shards as stored (encoded); each patch is decoded once, when its
+    batch goes out, straight into the batch's array, which ``allocate(shape, dtype)`` makes
+    (e.g. in shared memory).
     """
     if batch_size < 1:
         raise ParameterError(f"batch size must be at least 1, got {batch_size}")
@@ -494,49 +496,77 @@ def _batches(
     rows_of_shard = np.split(chosen, starts[1:])
     order = np.random.default_rng([seed, epoch]).permutation(len(shards)) if shuffle else np.arange(len(shards))
     rng = np.random.default_rng([seed, epoch, part, parts])
-    # the buffer: ``capacity`` slots that patches are decoded straight into, and freed when emitted
-    pool: dict[str, np.ndarray] = {}
-    slot_patch = np.full(capacity, -1, np.int64)
-    free = list(range(capacity - 1, -1, -1))  # a stack: slots fill 0, 1, 2, ... in order
+    mine = order[part::parts].tolist()
+    window = _Window(reader, images, channels_first, allocate)
+    target = batch_size  # the window grows from one batch to ``capacity``: the first batch waits for few shards
+    while True:
+        while mine and window.n_pending < target:
+            position = mine.pop(0)
+            window.fetch(int(shards[position]), rows_of_shard[position])
+        if shuffle:
+            window.shuffle(rng)
+        full, rest = divmod(window.n_pending, batch_size)
+        last = not mine
+        for size in [batch_size] * full + ([rest] if last and rest and not drop_last else []):
+            batch = window.emit(size)
+            batch.update({name: values[batch["index"]] for name, values in table.arrays().items()})
+            if extra is not None:  # the rows of added arrays
+                batch.update(extra(batch["index"]))
+            yield batch
+        if last:
+            return
+        target = min(2 * target, capacity)
 
-    def emit(slots: np.ndarray) -> dict[str, np.ndarray]:
-        index = slot_patch[slots]
-        batch = {name: gather_patches(values, slots, channels_first, allocate) for name, values in pool.items()}
-        batch["index"] = index
-        batch.update({name: values[index] for name, values in table.arrays().items()})
-        if extra is not None:  # the rows of added arrays
-            batch.update(extra(index))
-        slot_patch[slots] = -1
-        free.extend(slots[::-1].tolist())
+
+class _Window:
+    """The shards fetched and not yet emitted, kept as received (encoded, about half the
+    decoded size for zstd): each patch is decoded only when its batch goes out, straight into
+    the batch's array, so no decoded buffer is copied again."""
+
+    def __init__(self, reader: PatchReader, images: tuple[str, ...], channels_first: bool, allocate: Allocate) -> None:
+        self.reader, self.images, self.channels_first, self.allocate = reader, images, channels_first, allocate
+        self.held: dict[int, list[FetchedShard]] = {}  # by shard
+        self.shard = np.empty(0, np.int64)  # each pending patch's shard and row in it, in emission order
+        self.row = np.empty(0, np.int64)
+        self.scratch: dict[str, np.ndarray] = {}  # one decoded patch, for the channels-first copy
+
+    @property
+    def n_pending(self) -> int:
+        return len(self.shard)
+
+    def fetch(self, shard: int, patches: np.ndarray) -> None:
+        self.held[shard] = [self.reader.fetch_shard(shard, name) for name in self.images]
+        first, _ = self.reader.shard_bounds(shard)
+        self.shard = np.concatenate([self.shard, np.full(len(patches), shard, np.int64)])
+        self.row = np.concatenate([self.row, patches - first])
+
+    def shuffle(self, rng: np.random.Generator) -> None:
+        order = rng.permutation(self.n_pending)
+        self.shard, self.row = self.shard[order], self.row[order]
+
+    def emit(self, n: int) -> dict[str, np.ndarray]:
+        """The next ``n`` pending patches as a batch: ``index`` and the images, decoded."""
+        shards, rows = self.shard[:n].tolist(), self.row[:n].tolist()
+        self.shard, self.row = self.shard[n:], self.row[n:]
+        batch: dict[str, np.ndarray] = {"index": np.asarray(shards, np.int64) * self.reader.shard_size + rows}
+        for position, name in enumerate(self.images):
+            patch_shape = self.held[shards[0]][position].layout.patch_shape
+            transposed = self.channels_first and len(patch_shape) == 3
+            shape = (n, patch_shape[2], *patch_shape[:2]) if transposed else (n, *patch_shape)
+            out = self.allocate(shape, np.uint8)
+            if transposed and name not in self.scratch:
+                self.scratch[name] = np.empty(patch_shape, np.uint8)
+            for at, (shard, row) in enumerate(zip(shards, rows)):
+                fetched = self.held[shard][position]
+                if transposed:  # decoded into a small buffer that stays in cache, then moved
+                    fetched.decode_into(row, self.scratch[name])
+                    out[at] = self.scratch[name].transpose(2, 0, 1)
+                else:
+                    fetched.decode_into(row, out[at])
+            batch[name] = out
+        for shard in set(shards) - set(self.shard.tolist()):
+            del self.held[shard]
         return batch
-
-    warming_up = True  # until the buffer is first full, a batch goes out after each shard
-    buffers: dict[str, np.ndarray] = {}  # this iteration's read buffers, reused shard after shard
-    for position in order[part::parts].tolist():
-        shard = int(shards[position])
-        first, _ = reader.shard_bounds(shard)
-        fetched = [reader.fetch_shard(shard, name, buffers.pop(name, None)) for name in images]
-        for name, one in zip(images, fetched):
-            if name not in pool:
-                pool[name] = np.empty((capacity, *one.layout.patch_shape), np.uint8)
-        rows = rows_of_shard[position] - first
-        for row in (rng.permutation(rows) if shuffle else rows).tolist():
-            slot = free.pop()
-            for name, one in zip(images, fetched):
-                one.decode_into(row, pool[name][slot])
-            slot_patch[slot] = first + row
-            if not free:
-                warming_up = False
-                yield emit(rng.choice(capacity, batch_size, replace=False) if shuffle else np.arange(capacity))
-        buffers.update({name: one.buffer for name, one in zip(images, fetched) if one.buffer is not None})
-        if shuffle and warming_up and capacity - len(free) >= batch_size:
-            yield emit(rng.choice(np.flatnonzero(slot_patch >= 0), batch_size, replace=False))
-    left = np.flatnonzero(slot_patch >= 0)
-    left = rng.permutation(left) if shuffle else left[np.argsort(slot_patch[left])]
-    for start in range(0, len(left), batch_size):
-        slots = left[start : start + batch_size]
-        if len(slots) == batch_size or not drop_last:
-            yield emit(slots)
 
 
 def gather_patches(
@@ -575,8 +605,9 @@ def iter_batches(
     Each batch is a dict: ``patches`` ``(B, H, W, 3)`` uint8 (``channels_first``:
     ``(B, 3, H, W)``; and ``masks`` ``(B, H, W)`` with ``masks=True``), ``index`` (the patch numbers), and ``x``, ``y``, ``level``,
     ``annotation_id``, ``label`` (codes), ``slide``, ``padded``. Whole shards are read in a
-    random order (from ``seed`` and ``epoch``) through a shuffle buffer of ``shuffle_buffer``
-    patches (default four shards: mind the memory at large patch sizes); ``indices`` (from
+    random order (from ``seed`` and ``epoch``), their patches shuffled in windows of at least
+    ``shuffle_buffer`` patches (default four shards, held as stored: the memory is that of
+    their files, not of decoded patches); ``indices`` (from
     ``read_patch_table(...).select`` or ``.split``) restricts to those patches; ``rank`` of
     ``world_size`` reads its share of the shards, every patch once across the ranks.
     ``added`` names arrays added after extraction (``add_array``) to include, e.g.

@@ -17,6 +17,7 @@ gives a ``StoreError`` within about three timeouts instead of a hang.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import shutil
@@ -179,10 +180,9 @@ class Location(ABC):
         sizes = [size for _, size in self._listing("")]
         return sum(sizes), len(sizes)
 
-    def read_key(self, store: Store, key: str, reuse: np.ndarray | None = None) -> np.ndarray | None:
-        """The whole value at ``key`` as a uint8 array (None if absent), read through ``store``
-        (opened here). A local file is read into ``reuse`` when it fits: for a large file, a
-        fresh allocation's page faults cost as much as the read itself."""
+    def read_key(self, store: Store, key: str) -> np.ndarray | None:
+        """The whole value at ``key`` as a read-only uint8 array (None if absent), read through
+        ``store`` (opened here); a local file is mapped, not copied."""
         buffer = sync(store.get(key, default_buffer_prototype()))
         return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
 
@@ -255,12 +255,14 @@ class LocalLocation(_OnDisk):
             if file.is_file():
                 yield file.relative_to(root).as_posix(), file.stat().st_size
 
-    def read_key(self, store: Store, key: str, reuse: np.ndarray | None = None) -> np.ndarray | None:
+    def read_key(self, store: Store, key: str) -> np.ndarray | None:
+        # a map of the page cache: reading a shard into fresh memory cost more (copy and page
+        # faults) than decoding it; the store's files are replaced by rename, never rewritten
         try:
             with open(Path(self.path, key), "rb", buffering=0) as file:
-                size = os.fstat(file.fileno()).st_size
-                buffer = reuse if reuse is not None and len(reuse) >= size else np.empty(size, np.uint8)
-                return buffer[: file.readinto(memoryview(buffer[:size]))]
+                if os.fstat(file.fileno()).st_size == 0:
+                    return np.empty(0, np.uint8)
+                return np.frombuffer(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
         except FileNotFoundError:
             return None
 

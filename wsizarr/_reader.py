@@ -135,12 +135,9 @@ class PatchReader:
             fetched.decode_into(row, out[row])
         return out
 
-    def fetch_shard(
-        self, shard: int, name: str = "patches", reuse: np.ndarray | None = None
-    ) -> FetchedShard:
+    def fetch_shard(self, shard: int, name: str = "patches") -> FetchedShard:
         """``shard``'s bytes, received with one request and checked, to decode patch by patch
-        into arrays the caller owns (no copy of the whole shard in between). ``reuse``: an
-        earlier ``FetchedShard.buffer`` the caller is done with (see ``Location.read_key``)."""
+        into arrays the caller owns (no copy of the whole shard in between)."""
         layout = self._layout_of(name)
         self._check_process()
         if not 0 <= shard < self.n_shards:
@@ -149,7 +146,7 @@ class PatchReader:
         if not layout.standard:
             return FetchedShard(self, layout, shard, stop - start, self._read_with_zarr(layout, slice(start, stop)))
         assert self._store is not None  # opened by _check_process
-        data = self.location.read_key(self._store, layout.shard_key(shard), reuse)
+        data = self.location.read_key(self._store, layout.shard_key(shard))
         return FetchedShard(self, layout, shard, stop - start, data, self._parse_index(layout, shard, data, whole=True))
 
     def check_shard(self, shard: int, name: str = "patches") -> list[CorruptStoreError]:
@@ -416,11 +413,6 @@ class FetchedShard:
     @property
     def first_patch(self) -> int:
         return self.shard * self.reader.shard_size
-
-    @property
-    def buffer(self) -> np.ndarray | None:
-        """The memory the shard file was read into, for ``fetch_shard(..., reuse=)``."""
-        return None if self.index is None else (self.data if self.data.base is None else self.data.base)
 
     def decode_into(self, row: int, out: np.ndarray) -> None:
         if self.index is None:

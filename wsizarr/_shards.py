@@ -156,7 +156,7 @@ class ShardIndex:
         index_bytes, stored = data[-size:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
         if checksum(index_bytes) != stored.tobytes():
             raise ShardDamaged("its index fails its checksum: the file is damaged or truncated")
-        # a copy: the index outlives the buffer it came in (readers reuse their buffers)
+        # a copy: the index outlives the bytes it came in (a cached index must not keep a shard)
         index = cls(np.frombuffer(index_bytes.tobytes(), "<u8").reshape(-1, 2))
         if whole and index.end() > len(data) - size:
             raise ShardDamaged(f"the shard file is truncated: {len(data)} bytes, its index needs more")

@@ -221,7 +221,7 @@ class ShardShuffledPatches(_FromStore, IterableDataset):
 
     Each epoch visits the shards holding ``indices`` (default all) in a random order from
     ``(seed, epoch)``, reads each in one request, and draws batches of ``batch_size`` from a
-    shuffle buffer of ``shuffle_buffer`` patches (default four shards) spanning several shards.
+    window of at least ``shuffle_buffer`` patches (default four shards) whose patches are shuffled.
     Shards are dealt out between DataLoader workers and ``torch.distributed`` ranks (or the
     given ``rank``/``world_size``), so every patch comes exactly once per epoch across them;
     ranks may differ by a shard's worth of batches. Call ``set_epoch`` before each epoch (with
