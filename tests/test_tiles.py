@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from wsizarr._tiles import (
 )
 
 from .conftest import SLIDES, read_level_pixels, read_like_openslide, slide_rows
-from .helpers import assert_same_store, run
+from .helpers import assert_one_line_error, assert_same_store, run
 
 REAL = ["CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "wsipacker_example.tif"]
 
@@ -285,3 +286,27 @@ def test_missing_tiles_are_white_and_transparency_is_composited(tmp_path):
     with TileReader(info) as tiles:
         assert (tiles.read(0, 300, 300, 200)[:, :] == 255).all()  # inside the missing tile
         np.testing.assert_array_equal(tiles.read(0, 0, 0, 256), pixels[:256, :256])
+
+
+def test_slide_command_shows_levels_and_the_reader_auto_picks(grey_tiff, aperio_case, tmp_path):
+    with open_slide(aperio_case.slide) as slide:
+        expected = slide_info(slide, aperio_case.slide)
+    described = json.loads(run("slide", aperio_case.slide, "--json").stdout)
+    assert described["vendor"] == "aperio" and described["auto_reader"] == "tiles"
+    assert [level["dimensions"] for level in described["levels"]] == [list(d) for d in expected.level_dimensions]
+    assert [level["downsample"] for level in described["levels"]] == list(expected.level_downsamples)
+    assert described["levels"][1]["mpp"] == pytest.approx([m * expected.level_downsamples[1] for m in expected.mpp])
+    text = run("slide", aperio_case.slide).stdout
+    assert f"downsample {expected.level_downsamples[1]:.6g}" in text and "vendor      aperio" in text
+    assert "auto reads it with tiles: tifffile finds a tiled 8-bit RGB pyramid" in text
+
+    grey = run("slide", grey_tiff).stdout
+    assert "vendor      generic-tiff" in grey and "mpp not recorded" in grey
+    assert "auto reads it with openslide: its tiles cannot be read directly (tifffile finds no tiled 8-bit RGB" in grey
+    real = json.loads(run("slide", SLIDES / "tcga-cr-7395-01a-01-ts1.svs", "--json").stdout)
+    assert real["icc_profile"] is True and real["mpp"] is None and len(real["levels"]) == 2
+
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"II*\x00" + bytes(100))
+    assert_one_line_error(run("slide", broken, expect=1), "broken.svs")
+    assert_one_line_error(run("slide", tmp_path / "missing.svs", expect=1), "missing.svs")

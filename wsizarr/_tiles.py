@@ -512,23 +512,38 @@ def choose_reader(info: SlideInfo, requested: str, storage_options: Mapping[str,
     """The reader for a slide: ``auto`` gives ``tiles`` for Aperio SVS and generic tiled TIFF
     (OpenSlide's vendors ``aperio``, ``generic-tiff``) where tifffile reads the pyramid with
     OpenSlide's level sizes and every level's codec decodes, else ``openslide``; ``tiles``
-    insists on tiles for any TIFF passing those checks; ``requested`` is one of ``READERS``. ``ParameterError`` for an unknown name, ``SlideError`` when the requested
-    reader cannot read this slide (``auto`` on S3 needs ``tiles``)."""
+    insists on tiles for any TIFF passing those checks; ``requested`` is one of ``READERS``.
+    ``ParameterError`` for an unknown name, ``SlideError`` when the requested reader cannot
+    read this slide (``auto`` on S3 needs ``tiles``)."""
+    return reader_choice(info, requested, storage_options)[0]
+
+
+def reader_choice(
+    info: SlideInfo, requested: str, storage_options: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """``choose_reader``'s answer and, in words, why."""
     if requested not in READERS:
         raise ParameterError(f"unknown reader {requested!r}; choose one of {', '.join(READERS)}")
     if requested == "openslide":
         OpenSlideReader(info, storage_options).close()
-        return "openslide"
+        return "openslide", "asked for"
     if requested == "auto" and info.vendor not in _TILE_VENDORS:
-        return "openslide"  # e.g. Ventana's overlapping tiles: OpenSlide places them, tifffile does not
+        # e.g. Ventana's overlapping tiles: OpenSlide places them, tifffile does not
+        return "openslide", (
+            f"OpenSlide's vendor is {info.vendor or 'unknown'}; auto reads tiles only of "
+            f"{' and '.join(_TILE_VENDORS)} slides (tested pixel for pixel against OpenSlide)"
+        )
     try:
         with TileReader(info, storage_options) as tiles:
             tiles.tiff.check_codecs()
-    except SlideError:
+    except SlideError as exc:
         if requested == "tiles" or is_remote(info.path):
             raise
-        return "openslide"
-    return "tiles"
+        return "openslide", f"its tiles cannot be read directly ({str(exc).removeprefix(f'{info.path}: ')})"
+    return "tiles", (
+        "tifffile finds a tiled 8-bit RGB pyramid with OpenSlide's level sizes and every "
+        "level's tiles decode"
+    )
 
 
 def open_reader(info: SlideInfo, reader: str, storage_options: Mapping[str, str] | None = None) -> SlideReader:
