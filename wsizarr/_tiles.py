@@ -12,6 +12,7 @@ through ranged GETs of a block cache: the TIFF header, then only the tiles that 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -382,6 +383,32 @@ def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None)
         mpp=mpp, objective_power=power, icc_profile=None if profile is None else bytes(profile),
     )
     return info, digest
+
+
+def with_subifd_levels(info: SlideInfo) -> SlideInfo | None:
+    """``info`` with the reduced levels of a SubIFD pyramid (OME-TIFF as bioformats writes it,
+    pyvips ``subifd=True``), where OpenSlide sees level 0 only; None for any other slide. The
+    levels must be tiled 8-bit RGB pages, level 0 OpenSlide's, each smaller than the last;
+    downsamples by OpenSlide's formula. Only the tiles reader reads them."""
+    if info.level_count != 1 or is_remote(info.path):
+        return None
+    try:
+        with tifffile.TiffFile(info.path) as tif:
+            series = tif.series
+            pages = [level.keyframe for level in series[0].levels] if series else []
+            if len(pages) < 2 or not all(_usable(p) for p in pages):
+                return None
+            sizes = [(int(p.imagewidth), int(p.imagelength)) for p in pages]
+    except (tifffile.TiffFileError, ValueError, OSError):
+        return None
+    if sizes[0] != tuple(info.dimensions) or any(
+        w >= previous_w or h >= previous_h for (previous_w, previous_h), (w, h) in zip(sizes, sizes[1:])
+    ):
+        return None
+    w0, h0 = sizes[0]
+    return dataclasses.replace(
+        info, level_dimensions=tuple(sizes), level_downsamples=tuple((w0 / w + h0 / h) / 2 for w, h in sizes),
+    )
 
 
 def content_digest(file: Any, size: int) -> str:
