@@ -204,3 +204,30 @@ def test_extract_help_groups_its_options_and_ends_with_examples_that_parse():
     for command in commands:  # each one an extraction the parser takes
         args = _parser().parse_args(shlex.split(command))
         assert args.command == "extract" and args.out.endswith(".zarr")
+
+
+def test_info_and_report_say_how_each_slide_was_read(tmp_path, aperio_case):
+    """Reader, level, level pixels read per patch and the patches' mpp, per slide, in the
+    text, the JSON and the HTML report, as the extraction chose them."""
+    from wsizarr._slide import open_slide, resolve_resolution, slide_info
+
+    store = tmp_path / "s.zarr"
+    run("extract", aperio_case.slide, "--annotations", aperio_case.annotations, "--out", store,
+        "--mpp", "1.3", "--patch-size", "64", "--per-annotation", "2", "--seed", "1")
+    with open_slide(aperio_case.slide) as slide:
+        info = slide_info(slide, aperio_case.slide)
+    chosen = resolve_resolution(info, 64, mpp=1.3)
+    assert chosen.level == 1 and chosen.read_size_px != 64  # resized: the case this is for
+    slides = json.loads(run("info", store, "--json").stdout)["slides"]
+    assert slides == [{
+        "path": info.path, "vendor": "aperio", "reader": "tiles", "level": 1,
+        "downsample": info.level_downsamples[1], "read_size_px": chosen.read_size_px,
+        "effective_mpp": pytest.approx(chosen.mpp), "color": "unchanged",
+    }]
+    text = run("info", store).stdout
+    assert (f"read        {aperio_case.slide.name}: reader tiles, level 1 (downsample {info.level_downsamples[1]:.6g}), "
+            f"{chosen.read_size_px} px read per patch, {chosen.mpp:.4g} mpp") in text
+    run("report", store, "--out", tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert (f"<td>{aperio_case.slide.name}</td><td>tiles</td><td>1</td><td>{info.level_downsamples[1]:.6g}</td>"
+            f"<td>{chosen.read_size_px}</td><td>{chosen.mpp:.6g}</td><td>unchanged</td>") in html

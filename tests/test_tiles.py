@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from wsizarr._tiles import (
 )
 
 from .conftest import SLIDES, read_level_pixels, read_like_openslide, slide_rows
-from .helpers import assert_same_store, run
+from .helpers import assert_one_line_error, assert_same_store, run
 
 REAL = ["CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "wsipacker_example.tif"]
 
@@ -285,3 +286,81 @@ def test_missing_tiles_are_white_and_transparency_is_composited(tmp_path):
     with TileReader(info) as tiles:
         assert (tiles.read(0, 300, 300, 200)[:, :] == 255).all()  # inside the missing tile
         np.testing.assert_array_equal(tiles.read(0, 0, 0, 256), pixels[:256, :256])
+
+
+def test_slide_command_shows_levels_and_the_reader_auto_picks(grey_tiff, aperio_case, tmp_path):
+    with open_slide(aperio_case.slide) as slide:
+        expected = slide_info(slide, aperio_case.slide)
+    described = json.loads(run("slide", aperio_case.slide, "--json").stdout)
+    assert described["vendor"] == "aperio" and described["auto_reader"] == "tiles"
+    assert [level["dimensions"] for level in described["levels"]] == [list(d) for d in expected.level_dimensions]
+    assert [level["downsample"] for level in described["levels"]] == list(expected.level_downsamples)
+    assert described["levels"][1]["mpp"] == pytest.approx([m * expected.level_downsamples[1] for m in expected.mpp])
+    text = run("slide", aperio_case.slide).stdout
+    assert f"downsample {expected.level_downsamples[1]:.6g}" in text and "vendor      aperio" in text
+    assert "auto reads it with tiles: tifffile finds a tiled 8-bit RGB pyramid" in text
+
+    grey = run("slide", grey_tiff).stdout
+    assert "vendor      generic-tiff" in grey and "mpp not recorded" in grey
+    assert "auto reads it with openslide: its tiles cannot be read directly (tifffile finds no tiled 8-bit RGB" in grey
+    real = json.loads(run("slide", SLIDES / "tcga-cr-7395-01a-01-ts1.svs", "--json").stdout)
+    assert real["icc_profile"] is True and real["mpp"] is None and len(real["levels"]) == 2
+
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"II*\x00" + bytes(100))
+    assert_one_line_error(run("slide", broken, expect=1), "broken.svs")
+    assert_one_line_error(run("slide", tmp_path / "missing.svs", expect=1), "missing.svs")
+
+
+@pytest.fixture(scope="module")
+def subifd_case(tmp_path_factory):
+    """An OME-TIFF pyramid as bioformats writes it: the reduced levels are SubIFDs of level 0
+    (sizes floor(w / 2), so fractional downsamples), which OpenSlide does not see."""
+    from wsizarr._demo import write_demo_annotations, write_demo_slide
+
+    folder = tmp_path_factory.mktemp("subifd")
+    demo = write_demo_slide(folder / "demo.svs", width=3001, height=2003, n_glomeruli=4, seed=5)
+    with open_slide(demo.path) as slide:
+        level0 = read_rgb(slide, (0, 0), 0, slide.dimensions)
+    levels = [level0]
+    for _ in range(2):
+        h, w = levels[-1].shape[0] // 2, levels[-1].shape[1] // 2
+        levels.append(np.ascontiguousarray(levels[-1][: 2 * h : 2, : 2 * w : 2]))
+    path = folder / "pyramid.ome.tif"
+    with tifffile.TiffWriter(path) as tif:
+        options = dict(tile=(256, 256), compression="jpeg", photometric="rgb")
+        tif.write(level0, subifds=2, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER",
+                  metadata={"axes": "YXS"}, **options)
+        for level in levels[1:]:
+            tif.write(level, subfiletype=1, **options)
+    return path, write_demo_annotations(demo, folder / "pyramid.xml"), [lv.shape[1::-1] for lv in levels]
+
+
+def test_subifd_levels_are_offered_by_the_tiles_reader(subifd_case, tmp_path):
+    path, annotations, sizes = subifd_case
+    with open_slide(path) as slide:
+        assert slide.level_count == 1  # what OpenSlide sees
+    described = json.loads(run("slide", path, "--json").stdout)
+    assert [tuple(level["dimensions"]) for level in described["levels"]] == sizes
+    downsamples = [(sizes[0][0] / w + sizes[0][1] / h) / 2 for w, h in sizes]
+    assert [level["downsample"] for level in described["levels"]] == downsamples
+    assert described["auto_reader"] == "tiles" and "2 SubIFD levels OpenSlide does not see" in described["auto_reader_reason"]
+
+    args = ["--annotations", annotations, "--level", "2", "--patch-size", "48", "--per-annotation", "6", "--seed", "3"]
+    run("extract", path, *args, "--out", tmp_path / "auto.zarr")
+    run("extract", path, *args, "--out", tmp_path / "tiles.zarr", "--reader", "tiles")
+    assert_same_store(tmp_path / "auto.zarr", tmp_path / "tiles.zarr", ignore_attrs=["reader"])
+    rows = slide_rows(tmp_path / "auto.zarr")[0]
+    assert rows["reader"] == "tiles" and rows["level"] == 2
+    assert list(rows["level_downsamples"][:3]) == downsamples
+    stored = zarr.open_group(tmp_path / "auto.zarr", mode="r")
+    with tifffile.TiffFile(path) as tif:
+        level2 = tif.series[0].levels[2].asarray()
+    padded = np.pad(level2, ((48, 48), (48, 48), (0, 0)), constant_values=255)
+    for i in range(stored["x"].shape[0]):
+        px, py = (int(np.floor(int(stored[axis][i]) / downsamples[2])) for axis in ("x", "y"))
+        np.testing.assert_array_equal(stored["patches"][i], padded[py + 48 : py + 96, px + 48 : px + 96])
+    assert verify(tmp_path / "auto.zarr", sample=20).ok
+
+    refused = run("extract", path, *args, "--out", tmp_path / "os.zarr", "--reader", "openslide", expect=1)
+    assert_one_line_error(refused, "pyramid.ome.tif: level 2 is a SubIFD level", "--reader tiles")

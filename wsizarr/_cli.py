@@ -12,11 +12,9 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 from dataclasses import fields
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ParameterError, WsizarrError, as_flag
 from ._text import count
@@ -272,6 +270,12 @@ def _parser() -> argparse.ArgumentParser:
     annotations.add_argument("--slide", default=None, help="count the annotations outside this slide")
     annotations.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_annotation_options(annotations)
+    slide = commands.add_parser(
+        "slide", help="a slide's levels, downsamples, mpp and vendor, and the reader auto picks for it"
+    )
+    slide.add_argument("slide", help="a slide file, or s3://bucket/key of an SVS/TIFF")
+    slide.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_storage_option(slide)
     info = commands.add_parser("info", help="describe a store")
     info.add_argument("store", help="a directory, a .zip file, or s3://bucket/prefix.zarr")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -414,6 +418,10 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
     per_slide = list(info["per_slide"].items())
     more = f", ... and {count(len(per_slide) - _SHOWN, 'more slide')}" if len(per_slide) > _SHOWN else ""
     _say("per slide   " + ", ".join(f"{_printable(k)}: {v}" for k, v in per_slide[:_SHOWN]) + more)
+    for slide in info["slides"][:_SHOWN]:
+        _say(f"read        {_printable(Path(slide['path']).name)}: {_how_read(slide)}")
+    if len(info["slides"]) > _SHOWN:
+        _say(f"read        ... and {count(len(info['slides']) - _SHOWN, 'more slide')}")
     _say("parameters  " + ", ".join(f"{k}={v}" for k, v in info["parameters"].items()))
     legacy = " (read-only: `wsizarr migrate` rewrites it as schema 2)" if info["schema_version"] == 1 else ""
     _say(f"schema      {info['schema_version']}{legacy} (wsizarr {info['wsizarr_version']})")
@@ -429,6 +437,42 @@ def _print_info(store: str, as_json: bool, storage_options: dict[str, str] | Non
         state = "complete" if added["complete"] else "UNFINISHED: run the same command again"
         shape = "x".join(map(str, added["shape"]))
         _say(f"added       {name}  {shape} {added['dtype']}  by {added['fn']}  [{state}]")
+
+
+def _how_read(slide: dict[str, Any]) -> str:
+    """How a store read one slide, in words: reader, level, pixels read per patch, mpp."""
+    mpp, downsample = slide["effective_mpp"], slide["downsample"]
+    return (
+        f"reader {slide['reader'] or 'unknown'}, level {slide['level']}"
+        + ("" if downsample is None else f" (downsample {downsample:.6g})") + ", "
+        f"{slide['read_size_px']} px read per patch, "
+        + ("mpp not recorded" if mpp is None else f"{mpp:.4g} mpp")
+    )
+
+
+def _print_slide(slide: str, as_json: bool, storage_options: dict[str, str] | None) -> None:
+    from ._planning import describe_slide
+
+    described = describe_slide(slide, storage_options)
+    if as_json:
+        _print_json(described)
+        return
+    width, height = described["dimensions"]
+    power = described["objective_power"]
+    mpp = described["mpp"]
+    _say(f"slide       {_printable(described['path'])}")
+    _say(f"vendor      {described['vendor'] or 'unknown'}")
+    _say(f"size        {width} x {height} px at level 0, "
+         + (f"{power:g}x" if power is not None else "objective power not recorded") + ", "
+         + (f"{mpp[0]:.4g} x {mpp[1]:.4g} mpp" if mpp is not None else "mpp not recorded"))
+    _say(f"colour      {'an ICC profile (--color srgb converts it)' if described['icc_profile'] else 'no ICC profile'}")
+    _say(f"levels      {count(len(described['levels']), 'level')}")
+    for level in described["levels"]:
+        level_mpp = level["mpp"]
+        shown = "" if level_mpp is None else f"  {level_mpp[0]:.4g} mpp"
+        _say(f"  {level['level']:>2}  {level['dimensions'][0]:>7} x {level['dimensions'][1]:<7} "
+             f"downsample {level['downsample']:.6g}{shown}")
+    _say(f"reader      auto reads it with {described['auto_reader']}: {described['auto_reader_reason']}")
 
 
 def _print_annotations(args: argparse.Namespace) -> None:
@@ -585,6 +629,8 @@ def _run(args: argparse.Namespace) -> int:
             ))
         elif args.command == "info":
             _print_info(args.store, args.json, _storage_options(args))
+        elif args.command == "slide":
+            _print_slide(args.slide, args.json, _storage_options(args))
         elif args.command == "migrate":
             from ._migrate import migrate
 

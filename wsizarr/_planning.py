@@ -24,18 +24,19 @@ from ._annotations import (
     ANNOTATION_SUFFIXES, Annotation, AnnotationFile, annotation_note, apply_label_map,
     read_annotation_file,
 )
-from ._errors import ParameterError, WsizarrError, option
+from ._errors import ParameterError, SlideError, WsizarrError, option
 from ._execution import SlideSource
 from ._locations import parse_location
 from ._text import count
 from ._options import LabelOptions, ResolutionOptions, SamplingOptions
 from ._sampling import BACKGROUND_LABEL, PatchPlan, plan_slide_patches
-from ._slide import TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask, tissue_mask_of
-from ._tiles import choose_reader, content_digest, is_remote, open_reader, tiff_slide_info
+from ._slide import SlideInfo, TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask, tissue_mask_of
+from ._text import count
+from ._tiles import content_digest, is_remote, open_reader, reader_choice, tiff_slide_info, with_subifd_levels
 
 __all__ = [
     "AnnotationSource", "PlanRequest", "PrepareRequest", "PreparedSlide", "SlideFailure",
-    "SlidePlan", "match_annotations", "plan_slide", "prepare_slide",
+    "SlidePlan", "describe_slide", "match_annotations", "plan_slide", "prepare_slide", "read_slide_info",
 ]
 
 AnnotationSource = str | Path | Sequence[Annotation]
@@ -239,20 +240,68 @@ def prepare_slide(request: PrepareRequest) -> PreparedSlide | SlideFailure:
         return SlideFailure(str(request.slide), str(exc), exc)
 
 
+def read_slide_info(slide: SlidePath, storage_options: Mapping[str, str] | None = None) -> tuple[SlideInfo, str]:
+    """A slide's geometry and content hash: through OpenSlide for a local file, from its TIFF
+    on S3; ``SlideError`` naming it when it cannot be opened."""
+    if is_remote(slide):
+        return tiff_slide_info(str(slide), storage_options)
+    handle = open_slide(slide)
+    try:
+        return slide_info(handle, slide), _slide_hash(handle, Path(slide))
+    finally:
+        handle.close()
+
+
+def describe_slide(slide: SlidePath, storage_options: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What ``wsizarr slide`` shows: vendor, size, objective power, level-0 mpp, each level's
+    size, downsample and mpp, the ICC profile, and the reader ``--reader auto`` picks and why."""
+    info, content_hash = read_slide_info(slide, storage_options)
+    info, reader, why = _as_read(info, "auto", storage_options)
+    return {
+        "path": info.path, "vendor": info.vendor, "dimensions": list(info.dimensions),
+        "objective_power": info.objective_power, "mpp": None if info.mpp is None else list(info.mpp),
+        "levels": [
+            {"level": level, "dimensions": list(size), "downsample": downsample,
+             "mpp": None if info.mpp is None else [m * downsample for m in info.mpp]}
+            for level, (size, downsample) in enumerate(zip(info.level_dimensions, info.level_downsamples))
+        ],
+        "icc_profile": info.icc_profile is not None, "content_hash": content_hash,
+        "auto_reader": reader, "auto_reader_reason": why,
+    }
+
+
+def _as_read(
+    info: SlideInfo, requested: str, storage_options: Mapping[str, str] | None,
+) -> tuple[SlideInfo, str, str]:
+    """The slide as its reader sees it, the reader (``reader_choice``) and why: a SubIFD
+    pyramid's levels are the tiles reader's own (OpenSlide sees level 0 only)."""
+    extended = None if requested == "openslide" else with_subifd_levels(info)
+    if extended is not None:
+        try:
+            reader, why = reader_choice(extended, requested, storage_options)
+        except SlideError:
+            if requested == "tiles":
+                raise
+        else:
+            if reader == "tiles":
+                levels = count(extended.level_count - 1, "SubIFD level")
+                return extended, reader, f"{why}; it reads the {levels} OpenSlide does not see"
+    reader, why = reader_choice(info, requested, storage_options)
+    return info, reader, why
+
+
 def _prepare(request: PrepareRequest) -> PreparedSlide:
     options = request.storage_options
-    if is_remote(request.slide):
-        info, content_hash = tiff_slide_info(str(request.slide), options)
-    else:
-        handle = open_slide(request.slide)
-        try:
-            info = slide_info(handle, request.slide)
-            content_hash = _slide_hash(handle, Path(request.slide))
-        finally:
-            handle.close()
+    info, content_hash = read_slide_info(request.slide, options)
     r = request.resolution
+    if request.reader == "openslide" and r.level is not None and r.level >= info.level_count \
+            and with_subifd_levels(info) is not None:
+        raise ParameterError(
+            f"{info.path}: level {r.level} is a SubIFD level, which OpenSlide does not read; read it "
+            f"with {option('reader', 'tiles')} (or auto)"
+        )
+    info, reader, _ = _as_read(info, request.reader, options)
     resolution = resolve_resolution(info, r.patch_size, level=r.level, mpp=r.mpp, magnification=r.magnification)
-    reader = choose_reader(info, request.reader, options)
     read = _read_annotations(request.annotations, request.labels, options)
     if not read.annotations:
         raise ParameterError(f"{read.source or 'annotations'}: no annotations to extract around")

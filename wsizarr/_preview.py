@@ -218,6 +218,25 @@ def _slide_index(paths: list[str], slide: str | int | None) -> int:
     raise ParameterError(f"no slide {slide!r} in the store; its slides are {shown}")
 
 
+_READ_COLUMNS = ("reader", "level", "downsample", "read_size_px", "effective_mpp", "color")
+
+
+def _slides_read(slides: list[dict[str, object]]) -> str:
+    """One row per slide: the reader, level (and its downsample), level pixels read per patch,
+    microns per pixel of the patches and the colour option's effect."""
+    header = "".join(f"<th>{name}</th>" for name in ("slide", *_READ_COLUMNS))
+    rows = "".join(
+        f"<tr><td>{html.escape(Path(str(slide['path'])).name)}</td>"
+        + "".join(f"<td>{html.escape(_cell(slide[name]))}</td>" for name in _READ_COLUMNS) + "</tr>"
+        for slide in slides
+    )
+    return f"<table><tr>{header}</tr>{rows}</table>"
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def _png_data_uri(image: Image.Image) -> str:
     data = io.BytesIO()
     image.save(data, "PNG")
@@ -254,6 +273,7 @@ def write_report(
         f"schema {info['schema_version']}, wsizarr {html.escape(str(info['wsizarr_version']))}</p>",
         "<h2>Patches per label</h2>", table(info["per_label"]),
         "<h2>Patches per slide</h2>", table(info["per_slide"]),
+        "<h2>How each slide was read</h2>", _slides_read(info["slides"]),
         "<h2>Parameters</h2>", table(info["parameters"]),
     ]
     if info["quality"]:

@@ -600,7 +600,8 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
     location = parse_location(location)
     group = open_store(location, require_complete=False)
     manifest = read_manifest(group)
-    paths = slide_table(group).paths
+    slides_table = slide_table(group)
+    paths = slides_table.paths
     patches = group["patches"]
     done = done_shards(group)
     n_bytes, n_files = location.usage()
@@ -629,6 +630,7 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
             paths[code]: int(count)
             for code, count in zip(slide_codes.tolist(), slide_counts.tolist())
         },
+        "slides": [_slide_reading(slides_table, index) for index in range(len(slides_table))],
         "n_slides": manifest.n_slides,
         "n_annotations": manifest.n_annotations,
         "parameters": dict(manifest.parameters),
@@ -639,6 +641,18 @@ def store_info(location: StoreLocation) -> dict[str, Any]:
             name: quality_summary(np.asarray(group[name][:]), labels, label_names) for name in manifest.quality
         },
         "subset": None if manifest.subset is None else manifest.subset.to_attrs(),
+    }
+
+
+def _slide_reading(slides: SlideTable, index: int) -> dict[str, Any]:
+    """How the store read one slide: reader, level and its downsample, level pixels read per
+    patch (resized to the patch size) and the resulting microns per pixel (None: unknown)."""
+    resolution = slides.resolution(index)
+    info = slides.info(index)
+    return {
+        "path": info.path, "vendor": info.vendor, "reader": slides.reader(index), "level": resolution.level,
+        "downsample": info.level_downsamples[resolution.level] if 0 <= resolution.level < info.level_count else None,
+        "read_size_px": resolution.read_size_px, "effective_mpp": resolution.mpp, "color": slides.color(index),
     }
 
 

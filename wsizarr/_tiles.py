@@ -12,6 +12,7 @@ through ranged GETs of a block cache: the TIFF header, then only the tiles that 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -384,6 +385,32 @@ def tiff_slide_info(path: str, storage_options: Mapping[str, str] | None = None)
     return info, digest
 
 
+def with_subifd_levels(info: SlideInfo) -> SlideInfo | None:
+    """``info`` with the reduced levels of a SubIFD pyramid (OME-TIFF as bioformats writes it,
+    pyvips ``subifd=True``), where OpenSlide sees level 0 only; None for any other slide. The
+    levels must be tiled 8-bit RGB pages, level 0 OpenSlide's, each smaller than the last;
+    downsamples by OpenSlide's formula. Only the tiles reader reads them."""
+    if info.level_count != 1 or is_remote(info.path):
+        return None
+    try:
+        with tifffile.TiffFile(info.path) as tif:
+            series = tif.series
+            pages = [level.keyframe for level in series[0].levels] if series else []
+            if len(pages) < 2 or not all(_usable(p) for p in pages):
+                return None
+            sizes = [(int(p.imagewidth), int(p.imagelength)) for p in pages]
+    except (tifffile.TiffFileError, ValueError, OSError):
+        return None
+    if sizes[0] != tuple(info.dimensions) or any(
+        w >= previous_w or h >= previous_h for (previous_w, previous_h), (w, h) in zip(sizes, sizes[1:])
+    ):
+        return None
+    w0, h0 = sizes[0]
+    return dataclasses.replace(
+        info, level_dimensions=tuple(sizes), level_downsamples=tuple((w0 / w + h0 / h) / 2 for w, h in sizes),
+    )
+
+
 def content_digest(file: Any, size: int) -> str:
     """SHA-256 of a slide file's size, first MiB and last MiB: its content hash where
     OpenSlide's ``quickhash-1`` is not available (reads 2 MiB at most)."""
@@ -512,23 +539,38 @@ def choose_reader(info: SlideInfo, requested: str, storage_options: Mapping[str,
     """The reader for a slide: ``auto`` gives ``tiles`` for Aperio SVS and generic tiled TIFF
     (OpenSlide's vendors ``aperio``, ``generic-tiff``) where tifffile reads the pyramid with
     OpenSlide's level sizes and every level's codec decodes, else ``openslide``; ``tiles``
-    insists on tiles for any TIFF passing those checks; ``requested`` is one of ``READERS``. ``ParameterError`` for an unknown name, ``SlideError`` when the requested
-    reader cannot read this slide (``auto`` on S3 needs ``tiles``)."""
+    insists on tiles for any TIFF passing those checks; ``requested`` is one of ``READERS``.
+    ``ParameterError`` for an unknown name, ``SlideError`` when the requested reader cannot
+    read this slide (``auto`` on S3 needs ``tiles``)."""
+    return reader_choice(info, requested, storage_options)[0]
+
+
+def reader_choice(
+    info: SlideInfo, requested: str, storage_options: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """``choose_reader``'s answer and, in words, why."""
     if requested not in READERS:
         raise ParameterError(f"unknown reader {requested!r}; choose one of {', '.join(READERS)}")
     if requested == "openslide":
         OpenSlideReader(info, storage_options).close()
-        return "openslide"
+        return "openslide", "asked for"
     if requested == "auto" and info.vendor not in _TILE_VENDORS:
-        return "openslide"  # e.g. Ventana's overlapping tiles: OpenSlide places them, tifffile does not
+        # e.g. Ventana's overlapping tiles: OpenSlide places them, tifffile does not
+        return "openslide", (
+            f"OpenSlide's vendor is {info.vendor or 'unknown'}; auto reads tiles only of "
+            f"{' and '.join(_TILE_VENDORS)} slides (tested pixel for pixel against OpenSlide)"
+        )
     try:
         with TileReader(info, storage_options) as tiles:
             tiles.tiff.check_codecs()
-    except SlideError:
+    except SlideError as exc:
         if requested == "tiles" or is_remote(info.path):
             raise
-        return "openslide"
-    return "tiles"
+        return "openslide", f"its tiles cannot be read directly ({str(exc).removeprefix(f'{info.path}: ')})"
+    return "tiles", (
+        "tifffile finds a tiled 8-bit RGB pyramid with OpenSlide's level sizes and every "
+        "level's tiles decode"
+    )
 
 
 def open_reader(info: SlideInfo, reader: str, storage_options: Mapping[str, str] | None = None) -> SlideReader:

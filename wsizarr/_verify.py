@@ -18,7 +18,7 @@ from ._reader import PatchReader
 from ._shards import n_shards, shard_key
 from ._slide import SlideInfo, resize_patch
 from ._manifest import Manifest, SlideTable
-from ._tiles import SlideReader, TileReader, interpolate_like_openslide, open_reader
+from ._tiles import OpenSlideReader, SlideReader, TileReader, interpolate_like_openslide, open_reader
 from ._manifest import plan_sha256
 from ._store import COORDINATE_ARRAYS, done_shards, encode_lossy, open_store, read_manifest, slide_table
 from ._text import count
@@ -288,10 +288,13 @@ def _open_readers(info: SlideInfo, written_by: str, storage_options: Mapping[str
     """The reader that wrote the slide's patches, then the other one where it reads the slide."""
     readers = [open_reader(info, written_by, storage_options)]
     try:
-        readers.append(open_reader(info, "openslide" if written_by == "tiles" else "tiles", storage_options))
+        other = open_reader(info, "openslide" if written_by == "tiles" else "tiles", storage_options)
     except SlideError:
-        pass  # the other reader does not apply (a slide on S3, a format without tile access)
-    return readers
+        return readers  # the other reader does not apply (a slide on S3, a format without tile access)
+    if isinstance(other, OpenSlideReader) and other.slide.level_count != info.level_count:
+        other.close()  # a SubIFD pyramid: OpenSlide sees level 0 only
+        return readers
+    return [*readers, other]
 
 
 def _cross_check(readers: list[SlideReader], level: int, x: int, y: int, size: int) -> list[str]:
