@@ -1,11 +1,14 @@
-"""Training-input benchmark: a PyTorch DataLoader over the same patches stored seven ways.
+"""Training-input benchmark: a PyTorch DataLoader over the same patches stored nine ways.
 
 The patches (~10,000 jittered 256-px crops around the 120 annotations of bench_extract.py's
 benchmark slide, level 1) are extracted into a lossless (zstd) and a lossy (JPEG) wsizarr store;
 the zstd store's patches, with their labels, are then written as the recipe does it: a folder of
 PNG files, a folder of JPEG q90 files (cv2.imwrite, one file per patch, a ``labels.csv`` beside
-them), one HDF5 file (h5py, one patch per chunk, gzip) and WebDataset tar shards (1,000 samples
-each, members ``.jpg`` (the same JPEG q90 bytes) or ``.npy``, and ``.cls``). Every method feeds a
+them), one HDF5 file (h5py, one patch per chunk, gzip), WebDataset tar shards (1,000 samples
+each, members ``.jpg`` (the same JPEG q90 bytes) or ``.npy``, and ``.cls``) and MosaicML Streaming
+MDS shards (``MDSWriter``, uncompressed, its default 64-MB shards; columns ``image``
+``ndarray:uint8:256,256,3`` (the raw pixels) or ``jpeg`` ``bytes`` (the same JPEG q90 bytes: what
+its ``jpeg`` encoding stores), and ``label`` ``int32``). Every method feeds a
 ``DataLoader`` with batches of 64 shuffled patches, CHW uint8 tensors ``(64, 3, 256, 256)`` plus
 labels, with ``num_workers`` 0 and 2, one full epoch per run:
 
@@ -15,6 +18,11 @@ labels, with ``num_workers`` 0 and 2, one full epoch per run:
 * WebDataset: ``WebDataset(shards, shardshuffle=True).shuffle(1000)``, the ``.jpg`` members
   decoded with cv2 as the JPEG folder is, the ``.npy`` members with numpy, ``.batched(64)``,
   ``DataLoader(batch_size=None)``;
+* MDS: a ``StreamingDataset(local=folder, shuffle=True, shuffle_seed=0, batch_size=64)`` (no
+  remote; its own shuffle, py1e) whose ``get_item`` gives the CHW tensor (the ``.jpg`` bytes decoded
+  with cv2 as above) and the label, with ``DataLoader(batch_size=64)``; every run builds a fresh
+  dataset after ``streaming.base.util.clean_stale_shared_memory()``, so no shared-memory state
+  (epoch counter, shard states) is carried from the run before;
 * ``wsizarr.torch.PatchDataset`` with ``DataLoader(batch_size=64, shuffle=True)``;
 * ``wsizarr.torch.ShardShuffledPatches(store, batch_size=64, seed=0)`` with
   ``DataLoader(ds, batch_size=None)``; and the zstd store with ``layout="HWC"`` and
@@ -22,6 +30,13 @@ labels, with ``num_workers`` 0 and 2, one full epoch per run:
   channels-last view (``torch.channels_last``, as convolutions prefer), no transposing copy.
 
 Separately, the time to the first batch of a ~100,000-patch store (JPEG) for both datasets.
+
+MDS needs MosaicML Streaming, installed beside the bench extra without its dependencies (with
+them, pip would downgrade numpy below 2.2 and replace torch 2.13.0+cpu by torch 2.14 with its CUDA
+libraries and torchvision):
+    pip install --no-deps mosaicml-streaming==0.13.0
+    pip install xxhash zstd python-snappy brotli catalogue tqdm
+Without it the script says so and leaves the MDS rows out.
 
 Run from the repository root:  python benchmarks/bench_load.py
 (``--quick`` for a small slide and a short run; results go to benchmarks/RESULTS.md, between
@@ -32,6 +47,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.machinery
+import importlib.util
 import io
 import os
 import platform
@@ -39,6 +56,8 @@ import shutil
 import statistics
 import sys
 import time
+import types
+import warnings
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +81,9 @@ PNG, JPEG, HDF5 = "png folder", "jpeg q90 folder", "hdf5 gzip"
 WDS_JPEG, WDS_NPY = "webdataset .jpg", "webdataset .npy"
 WDS_SAMPLES = 1000  # per tar shard
 HWC_ROW = "ShardShuffledPatches zstd HWC"
+MDS_NDARRAY, MDS_JPEG = "mds ndarray", "mds jpeg"
+MDS_INSTALL = ("pip install --no-deps mosaicml-streaming==0.13.0 && "
+               "pip install xxhash zstd python-snappy brotli catalogue tqdm")
 
 
 # --- the recipe's datasets ---------------------------------------------------------------------
@@ -143,6 +165,62 @@ def webdataset_loader(folder: Path, member: str):  # noqa: ANN201 - a webdataset
     )
 
 
+def streaming_api() -> types.SimpleNamespace | None:
+    """MosaicML Streaming's ``MDSWriter``, ``StreamingDataset`` and ``clean_stale_shared_memory``;
+    ``None`` (having said why) where it is not installed.
+
+    ``import streaming`` first imports its ready-made datasets (``streaming.vision`` imports
+    torchvision, ``streaming.text`` and ``streaming.base``'s ``StreamingDataLoader`` transformers),
+    none of which MDS needs; and PyPI's torchvision for torch 2.13 (0.28.0, a CUDA build) fails on
+    import beside torch 2.13.0+cpu ("operator torchvision::nms does not exist"). So the two
+    packages are entered as bare namespaces (their ``__init__`` not run) and the classes imported
+    from their own modules, which need neither.
+    """
+    try:
+        spec = importlib.util.find_spec("streaming")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError("No module named 'streaming'")
+        if "streaming.base.dataset" not in sys.modules:
+            root = list(spec.submodule_search_locations)
+            for name, path in (("streaming", root), ("streaming.base", [os.path.join(p, "base") for p in root])):
+                if name not in sys.modules:
+                    package = types.ModuleType(name)
+                    package.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+                    package.__spec__.submodule_search_locations = package.__path__ = path
+                    sys.modules[name] = package
+        from streaming.base.dataset import StreamingDataset
+        from streaming.base.format.mds.writer import MDSWriter
+        from streaming.base.util import clean_stale_shared_memory
+    except ImportError as error:
+        print(f"MosaicML Streaming is not installed ({error}): the MDS rows are left out. "
+              f"Install it with: {MDS_INSTALL}", flush=True)
+        return None
+    from streaming._version import __version__
+
+    class MDSPatches(StreamingDataset):
+        """An MDS folder (no remote) as ``(CHW uint8 tensor, label)`` samples in its own shuffle."""
+
+        def __init__(self, folder: Path, member: str) -> None:
+            super().__init__(local=str(folder), shuffle=True, shuffle_seed=0, batch_size=BATCH)
+            self.member = member
+
+        def get_item(self, sample_id: int, retry: int = 7) -> tuple[torch.Tensor, int]:
+            sample = super().get_item(sample_id, retry)
+            image = sample["image"] if self.member == "ndarray" else _rgb_from_jpeg(sample["jpeg"])
+            return _chw(image), int(sample["label"])
+
+    # an ndarray column decodes to a read-only view of the sample's bytes; collate copies it
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    return types.SimpleNamespace(MDSWriter=MDSWriter, StreamingDataset=StreamingDataset,
+                                 clean=clean_stale_shared_memory, MDSPatches=MDSPatches, version=__version__)
+
+
+def mds_dataset(mds: types.SimpleNamespace, folder: Path, member: str) -> Dataset:
+    """A fresh ``StreamingDataset``, after clearing any shared memory a previous one left."""
+    mds.clean()
+    return mds.MDSPatches(folder, member)
+
+
 # --- the data ---------------------------------------------------------------------------------
 
 
@@ -157,8 +235,9 @@ def extract_store(slide: Path, out: Path, per_annotation: int, codec: str) -> tu
     return summary.n_patches, time.perf_counter() - started
 
 
-def write_recipe_files(store: Path, work: Path) -> None:
-    """The store's patches, in store order, as PNG and JPEG q90 files and one HDF5 file."""
+def write_recipe_files(store: Path, work: Path, mds: types.SimpleNamespace | None) -> None:
+    """The store's patches, in store order, as PNG and JPEG q90 files, one HDF5 file, WebDataset
+    tars and (with ``mds``) MDS shards."""
     import cv2
     import h5py
 
@@ -179,6 +258,12 @@ def write_recipe_files(store: Path, work: Path) -> None:
         shutil.rmtree(work / f"wds-{member}", ignore_errors=True)
         (work / f"wds-{member}").mkdir()
         writers[member] = wds.ShardWriter(str(work / f"wds-{member}" / "%05d.tar"), maxcount=WDS_SAMPLES, verbose=0)
+    mds_columns = {"ndarray": {"image": f"ndarray:uint8:{PATCH},{PATCH},3", "label": "int32"},
+                   "jpg": {"jpeg": "bytes", "label": "int32"}}
+    mds_writers = {}
+    for member, columns in (mds_columns.items() if mds is not None else ()):
+        shutil.rmtree(work / f"mds-{member}", ignore_errors=True)  # MDSWriter wants an empty folder
+        mds_writers[member] = mds.MDSWriter(out=str(work / f"mds-{member}"), columns=columns)
     with h5py.File(work / "patches.h5", "w") as f, ThreadPoolExecutor(os.cpu_count()) as pool:
         # gzip as bench_extract writes it (h5py's default level 4, one patch per chunk); the
         # chunks are deflated in threads and stored with write_direct_chunk: the same bytes on disk
@@ -202,10 +287,16 @@ def write_recipe_files(store: Path, work: Path) -> None:
                 key = f"patch_{index[k]:06d}"
                 writers["jpg"].write({"__key__": key, "jpg": jpeg, "cls": label})
                 writers["npy"].write({"__key__": key, "npy": npy.getvalue(), "cls": label})
+                if mds_writers:
+                    code = np.int32(batch["label"][k])
+                    mds_writers["ndarray"].write({"image": rgb[k], "label": code})
+                    mds_writers["jpg"].write({"jpeg": jpeg, "label": code})
             csv += [f"patch_{i:06d}{{}},{names[code]}" for i, code in zip(index, batch["label"].tolist())]
         f["label"] = table.label
     for writer in writers.values():
         writer.close()
+    for writer in mds_writers.values():
+        writer.finish()  # the last shard and index.json
     for suffix, (folder, _) in folders.items():
         (folder / "labels.csv").write_text("\n".join(line.format(suffix) for line in csv) + "\n")
     # spot check: the lossless copies hold the store's pixels
@@ -223,6 +314,21 @@ def write_recipe_files(store: Path, work: Path) -> None:
         if int(s["__key__"][6:]) in check}
     if any(not np.array_equal(stored[i], expected[row]) for row, i in enumerate(check)):
         raise RuntimeError("a webdataset .npy member differs from the store")
+    if mds is not None:  # read back through MDS's own reader: raw pixels and the JPEG files' bytes
+        for member in mds_columns:
+            mds.clean()
+            dataset = mds.StreamingDataset(local=str(work / f"mds-{member}"), batch_size=BATCH)
+            if len(dataset) != len(table):
+                raise RuntimeError(f"the MDS {member} folder holds {len(dataset)} samples, not {len(table)}")
+            for row, i in enumerate(check):
+                sample = dataset[i]
+                same = (np.array_equal(sample["image"], expected[row]) if member == "ndarray"
+                        else sample["jpeg"] == (work / "jpeg" / f"patch_{i:06d}.jpg").read_bytes())
+                if not same or int(sample["label"]) != int(table.label[i]):
+                    raise RuntimeError(f"MDS {member} sample {i} differs from the store")
+            del dataset
+            gc.collect()
+        mds.clean()
 
 
 def disk_bytes(path: Path) -> int:
@@ -254,6 +360,8 @@ def run_epoch(make: Callable[[], Dataset], kind: str, workers: int, n: int, run:
     if kind == "map":
         loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers,
                             generator=torch.Generator().manual_seed(run))
+    elif kind == "mds":  # an iterable dataset that shuffles and splits between workers itself
+        loader = DataLoader(dataset, batch_size=BATCH, num_workers=workers)
     else:
         if kind == "iter":
             dataset.set_epoch(run)
@@ -326,6 +434,8 @@ def main() -> None:
     started = time.perf_counter()
     from wsizarr.torch import PatchDataset, ShardShuffledPatches
 
+    mds = streaming_api()
+
     if args.quick:
         size, n_annotations, per_annotation, big_per_annotation, repeats = (4096, 3072), 12, 84, 834, 1
     else:
@@ -344,8 +454,9 @@ def main() -> None:
         n, seconds = extract_store(slide, store, per_annotation, codec)
         print(f"extracted {n} patches ({codec}) in {seconds:.1f} s", flush=True)
     t = time.perf_counter()
-    write_recipe_files(stores["zstd"], work)
-    print(f"wrote the PNG and JPEG folders and the HDF5 file in {time.perf_counter() - t:.1f} s", flush=True)
+    write_recipe_files(stores["zstd"], work, mds)
+    print(f"wrote the PNG and JPEG folders, the HDF5 file, the WebDataset tars"
+          f"{' and the MDS folders' if mds else ''} in {time.perf_counter() - t:.1f} s", flush=True)
 
     methods: list[tuple[str, Callable[[], Dataset], str, Path]] = [
         (PNG, lambda: ImageFolderDataset(work / "png"), "map", work / "png"),
@@ -362,6 +473,10 @@ def main() -> None:
     for name, member in ((WDS_JPEG, "jpg"), (WDS_NPY, "npy")):
         methods.append((name, lambda m=member: webdataset_loader(work / f"wds-{m}", m), "batched",
                         work / f"wds-{member}"))
+    if mds is not None:
+        for name, member in ((MDS_NDARRAY, "ndarray"), (MDS_JPEG, "jpg")):
+            methods.append((name, lambda m=member: mds_dataset(mds, work / f"mds-{m}", m), "mds",
+                            work / f"mds-{member}"))
     sizes = {name: disk_bytes(path) for name, _, _, path in methods}
     t = time.perf_counter()
     warmed = warm(list(dict.fromkeys(path for _, _, _, path in methods)))  # each file once
@@ -408,7 +523,7 @@ def main() -> None:
     facts = {"n": n, "big_n": big_n, "big_bytes": big_bytes, "warmed": warmed, "repeats": repeats,
              "slide": slide, "per_annotation": per_annotation, "n_annotations": n_annotations,
              "big_per_annotation": big_per_annotation, "quick": args.quick, "seconds": total,
-             "other": other}
+             "other": other, "mds": mds.version if mds else None}
     print()
     print(_report(rows, first_rows, facts, targets_heading="## Targets"))
     if not args.no_write_results:
@@ -440,8 +555,16 @@ def _report(rows: list[dict], first_rows: list[dict], facts: dict, targets_headi
         f"Data: N = {n} patches of 256 px ({facts['per_annotation']} around each of the "
         f"{facts['n_annotations']} annotations of `{facts['slide'].name}`, level 1), extracted into a "
         "zstd and a JPEG store; the zstd store's patches and labels written as PNG files, JPEG q90 "
-        "files (cv2, one file a patch, `labels.csv` beside them) and one HDF5 file (one patch a "
-        "chunk, gzip). Every run: a fresh dataset and `DataLoader` (batch 64, shuffled; "
+        "files (cv2, one file a patch, `labels.csv` beside them), one HDF5 file (one patch a "
+        "chunk, gzip), WebDataset tars (1,000 samples each, `.jpg` = the same JPEG q90 bytes or "
+        "`.npy`; `shardshuffle` plus `.shuffle(1000)`) and " + (
+            f"MosaicML Streaming {facts['mds']} MDS folders (`MDSWriter`, uncompressed 64-MB shards; "
+            "`ndarray:uint8:256,256,3` pixels, or the JPEG q90 bytes as a `bytes` column decoded with "
+            "cv2; read by a fresh `StreamingDataset(local=..., shuffle=True)` after "
+            "`clean_stale_shared_memory()` every run, its own py1e shuffle, `DataLoader(batch_size=64)`)"
+            if facts["mds"] else
+            f"no MDS folders (MosaicML Streaming was not installed: `{MDS_INSTALL}`)"
+        ) + ". Every run: a fresh dataset and `DataLoader` (batch 64, shuffled; "
         "`ShardShuffledPatches` with `batch_size=None`), one full epoch of the N patches as CHW "
         "uint8 `(64, 3, 256, 256)` batches plus labels; patches/s = N / (time from `iter(loader)` to "
         "the last batch, worker start-up included); first batch = `iter(loader)` to the first batch. "
@@ -481,7 +604,8 @@ def _reading(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]
     png2 = row(2, PNG)["rate"]
     wsizarr_methods = [f"{d} {c}" for d in ("ShardShuffledPatches", "PatchDataset") for c in ("zstd", "jpeg")]
     wsizarr_methods.insert(1, HWC_ROW)
-    peers = (PNG, JPEG, HDF5, WDS_JPEG, WDS_NPY)
+    peers = tuple(m for m in (PNG, JPEG, HDF5, WDS_JPEG, WDS_NPY, MDS_NDARRAY, MDS_JPEG)
+                  if any(r["method"] == m for r in rows))
     scaling = ", ".join(f"{m} {row(2, m)['rate'] / row(0, m)['rate']:.2f}×" for m in (*peers, *wsizarr_methods))
     spread = max(
         (max(r["rates"]) - min(r["rates"])) / r["rate"] for r in rows if len(r["rates"]) > 1
