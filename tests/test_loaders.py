@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 
 import wsizarr
 from wsizarr import IncompleteStoreError, ParameterError, StoreError, extract, iter_batches, read_patch_table
-from wsizarr._demo import write_demo_annotations, write_demo_slide
-from wsizarr._reader import PatchReader
-from wsizarr._store import CODECS
+from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
+from wsizarr.store._reader import PatchReader
+from wsizarr.store._codecs import CODECS
 from wsizarr.torch import PatchDataset, ShardShuffledPatches, balanced_sampler
 
 SHARD = 16

@@ -27,10 +27,10 @@ except ImportError:
     raise ImportError("wsizarr.torch needs PyTorch: pip install 'wsizarr[torch]'") from None
 
 from ._errors import ParameterError, option
-from ._loaders import (
+from .loaders._patches import (
     PatchTable, StoreLike, added_rows, check_added, gather_patches, open_patches, shuffled_batches,
 )
-from ._store import COORDINATE_ARRAYS
+from .store._store import COORDINATE_ARRAYS
 from ._text import count
 
 __all__ = ["PatchDataset", "ShardShuffledPatches", "balanced_sampler"]
