@@ -468,9 +468,16 @@ def write_shard(
 
 
 async def _set_all(store: Any, data: Mapping[str, bytes]) -> None:
-    """Write every ``key: bytes`` of ``data``, concurrently (one round trip of zarr's loop)."""
+    """Write every ``key: bytes`` of ``data``, concurrently (one round trip of zarr's loop).
+    Every write is awaited before the first failure is raised: a write left failing unawaited
+    would print its own traceback ("Future exception was never retrieved") beside the error."""
     prototype = default_buffer_prototype()
-    await asyncio.gather(*(store.set(key, prototype.buffer.from_bytes(value)) for key, value in data.items()))
+    results = await asyncio.gather(
+        *(store.set(key, prototype.buffer.from_bytes(value)) for key, value in data.items()), return_exceptions=True,
+    )
+    failure = next((result for result in results if isinstance(result, BaseException)), None)
+    if failure is not None:
+        raise failure
 
 
 @contextmanager
