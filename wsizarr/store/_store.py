@@ -51,7 +51,7 @@ from ._manifest import (
     TABLE_DIMS, VERTEX_COLUMNS, Manifest, SlideTable, TableWriter, coordinate_chunk_rows,
     create_table, read_slides,
 )
-from .._locations import Location, parse_location
+from .._locations import PARTIAL_WRITE, Location, parse_location
 from ._manifest import QUALITY_MEASURES
 from ._shards import encode_rows, encode_shard, has_chunk_checksums, pack_shard, shard_key
 from .._text import count
@@ -252,10 +252,17 @@ def why_not_a_store(location: Location) -> str | None:
         return "its zarr.json has no wsizarr attributes"
     added = attributes[ATTRS].get("added")
     names = _STORE_NAMES | set(added if isinstance(added, dict) else ())
-    foreign = sorted({key.split("/")[0] for key in location.keys()} - names)
+    foreign = sorted(head for head in {key.split("/")[0] for key in location.keys()} - names if not _unfinished_write(head, names))
     if foreign:
         return f"it also holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
     return None
+
+
+def _unfinished_write(name: str, names: frozenset[str] | set[str]) -> bool:
+    """``name`` is zarr's temporary file of a write into the store that never finished (a killed
+    writer's ``zarr.<uuid hex>.partial`` for ``zarr.json``): the store's own, not a user's."""
+    stem = PARTIAL_WRITE.sub("", name)
+    return stem != name and (stem in names or f"{stem}.json" in names)
 
 
 def ensure_own_store(location: Location) -> None:
