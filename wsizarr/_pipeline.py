@@ -101,7 +101,7 @@ def extract(
     where tifffile reads the slide's pyramid, else OpenSlide), ``tiles`` or ``openslide``.
     ``progress(done, total)`` is called as shards finish, ``on_note(line)`` with each
     annotation file's note on skipped objects or warnings. The options are checked by the
-    records of ``_options`` (see ``run_extraction``). Raises a ``WsizarrError`` naming the
+    records of ``extraction._options`` (see ``run_extraction``). Raises a ``WsizarrError`` naming the
     file and the fix.
     """
     options = ExtractOptions.from_keywords(

@@ -22,16 +22,27 @@ import numpy as np
 
 try:
     import torch
-    from torch.utils.data import Dataset, IterableDataset, WeightedRandomSampler, get_worker_info
+    from torch.utils.data import (
+        Dataset,
+        IterableDataset,
+        WeightedRandomSampler,
+        get_worker_info,
+    )
 except ImportError:
     raise ImportError("wsizarr.torch needs PyTorch: pip install 'wsizarr[torch]'") from None
 
 from ._errors import ParameterError, option
+from ._text import count
 from .loaders._patches import (
-    PatchTable, StoreLike, added_rows, check_added, gather_patches, open_patches, shuffled_batches,
+    PatchTable,
+    StoreLike,
+    added_rows,
+    check_added,
+    gather_patches,
+    open_patches,
+    shuffled_batches,
 )
 from .store._store import COORDINATE_ARRAYS
-from ._text import count
 
 __all__ = ["PatchDataset", "ShardShuffledPatches", "balanced_sampler"]
 

@@ -24,7 +24,14 @@ from ._asap import read_asap
 from ._dsa import dsa_documents, read_dsa
 from ._geojson import read_geojson
 from ._imagescope import read_imagescope
-from ._records import Annotation, AnnotationFile, Builder, LabelFrom, first_line, skip_counts
+from ._records import (
+    Annotation,
+    AnnotationFile,
+    Builder,
+    LabelFrom,
+    first_line,
+    skip_counts,
+)
 
 __all__ = [
     "ANNOTATION_SUFFIXES", "annotation_note", "describe", "format_description", "read_annotation_file",

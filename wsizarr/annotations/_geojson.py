@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
 from .._errors import AnnotationError
 from ._records import Builder, malformed
 

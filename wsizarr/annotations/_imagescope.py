@@ -7,8 +7,8 @@ import math
 import numpy as np
 from lxml import etree
 
-from ._geometry import ellipse, points_in_polygon
 from .._text import count
+from ._geometry import ellipse, points_in_polygon
 from ._records import Builder, LabelFrom, xml_number
 
 __all__ = ["read_imagescope"]

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-
 from .._errors import AnnotationError
 from ._records import Annotation, first_line
 

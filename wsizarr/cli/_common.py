@@ -57,7 +57,7 @@ class ProgressBar:
 
 
 def add_option(parser: Any, record: type, name: str, help: str, **kwargs: Any) -> None:
-    """Add the flag of option ``name`` of ``record`` (an ``_options`` dataclass): its dest is
+    """Add the flag of option ``name`` of ``record`` (an ``extraction._options`` dataclass): its dest is
     the field's name and its default the field's default, so the two cannot drift apart."""
     default = next(f.default for f in fields(record) if f.name == name)
     if default is False:
@@ -79,10 +79,15 @@ def add_filter_options(parser: Any) -> None:
 def add_extract_options(parser: argparse.ArgumentParser) -> Any:
     """The options of an extraction, in groups (resolution and sampling, store layout, quality
     filters, execution); returns the execution group, for a command's own options of that kind."""
-    from ..slides._color import COLORS
     from ..extraction._options import (
-        EXECUTORS, READERS, ExecutionOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
+        EXECUTORS,
+        READERS,
+        ExecutionOptions,
+        LayoutOptions,
+        ResolutionOptions,
+        SamplingOptions,
     )
+    from ..slides._color import COLORS
 
     sampling = parser.add_argument_group("resolution and sampling")
     resolution = sampling.add_mutually_exclusive_group()
@@ -153,7 +158,7 @@ def annotation_kwargs(args: argparse.Namespace) -> dict:
 
 
 def record_from(record: type, args: argparse.Namespace, **values: Any) -> Any:
-    """An ``_options`` record from the parsed flags of its fields (and ``values``)."""
+    """An ``extraction._options`` record from the parsed flags of its fields (and ``values``)."""
     return record(**{f.name: getattr(args, f.name) for f in fields(record) if hasattr(args, f.name)} | values)
 
 
@@ -161,7 +166,12 @@ def extract_options(args: argparse.Namespace, mode: str) -> ExtractOptions:
     """The run's options from the flags: each record from its own fields."""
     from ..annotations._labels import parse_label_map
     from ..extraction._options import (
-        ExecutionOptions, ExtractOptions, FilterOptions, LabelOptions, LayoutOptions, ResolutionOptions,
+        ExecutionOptions,
+        ExtractOptions,
+        FilterOptions,
+        LabelOptions,
+        LayoutOptions,
+        ResolutionOptions,
         SamplingOptions,
     )
 

@@ -8,8 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import ParameterError
 from ._common import (
-    add_annotation_options, add_extract_options, add_option, add_storage_option, comma_list,
-    extract_options, printable, say, storage_options_of,
+    add_annotation_options,
+    add_extract_options,
+    add_option,
+    add_storage_option,
+    comma_list,
+    extract_options,
+    printable,
+    say,
+    storage_options_of,
 )
 
 if TYPE_CHECKING:

@@ -13,8 +13,21 @@ from collections.abc import Sequence
 
 from .._errors import WsizarrError, as_flag
 from . import (
-    _annotations, _demo, _embed, _export, _extract, _info, _migrate, _overlay, _pack, _preview, _report,
-    _slide, _subset, _unlock, _verify,
+    _annotations,
+    _demo,
+    _embed,
+    _export,
+    _extract,
+    _info,
+    _migrate,
+    _overlay,
+    _pack,
+    _preview,
+    _report,
+    _slide,
+    _subset,
+    _unlock,
+    _verify,
 )
 from ._common import printable
 

@@ -6,7 +6,13 @@ import argparse
 from typing import Any
 
 from .._errors import ParameterError
-from ._common import ProgressBar, add_filter_options, add_storage_option, say, storage_options_of
+from ._common import (
+    ProgressBar,
+    add_filter_options,
+    add_storage_option,
+    say,
+    storage_options_of,
+)
 
 
 def register(commands: Any) -> None:

@@ -32,17 +32,27 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from .._errors import ParameterError, StoreError, StoreExistsError, option
-from ..extraction._execution import TaskRunner
 from .._locations import Location, parse_location
+from .._text import count
+from ..extraction._execution import TaskRunner
+from ..extraction._options import ExecutionOptions
 from ..store._lock import writer_lock
 from ..store._manifest import AddedArray, Manifest
-from ..extraction._options import ExecutionOptions
 from ..store._reader import PatchReader
 from ..store._store import (
-    ADDING, COORDINATE_ARRAYS, RESERVED_NAMES, checksummed, consolidate, open_for_writing,
-    open_store, partial_location, read_manifest, refuse_legacy, why_not_a_store, write_manifest,
+    ADDING,
+    COORDINATE_ARRAYS,
+    RESERVED_NAMES,
+    checksummed,
+    consolidate,
+    open_for_writing,
+    open_store,
+    partial_location,
+    read_manifest,
+    refuse_legacy,
+    why_not_a_store,
+    write_manifest,
 )
-from .._text import count
 
 __all__ = ["AddSummary", "add_array", "added_dims", "create_added", "describe_fn"]
 

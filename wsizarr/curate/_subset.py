@@ -28,26 +28,48 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._added import create_added
 from .._errors import ParameterError, StoreError, StoreExistsError, option
-from ..extraction._execution import TaskRunner, shard_tasks
 from .._locations import Location, parse_store_location
+from .._text import count
+from .._version import __version__
+from ..extraction._execution import TaskRunner, shard_tasks
+from ..extraction._options import ExecutionOptions
+from ..loaders._patches import (
+    AddedRows,
+    Bounds,
+    PatchTable,
+    patch_table,
+    quality_bounds,
+)
 from ..store._lock import writer_lock
-from ..loaders._patches import AddedRows, Bounds, PatchTable, patch_table, quality_bounds
 from ..store._manifest import (
-    ANNOTATION_COLUMNS, RING_COLUMNS, VERTEX_COLUMNS, Manifest, RunState, SubsetOrigin, plan_sha256,
+    ANNOTATION_COLUMNS,
+    RING_COLUMNS,
+    VERTEX_COLUMNS,
+    Manifest,
+    RunState,
+    SubsetOrigin,
+    plan_sha256,
     read_table,
 )
-from ..extraction._options import ExecutionOptions
 from ..store._reader import PatchReader
 from ..store._shards import is_standard
 from ..store._store import (
-    begin_run, create_store, delete_store, end_planning, ensure_own_store, finalize_store,
-    open_for_task, open_store, partial_location, read_manifest, refuse_legacy, why_not_a_store,
+    begin_run,
+    create_store,
+    delete_store,
+    end_planning,
+    ensure_own_store,
+    finalize_store,
+    open_for_task,
+    open_store,
+    partial_location,
+    read_manifest,
+    refuse_legacy,
+    why_not_a_store,
     write_shard,
 )
-from .._text import count
-from .._version import __version__
+from ._added import create_added
 
 __all__ = ["SubsetSummary", "subset"]
 

@@ -5,7 +5,13 @@ the quality measures (``_quality``) and the pipeline that runs them (``_run``). 
 are applied above this stage (``wsizarr._pipeline``)."""
 
 from ._options import (
-    ExecutionOptions, ExtractOptions, FilterOptions, LabelOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
+    ExecutionOptions,
+    ExtractOptions,
+    FilterOptions,
+    LabelOptions,
+    LayoutOptions,
+    ResolutionOptions,
+    SamplingOptions,
 )
 from ._quality import measure_patches
 from ._run import ExtractionSummary, extract_unfiltered

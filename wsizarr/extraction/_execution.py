@@ -13,26 +13,31 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 import zarr
 
-from ..slides._color import to_srgb
 from .._errors import SlideError
-from ..annotations._geometry import rasterize
 from .._locations import Location
+from ..annotations._geometry import rasterize
+from ..slides._color import to_srgb
+from ..slides._slide import Resolution, SlideInfo, resize_patch
+from ..slides._tiles import equal_runs, open_reader
+from ..store._codecs import CODECS, encode_lossy
 from ..store._manifest import read_annotations
+from ..store._reader import PatchReader
+from ..store._shards import checksum, has_chunk_checksums
+from ..store._store import open_for_task, read_manifest, store_writes, write_shard
 from ._options import ExecutionOptions
 from ._quality import measure_patches
-from ..store._reader import PatchReader
-from ..slides._slide import Resolution, SlideInfo, resize_patch
-from ..store._shards import checksum, has_chunk_checksums
-from ..store._codecs import CODECS, encode_lossy
-from ..store._store import open_for_task, read_manifest, store_writes, write_shard
-from ..slides._tiles import equal_runs, open_reader
 
 __all__ = [
     "PlanRows", "ShardJob", "ShardTask", "SlideSource", "TaskRunner", "read_shard", "run_shard_task", "shard_tasks",
@@ -257,7 +262,7 @@ def read_shard(group: zarr.Group, job: ShardJob) -> dict[str, np.ndarray]:
     ``(n, P, P)``), from the job's plan rows; ``run_shard_task`` measures the quality of the
     pixels as the store's codec keeps them.
 
-    Each slide's patches are read through one open reader (``_tiles``): with ``tiles`` each
+    Each slide's patches are read through one open reader (``slides._tiles``): with ``tiles`` each
     tile is decoded once for the whole task and patches are cropped from the level's own
     pixels; with ``openslide`` the patches of one annotation share one ``read_region`` where
     the level's downsample is whole.

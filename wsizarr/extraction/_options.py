@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from ..slides._color import COLORS
 from .._errors import ParameterError, option
+from ..slides._color import COLORS
 from ..slides._slide import ResolutionOptions
 
 __all__ = [

@@ -20,17 +20,36 @@ from typing import Any
 import numpy as np
 import openslide
 
-from ..annotations._files import ANNOTATION_SUFFIXES, annotation_note, read_annotation_file
-from ..annotations._labels import apply_label_map
-from ..annotations._records import Annotation, AnnotationFile
 from .._errors import ParameterError, SlideError, WsizarrError, option
-from ._execution import SlideSource
 from .._locations import parse_location
 from .._text import count
+from ..annotations._files import (
+    ANNOTATION_SUFFIXES,
+    annotation_note,
+    read_annotation_file,
+)
+from ..annotations._labels import apply_label_map
+from ..annotations._records import Annotation, AnnotationFile
+from ..slides._slide import (
+    SlideInfo,
+    TissueMask,
+    open_slide,
+    resolve_resolution,
+    slide_info,
+    tissue_mask,
+    tissue_mask_of,
+)
+from ..slides._tiles import (
+    content_digest,
+    is_remote,
+    open_reader,
+    reader_choice,
+    tiff_slide_info,
+    with_subifd_levels,
+)
+from ._execution import SlideSource
 from ._options import LabelOptions, ResolutionOptions, SamplingOptions
 from ._sampling import BACKGROUND_LABEL, PatchPlan, plan_slide_patches
-from ..slides._slide import SlideInfo, TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask, tissue_mask_of
-from ..slides._tiles import content_digest, is_remote, open_reader, reader_choice, tiff_slide_info, with_subifd_levels
 
 __all__ = [
     "AnnotationSource", "PlanRequest", "PrepareRequest", "PreparedSlide", "SlideFailure",

@@ -19,25 +19,57 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..annotations._files import ANNOTATION_SUFFIXES
 from .._errors import ParameterError
-from ._execution import PlanRows, ShardJob, ShardTask, SlideSource, TaskRunner, run_shard_task, shard_tasks
 from .._locations import Location, parse_store_location
-from ..store._lock import writer_lock
-from ..store._manifest import Manifest, annotation_rows, plan_sha256, read_table, slide_row
-from ._options import ExtractOptions
-from ._planning import (
-    AnnotationSource, PlanRequest, PrepareRequest, PreparedSlide, SlideFailure, SlidePlan,
-    match_annotations, plan_slide, prepare_slide,
-)
-from ._runplan import RunPlan, check_same_slides, is_stillborn, plan_run, where_to_build
-from ..store._store import (
-    begin_run, create_store, delete_store, tidy_complete, done_shards, end_planning, ensure_own_store,
-    finalize_store, open_for_writing, open_store, partial_location, read_manifest, roll_back_run,
-    store_writes,
-)
 from .._text import count
 from .._version import __version__
+from ..annotations._files import ANNOTATION_SUFFIXES
+from ..store._lock import writer_lock
+from ..store._manifest import (
+    Manifest,
+    annotation_rows,
+    plan_sha256,
+    read_table,
+    slide_row,
+)
+from ..store._store import (
+    begin_run,
+    create_store,
+    delete_store,
+    done_shards,
+    end_planning,
+    ensure_own_store,
+    finalize_store,
+    open_for_writing,
+    open_store,
+    partial_location,
+    read_manifest,
+    roll_back_run,
+    store_writes,
+    tidy_complete,
+)
+from ._execution import (
+    PlanRows,
+    ShardJob,
+    ShardTask,
+    SlideSource,
+    TaskRunner,
+    run_shard_task,
+    shard_tasks,
+)
+from ._options import ExtractOptions
+from ._planning import (
+    AnnotationSource,
+    PlanRequest,
+    PreparedSlide,
+    PrepareRequest,
+    SlideFailure,
+    SlidePlan,
+    match_annotations,
+    plan_slide,
+    prepare_slide,
+)
+from ._runplan import RunPlan, check_same_slides, is_stillborn, plan_run, where_to_build
 
 __all__ = [
     "ANNOTATION_SUFFIXES", "ExtractionSummary", "ProgressCallback", "SlideFailure", "extract_unfiltered",

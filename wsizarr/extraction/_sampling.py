@@ -12,11 +12,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..annotations._records import Annotation
 from .._errors import ParameterError
-from ._options import SamplingOptions
-from ..annotations._geometry import centroid, has_area, point_inside, points_in_polygon, rasterize, window_sums
+from ..annotations._geometry import (
+    centroid,
+    has_area,
+    point_inside,
+    points_in_polygon,
+    rasterize,
+    window_sums,
+)
+from ..annotations._records import Annotation
 from ..slides._slide import Resolution, SlideInfo, TissueMask, level0_from_level_px
+from ._options import SamplingOptions
 
 __all__ = [
     "BACKGROUND_LABEL", "SAMPLERS", "PatchPlan", "label_codes", "plan_jitter",

@@ -12,15 +12,16 @@ import numpy as np
 import zarr
 from PIL import Image, ImageDraw, ImageFont
 
-from ..annotations._files import read_annotations
 from .._errors import ParameterError, option
 from .._locations import Location, parse_location
 from .._output import check_output_file, output_file
-from ..store._reader import PatchReader
-from ..slides._slide import open_slide
-from ..store._manifest import Manifest, SlideTable, read_annotations as read_stored_annotations
-from ..store._store import open_store, read_manifest, slide_table, store_info
 from .._text import count
+from ..annotations._files import read_annotations
+from ..slides._slide import open_slide
+from ..store._manifest import Manifest, SlideTable
+from ..store._manifest import read_annotations as read_stored_annotations
+from ..store._reader import PatchReader
+from ..store._store import open_store, read_manifest, slide_table, store_info
 
 __all__ = ["LABEL_COLOURS", "overlay", "preview", "write_report"]
 

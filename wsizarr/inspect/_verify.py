@@ -10,19 +10,30 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..slides._color import to_srgb
 from .._errors import CorruptStoreError, ParameterError, SlideError, option
 from .._locations import Location, parse_store_location
+from .._text import count
 from ..extraction._quality import measure_patches
+from ..slides._color import to_srgb
+from ..slides._slide import SlideInfo, resize_patch
+from ..slides._tiles import (
+    OpenSlideReader,
+    SlideReader,
+    TileReader,
+    interpolate_like_openslide,
+    open_reader,
+)
+from ..store._codecs import encode_lossy
+from ..store._manifest import Manifest, SlideTable, plan_sha256
 from ..store._reader import PatchReader
 from ..store._shards import n_shards, shard_key
-from ..slides._slide import SlideInfo, resize_patch
-from ..store._manifest import Manifest, SlideTable
-from ..slides._tiles import OpenSlideReader, SlideReader, TileReader, interpolate_like_openslide, open_reader
-from ..store._manifest import plan_sha256
-from ..store._codecs import encode_lossy
-from ..store._store import COORDINATE_ARRAYS, done_shards, open_store, read_manifest, slide_table
-from .._text import count
+from ..store._store import (
+    COORDINATE_ARRAYS,
+    done_shards,
+    open_store,
+    read_manifest,
+    slide_table,
+)
 
 __all__ = ["VerifyReport", "verify"]
 

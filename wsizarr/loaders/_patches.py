@@ -20,11 +20,10 @@ import numpy as np
 
 from .._errors import IncompleteStoreError, ParameterError, option
 from .._locations import Location, parse_location
-from ..store._reader import FetchedShard, PatchReader
-from ..store._manifest import AddedArray, read_table
-from ..store._manifest import QUALITY_MEASURES
-from ..store._store import COORDINATE_ARRAYS, open_store, read_manifest, slide_table
 from .._text import count
+from ..store._manifest import QUALITY_MEASURES, AddedArray, read_table
+from ..store._reader import FetchedShard, PatchReader
+from ..store._store import COORDINATE_ARRAYS, open_store, read_manifest, slide_table
 
 if TYPE_CHECKING:
     import xarray

@@ -25,10 +25,10 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from ..slides._color import applied_color, profile_description, profile_sha256
 from .._errors import StoreError
-from ._shards import n_shards
+from ..slides._color import applied_color, profile_description, profile_sha256
 from ..slides._slide import Resolution, SlideInfo
+from ._shards import n_shards
 
 __all__ = [
     "ANNOTATION_COLUMNS", "COORDINATE_COLUMNS", "MAX_LEVELS", "QUALITY_MEASURES", "SCHEMA_VERSION", "SLIDE_COLUMNS",
@@ -144,7 +144,7 @@ class Manifest:
     complete: bool = False
     run: RunState | None = None
     added: Mapping[str, AddedArray] = field(default_factory=dict)  # by name, in the order added
-    quality: tuple[str, ...] = ()  # the quality measures (``_quality``) stored as arrays along patch
+    quality: tuple[str, ...] = ()  # the quality measures (``QUALITY_MEASURES``) stored as arrays along patch
     subset: SubsetOrigin | None = None  # made by ``wsizarr.subset`` from another store
     legacy: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 

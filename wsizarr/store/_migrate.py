@@ -13,9 +13,21 @@ from .._errors import StoreError
 from .._locations import Location, parse_store_location
 from ._lock import writer_lock
 from ._manifest import (
-    ANNOTATION_COLUMNS, COORDINATE_COLUMNS, SLIDE_COLUMNS, Manifest, TableWriter, plan_sha256, read_slides,
+    ANNOTATION_COLUMNS,
+    COORDINATE_COLUMNS,
+    SLIDE_COLUMNS,
+    Manifest,
+    TableWriter,
+    plan_sha256,
+    read_slides,
 )
-from ._store import consolidate, create_tables, open_store, read_manifest, write_manifest
+from ._store import (
+    consolidate,
+    create_tables,
+    open_store,
+    read_manifest,
+    write_manifest,
+)
 
 __all__ = ["migrate"]
 

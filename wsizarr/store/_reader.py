@@ -34,11 +34,19 @@ from zarr.storage import WrapperStore
 
 from .._errors import CorruptStoreError, ParameterError, option
 from .._locations import Location, parse_location
-from ._shards import (
-    ShardDamaged, ShardIndex, chunk_payload, has_chunk_checksums, index_size, is_standard,
-    n_shards, parse_shard_key, received, shard_key,
-)
 from ._codecs import CODECS
+from ._shards import (
+    ShardDamaged,
+    ShardIndex,
+    chunk_payload,
+    has_chunk_checksums,
+    index_size,
+    is_standard,
+    n_shards,
+    parse_shard_key,
+    received,
+    shard_key,
+)
 from ._store import MASK_CODEC, open_store, read_manifest
 
 __all__ = ["FetchedShard", "PatchReader"]

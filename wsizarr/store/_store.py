@@ -43,18 +43,40 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from .._errors import (
-    IncompleteStoreError, ParameterError, StoreError, StoreExistsError, WsizarrError,    option,
-)
-from ._codecs import CODECS
-from ._manifest import (
-    ANNOTATION_COLUMNS, ATTRS, COORDINATE_COLUMNS, RING_COLUMNS, SCHEMA_VERSION, SLIDE_COLUMNS,
-    TABLE_DIMS, VERTEX_COLUMNS, Manifest, SlideTable, TableWriter, coordinate_chunk_rows,
-    create_table, read_slides,
+    IncompleteStoreError,
+    ParameterError,
+    StoreError,
+    StoreExistsError,
+    WsizarrError,
+    option,
 )
 from .._locations import PARTIAL_WRITE, Location, parse_location
-from ._manifest import QUALITY_MEASURES
-from ._shards import encode_rows, encode_shard, has_chunk_checksums, pack_shard, shard_key
 from .._text import count
+from ._codecs import CODECS
+from ._manifest import (
+    ANNOTATION_COLUMNS,
+    ATTRS,
+    COORDINATE_COLUMNS,
+    QUALITY_MEASURES,
+    RING_COLUMNS,
+    SCHEMA_VERSION,
+    SLIDE_COLUMNS,
+    TABLE_DIMS,
+    VERTEX_COLUMNS,
+    Manifest,
+    SlideTable,
+    TableWriter,
+    coordinate_chunk_rows,
+    create_table,
+    read_slides,
+)
+from ._shards import (
+    encode_rows,
+    encode_shard,
+    has_chunk_checksums,
+    pack_shard,
+    shard_key,
+)
 
 __all__ = [
     "COORDINATE_ARRAYS",
@@ -99,7 +121,7 @@ MASK_CODEC = "zstd"
 
 
 _DONE = "_shards_done"
-ADDING = "_adding"  # the done-markers of arrays being added (``_added``), one array per name
+ADDING = "_adding"  # the done-markers of arrays being added (``curate._added``), one array per name
 _TABLES = ("slides", "annotations")
 # the top-level names of a store (besides its added arrays, which its manifest names); a
 # location holding anything else is not only a wsizarr store
