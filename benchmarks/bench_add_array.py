@@ -30,7 +30,7 @@ import numpy as np
 
 from bench_verify import OUT, demo_store
 from wsizarr import add_array
-from wsizarr._reader import PatchReader
+from wsizarr.store._reader import PatchReader
 
 
 def first_pixel(batch: np.ndarray) -> np.ndarray:

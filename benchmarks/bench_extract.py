@@ -45,7 +45,7 @@ def _tissue_tiles(rng: np.random.Generator, count: int) -> list[np.ndarray]:
     """Real H&E 256-px crops of CMU-1-Small-Region that are mostly tissue."""
     import openslide
 
-    from wsizarr._slide import read_rgb
+    from wsizarr.slides._slide import read_rgb
 
     with openslide.OpenSlide(CMU) as slide:
         image = read_rgb(slide, (0, 0), 0, slide.dimensions)
@@ -143,7 +143,7 @@ def make_slide(path: Path, width: int, height: int, n_annotations: int, seed: in
 
 
 def _rgb(slide, x: int, y: int, level: int) -> np.ndarray:
-    from wsizarr._slide import composite_on_white
+    from wsizarr.slides._slide import composite_on_white
 
     return composite_on_white(np.asarray(slide.read_region((x, y), level, (PATCH, PATCH))))
 
@@ -153,7 +153,7 @@ def run_method(method: str, slide_path: str, plan_path: str, out: str, options: 
     plan = np.load(plan_path)
     xs, ys, levels = plan["x"].tolist(), plan["y"].tolist(), plan["level"].tolist()
     if method.startswith("wsizarr"):
-        from wsizarr._cli import main
+        from wsizarr.cli._main import main
 
         args = [
             "extract", slide_path, "--annotations", options["annotations"], "--out", out,
@@ -214,7 +214,7 @@ def _child() -> None:
 
 def _count_fetched_bytes() -> list[int]:
     """Instrument the ranged GETs of slides on S3: the list receives every GET's size."""
-    from wsizarr._annotations import ANNOTATION_SUFFIXES
+    from wsizarr.annotations._files import ANNOTATION_SUFFIXES
     from wsizarr._locations import S3Location
 
     fetched: list[int] = []
@@ -261,8 +261,8 @@ def measure(method: str, slide: Path, plan: Path, n: int, options: dict, keep: b
 
 def _plan(slide: Path, level: int, per_annotation: int, grid: bool = False) -> Path:
     import wsizarr
-    from wsizarr._sampling import plan_patches
-    from wsizarr._slide import open_slide, slide_info
+    from wsizarr.extraction._sampling import plan_patches
+    from wsizarr.slides._slide import open_slide, slide_info
 
     with open_slide(slide) as handle:
         info = slide_info(handle, slide)
@@ -321,7 +321,7 @@ def main() -> None:
     started = time.perf_counter()
     OUT.mkdir(exist_ok=True)
     import wsizarr
-    from wsizarr._store import CODECS
+    from wsizarr.store._codecs import CODECS
 
     if args.quick:
         size, n_annotations, levels, repeats = (4097, 3073), 12, (1,), 1

@@ -242,7 +242,7 @@ def write_recipe_files(store: Path, work: Path, mds: types.SimpleNamespace | Non
     import h5py
 
     import wsizarr
-    from wsizarr._reader import PatchReader
+    from wsizarr.store._reader import PatchReader
 
     table = wsizarr.read_patch_table(store)
     names = [*table.label_names, ""]  # code -1 (unlabelled) picks the trailing ""

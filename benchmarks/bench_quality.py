@@ -37,8 +37,8 @@ import numpy as np
 import openslide
 
 import wsizarr
-from wsizarr._quality import measure_patches
-from wsizarr._slide import read_rgb
+from wsizarr.extraction._quality import measure_patches
+from wsizarr.slides._slide import read_rgb
 
 CMU = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 PATCH = 256

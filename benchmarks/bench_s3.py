@@ -30,8 +30,9 @@ from bench_write import real_patches  # noqa: E402  (a sibling script)
 
 from tests.s3server import S3Server, seaweedfs  # noqa: E402
 from wsizarr._locations import parse_location  # noqa: E402
-from wsizarr._shards import encode_shard, shard_key  # noqa: E402
-from wsizarr._store import CODECS, checksummed  # noqa: E402
+from wsizarr.store._shards import encode_shard, shard_key  # noqa: E402
+from wsizarr.store._codecs import CODECS  # noqa: E402
+from wsizarr.store._store import checksummed
 
 PATCH = 256
 

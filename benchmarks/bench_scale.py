@@ -63,7 +63,7 @@ def _source() -> np.ndarray:
     if _SOURCE is None:
         import openslide
 
-        from wsizarr._slide import read_rgb
+        from wsizarr.slides._slide import read_rgb
 
         with openslide.OpenSlide(CMU) as slide:
             _SOURCE = read_rgb(slide, (0, 0), 0, slide.dimensions)
@@ -224,7 +224,7 @@ def _profile_tasks(profiles: list) -> None:
     import cProfile
     import threading
 
-    import wsizarr._extract as extract_module
+    import wsizarr.extraction._run as extract_module
 
     run_shard_task = extract_module.run_shard_task
     local = threading.local()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from wsizarr import extract, verify
-from wsizarr._demo import write_demo_annotations, write_demo_slide
+from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import parse_location
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -22,9 +22,10 @@ import numpy as np
 import openslide
 import zarr
 
-from wsizarr._slide import read_rgb
-from wsizarr._shards import encode_shard, n_shards, shard_key
-from wsizarr._store import CODECS, checksummed
+from wsizarr.slides._slide import read_rgb
+from wsizarr.store._shards import encode_shard, n_shards, shard_key
+from wsizarr.store._codecs import CODECS
+from wsizarr.store._store import checksummed
 
 CMU = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 PATCH = 256

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsizarr._demo import write_demo_annotations, write_demo_slide
-from wsizarr._slide import composite_on_white
+from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
+from wsizarr.slides._slide import composite_on_white
 
 from .helpers import storage_option_args
 
@@ -138,8 +138,8 @@ def slide_rows(store, storage_options=None) -> list[dict]:
     """The store's slide table as one dict per slide (the shape schema 1 kept in the
     attributes), with the names of each slide's annotations."""
     from wsizarr._locations import parse_location
-    from wsizarr._manifest import read_table
-    from wsizarr._store import slide_table
+    from wsizarr.store._manifest import read_table
+    from wsizarr.store._store import slide_table
 
     import zarr
 

@@ -14,9 +14,9 @@ import zarr
 
 import wsizarr
 from wsizarr import IncompleteStoreError, ParameterError, StoreError, StoreExistsError, add_array
-from wsizarr._added import describe_fn
+from wsizarr.curate._added import describe_fn
 from wsizarr._locations import parse_location
-from wsizarr._store import open_for_writing, read_manifest, why_not_a_store, write_manifest
+from wsizarr.store._store import open_for_writing, read_manifest, why_not_a_store, write_manifest
 
 from .helpers import assert_one_line_error, assert_same_store, run, store_bytes
 
@@ -345,7 +345,7 @@ def test_embed_with_a_torchscript_model(copy, tmp_path):
 
 def test_a_second_writer_is_refused_while_the_lock_is_held(copy):
     from wsizarr import StoreLockedError
-    from wsizarr._lock import writer_lock
+    from wsizarr.store._lock import writer_lock
 
     before = store_bytes(copy)
     with writer_lock(parse_location(copy)):
@@ -390,7 +390,7 @@ def test_sigkill_then_the_same_call_gives_the_same_store(copy, reference):
     process.wait()
     done = len([m for m in markers.iterdir() if m.name.isdigit()])
     assert 3 <= done < N_SHARDS
-    from wsizarr._lock import StaleLockWarning
+    from wsizarr.store._lock import StaleLockWarning
 
     with pytest.warns(StaleLockWarning, match="took over the lock"):  # the killed writer's file
         summary = add_array(copy, "colour", mean_colour)

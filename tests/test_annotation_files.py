@@ -12,7 +12,8 @@ import pytest
 from shapely.geometry import Polygon
 
 from wsizarr import AnnotationError, read_annotation_file, read_annotations
-from wsizarr._annotations import apply_label_map, describe, format_description
+from wsizarr.annotations._files import describe, format_description
+from wsizarr.annotations._labels import apply_label_map
 
 from .conftest import ANNOTATIONS
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from wsizarr._cli import main
+from wsizarr.cli._main import main
 
 from .conftest import ANNOTATIONS, SLIDES, slide_rows
 from .helpers import assert_one_line_error, run
@@ -66,7 +66,7 @@ def test_errors_are_one_line_and_leave_no_store(tmp_path, aperio_case, slide, an
     bad = tmp_path / "bad.xml"
     bad.write_text("<ASAP_Annotations><Annotations><Annotation")
     small = tmp_path / "small.svs"
-    from wsizarr._demo import write_demo_annotations, write_demo_slide
+    from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
 
     written = write_demo_slide(small, width=1200, height=900, levels=2, n_glomeruli=2, glomerulus_px=100)
     xml = write_demo_annotations(written, tmp_path / "small.xml")
@@ -189,7 +189,7 @@ def test_counts_agree_with_their_nouns():
 def test_extract_help_groups_its_options_and_ends_with_examples_that_parse():
     import shlex
 
-    from wsizarr._cli import _parser
+    from wsizarr.cli._main import _parser
 
     text = run("extract", "--help").stdout
     groups = ["input: slides and annotations:", "output:", "resolution and sampling:", "store layout:",
@@ -209,7 +209,7 @@ def test_extract_help_groups_its_options_and_ends_with_examples_that_parse():
 def test_info_and_report_say_how_each_slide_was_read(tmp_path, aperio_case):
     """Reader, level, level pixels read per patch and the patches' mpp, per slide, in the
     text, the JSON and the HTML report, as the extraction chose them."""
-    from wsizarr._slide import open_slide, resolve_resolution, slide_info
+    from wsizarr.slides._slide import open_slide, resolve_resolution, slide_info
 
     store = tmp_path / "s.zarr"
     run("extract", aperio_case.slide, "--annotations", aperio_case.annotations, "--out", store,

@@ -12,7 +12,7 @@ import xarray as xr
 import zarr
 
 from wsizarr import QUALITY_MEASURES, IncompleteStoreError, ParameterError, StoreError, StoreExistsError, extract, open_dataset, store_info
-from wsizarr._demo import write_demo_annotations, write_demo_slide
+from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
 from wsizarr._locations import parse_location
 
 from .helpers import assert_same_store, run
@@ -75,7 +75,7 @@ def test_sigkill_on_s3_then_resume(s3_server, aperio_even_case, local_reference)
     info = store_info(location)
     assert not info["complete"] and 2 <= info["shards_done"] < 13
     with pytest.raises(IncompleteStoreError):
-        from wsizarr._store import open_store
+        from wsizarr.store._store import open_store
 
         open_store(location)
     resumed = run(*args, "--resume", env=env)

@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from wsizarr import IncompleteStoreError, ParameterError, StoreError, WsizarrError, extract, open_dataset, store_info
-from wsizarr._demo import write_demo_annotations, write_demo_slide
+from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
 
 from .helpers import assert_same_store, run
 

@@ -13,10 +13,10 @@ import zarr
 from PIL import Image, ImageCms
 
 from wsizarr import StoreError, extract, verify
-from wsizarr._demo import write_demo_annotations, write_demo_slide
-from wsizarr._slide import open_slide, resize_patch, slide_info
-from wsizarr._store import consolidate, slide_table
-from wsizarr._tiles import tiff_slide_info
+from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
+from wsizarr.slides._slide import open_slide, resize_patch, slide_info
+from wsizarr.store._store import consolidate, slide_table
+from wsizarr.slides._tiles import tiff_slide_info
 
 from .conftest import SLIDES, SlideCase, read_like_openslide
 from .helpers import assert_one_line_error, run

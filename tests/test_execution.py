@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from wsizarr._execution import TaskRunner, shard_tasks
-from wsizarr._options import ExecutionOptions
+from wsizarr.extraction._execution import TaskRunner, shard_tasks
+from wsizarr.extraction._options import ExecutionOptions
 
 _lock = threading.Lock()
 _running = {"now": 0, "most": 0, "started": 0}

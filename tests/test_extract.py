@@ -9,9 +9,9 @@ import zarr
 
 import wsizarr
 from wsizarr import IncompleteStoreError, ParameterError, StoreError, extract, open_dataset
-from wsizarr._annotations import read_annotations
-from wsizarr._sampling import plan_jitter
-from wsizarr._slide import open_slide, slide_info
+from wsizarr.annotations._files import read_annotations
+from wsizarr.extraction._sampling import plan_jitter
+from wsizarr.slides._slide import open_slide, slide_info
 
 from .conftest import ANNOTATIONS, SLIDES, read_level_pixels, read_like_openslide, slide_rows
 from .helpers import assert_same_store
@@ -189,8 +189,8 @@ def test_a_store_killed_while_being_created_is_created_again_on_resume(tmp_path,
     order) leaves a store without a run: --resume creates it again instead of failing."""
     import shutil
 
-    from wsizarr._manifest import Manifest
-    from wsizarr._store import create_store
+    from wsizarr.store._manifest import Manifest
+    from wsizarr.store._store import create_store
 
     kwargs = dict(level=1, patch_size=64, per_annotation=5, shard_size=16, seed=1)
     reference = tmp_path / "reference.zarr"
@@ -236,7 +236,7 @@ def test_records_instead_of_a_file(tmp_path, wsipacker_case):
     assert open_dataset(tmp_path / "r.zarr").label.values.tolist() == [""] * 4
 
 
-@pytest.mark.parametrize("codec", sorted(wsizarr._store.CODECS))
+@pytest.mark.parametrize("codec", sorted(wsizarr.store._store.CODECS))
 def test_every_codec_writes_shards_zarr_reads(tmp_path, aperio_even_case, codec):
     kwargs = dict(level=1, patch_size=48, per_annotation=5, shard_size=16, seed=2)
     store = tmp_path / f"{codec}.zarr"

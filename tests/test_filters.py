@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wsizarr import ParameterError, StoreError, StoreExistsError, extract, open_dataset, read_patch_table, subset, verify
-from wsizarr._manifest import Manifest
+from wsizarr.store._manifest import Manifest
 
 from .helpers import assert_one_line_error, assert_same_store, run
 from .test_crash import _finished, start_and_kill

@@ -13,7 +13,8 @@ from shapely.geometry import Polygon
 from shapely.validation import make_valid
 
 from wsizarr import AnnotationError, ParameterError, WsizarrError, read_annotations
-from wsizarr._annotations import apply_label_map, parse_label_map, read_annotation_file
+from wsizarr.annotations._files import read_annotation_file
+from wsizarr.annotations._labels import apply_label_map, parse_label_map
 
 from .conftest import ANNOTATIONS
 
@@ -284,7 +285,7 @@ def test_deeply_nested_or_non_utf8_json_is_refused(tmp_path):
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr("wsizarr._annotations._MAX_BYTES", 10)
+    monkeypatch.setattr("wsizarr.annotations._files._MAX_BYTES", 10)
     path = tmp_path / "big.geojson"
     path.write_text('{"type": "FeatureCollection", "features": []}')
     with pytest.raises(AnnotationError, match="big.geojson: 45 bytes is too large"):

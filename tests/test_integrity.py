@@ -21,12 +21,12 @@ import zarr
 
 from wsizarr import CorruptStoreError, ParameterError, export, extract, open_dataset, verify
 from wsizarr._locations import parse_location
-from wsizarr._manifest import Manifest, RunState
-from wsizarr._reader import PatchReader
-from wsizarr._shards import CHECKSUM_BYTES, encode_shard, has_chunk_checksums, index_size
-from wsizarr._store import (
-    CODECS, COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, end_planning, finalize_store,
-    read_manifest, write_shard,
+from wsizarr.store._manifest import Manifest, RunState
+from wsizarr.store._reader import PatchReader
+from wsizarr.store._shards import CHECKSUM_BYTES, encode_shard, has_chunk_checksums, index_size
+from wsizarr.store._codecs import CODECS
+from wsizarr.store._store import (
+    COORDINATE_ARRAYS, MASK_CODEC, begin_run, create_store, end_planning, finalize_store, read_manifest, write_shard,
 )
 
 from .helpers import assert_one_line_error, run

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 
 import wsizarr
 from wsizarr import IncompleteStoreError, ParameterError, StoreError, extract, iter_batches, read_patch_table
-from wsizarr._demo import write_demo_annotations, write_demo_slide
-from wsizarr._reader import PatchReader
-from wsizarr._store import CODECS
+from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
+from wsizarr.store._reader import PatchReader
+from wsizarr.store._codecs import CODECS
 from wsizarr.torch import PatchDataset, ShardShuffledPatches, balanced_sampler
 
 SHARD = 16
@@ -268,6 +268,25 @@ def test_shard_shuffled_patches_once_per_epoch(cohort_store, stored, workers):
     second, _ = _epoch(dataset, workers)
     assert sorted(second.tolist()) == sorted(first.tolist())
     assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("target", ["label", "mask"])
+def test_reused_batches_stay_whole_until_the_next_is_asked_for(cohort_store, stored, target):
+    """``reuse_batches=3`` with 2 workers and ``prefetch_factor=2`` (the least it allows): every
+    batch equals the store's patches while it is used before the next is asked for, every patch
+    comes once; the batches held past that are overwritten by later ones (so the check can fail)."""
+    dataset = ShardShuffledPatches(cohort_store, batch_size=5, seed=4, with_meta=True, target=target, reuse_batches=3)
+    held = []
+    for images, targets, meta in DataLoader(dataset, batch_size=None, num_workers=2, prefetch_factor=2):
+        index = meta["index"].numpy()
+        np.testing.assert_array_equal(images.permute(0, 2, 3, 1).numpy(), stored["patches"][index])
+        np.testing.assert_array_equal(targets.numpy(), stored["masks" if target == "mask" else "label"][index])
+        held.append((images, index))
+    assert sorted(np.concatenate([index for _, index in held]).tolist()) == list(range(len(stored["x"])))
+    overwritten = [not np.array_equal(images.permute(0, 2, 3, 1).numpy(), stored["patches"][index]) for images, index in held]
+    assert any(overwritten) and not all(overwritten)  # each worker's last batches stand
+    with pytest.raises(ParameterError, match="reuse_batches must be 0"):
+        ShardShuffledPatches(cohort_store, batch_size=5, reuse_batches=-1)
 
 
 def test_two_iterations_of_one_dataset_interleaved(cohort_store, stored):

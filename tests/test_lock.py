@@ -14,7 +14,7 @@ import warnings
 import pytest
 
 from wsizarr import StoreLockedError, WsizarrError, store_info
-from wsizarr._lock import Holder, StaleLockWarning, break_lock, lock_name, writer_lock
+from wsizarr.store._lock import Holder, StaleLockWarning, break_lock, lock_name, writer_lock
 from wsizarr._locations import parse_location
 
 from .helpers import WSIZARR, assert_one_line_error, assert_same_store, run
@@ -158,7 +158,7 @@ def test_a_lock_path_that_is_not_a_wsizarr_lock_is_never_touched(tmp_path, aperi
 
 def test_unlock_local(tmp_path):
     out = tmp_path / "u.zarr"
-    script = ("import os, sys; from wsizarr._lock import writer_lock; from wsizarr._locations import "
+    script = ("import os, sys; from wsizarr.store._lock import writer_lock; from wsizarr._locations import "
               "parse_location\nwith writer_lock(parse_location(sys.argv[1])): os._exit(0)")
     subprocess.run([sys.executable, "-c", script, str(out)], check=True)  # dies holding it: file stays
     assert (tmp_path / "u.zarr.lock").exists()

@@ -12,7 +12,7 @@ import zarr
 from PIL import Image
 
 from wsizarr import ParameterError, extract, overlay, preview, write_report
-from wsizarr._preview import LABEL_COLOURS
+from wsizarr.inspect._preview import LABEL_COLOURS
 
 from .conftest import ANNOTATIONS, SLIDES
 from .helpers import run

@@ -11,10 +11,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from pathlib import Path
 
 from wsizarr import DemoSlide, extract, open_dataset, store_info, verify, write_demo_annotations
-from wsizarr._demo import write_pyramid
+from wsizarr.slides._demo import write_pyramid
 from wsizarr._errors import ParameterError, StoreError
-from wsizarr._quality import MIN_TISSUE_SATURATION, QUALITY_MEASURES, measure_patches
-from wsizarr._slide import read_rgb, tissue_mask
+from wsizarr.extraction._quality import MIN_TISSUE_SATURATION, QUALITY_MEASURES, measure_patches
+from wsizarr.slides._slide import read_rgb, tissue_mask
 
 from .conftest import SLIDES
 

@@ -11,7 +11,7 @@ import zarr
 
 from wsizarr import SlideError, extract, verify
 from wsizarr._locations import parse_location
-from wsizarr._tiles import RangedFile, TileReader, tiff_slide_info
+from wsizarr.slides._tiles import RangedFile, TileReader, tiff_slide_info
 
 from .conftest import slide_rows
 from .helpers import assert_same_store, run
@@ -79,7 +79,7 @@ def test_cli_cohort_from_s3_prefixes_with_background(s3_server, aperio_case, ape
 
 @pytest.fixture(scope="module")
 def large_remote_slide(s3_server, tmp_path_factory):
-    from wsizarr._demo import write_demo_slide
+    from wsizarr.slides._demo import write_demo_slide
 
     slide = write_demo_slide(tmp_path_factory.mktemp("large") / "large.svs", width=12000, height=9000, seed=5)
     return slide.path, _upload(s3_server, "large/large.svs", slide.path)

@@ -8,14 +8,14 @@ from dataclasses import fields, replace
 import pytest
 
 from wsizarr._errors import ParameterError, StoreError, StoreExistsError, as_flag
-from wsizarr._execution import SlideSource
-from wsizarr._manifest import Manifest, RunState
-from wsizarr._options import (
+from wsizarr.extraction._execution import SlideSource
+from wsizarr.store._manifest import Manifest, RunState
+from wsizarr.extraction._options import (
     ExecutionOptions, ExtractOptions, FilterOptions, LabelOptions, LayoutOptions, ResolutionOptions, SamplingOptions,
 )
-from wsizarr._planning import PreparedSlide
-from wsizarr._runplan import check_same_slides, plan_run, recorded_parameters, where_to_build
-from wsizarr._slide import Resolution, SlideInfo
+from wsizarr.extraction._planning import PreparedSlide
+from wsizarr.extraction._runplan import check_same_slides, plan_run, recorded_parameters, where_to_build
+from wsizarr.slides._slide import Resolution, SlideInfo
 
 PARAMETERS = ExtractOptions().parameters()
 
@@ -188,7 +188,7 @@ def test_the_recorded_parameters_come_from_the_records():
 
 
 def test_every_option_has_its_flag():
-    from wsizarr._cli import _parser
+    from wsizarr.cli._main import _parser
 
     parser = _parser()
     extract = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("extract"))

@@ -16,7 +16,7 @@ import zarr
 
 from wsizarr import ParameterError, StoreError, extract, open_dataset, store_info
 from wsizarr._locations import parse_location
-from wsizarr._reader import PatchReader
+from wsizarr.store._reader import PatchReader
 
 from .helpers import WSIZARR, assert_one_line_error, run
 from .test_crash import _extract_args

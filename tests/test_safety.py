@@ -228,3 +228,22 @@ def test_stray_partial_writes_are_removed_when_the_store_is_finished(tmp_path, a
     user_file.write_text("not in the store")
     run(*args, "--resume")
     assert not list(out.rglob("*.partial")) and user_file.exists()
+
+
+def test_a_killed_writers_temporary_files_are_the_stores_own(tmp_path, aperio_even_case):
+    """A SIGKILL while zarr writes ``zarr.json`` leaves ``zarr.<uuid hex>.partial`` at the top of
+    the store: the store is still wsizarr's, so a resume that starts it again (or an overwrite)
+    replaces it; a user's file of another name is still refused."""
+    from wsizarr._locations import parse_location
+    from wsizarr.store._store import why_not_a_store
+
+    out = tmp_path / "s.zarr"
+    run(*_args(aperio_even_case, out))
+    (out / f"zarr.{'cd' * 16}.partial").write_bytes(b"{")  # as zarr names it for zarr.json
+    assert why_not_a_store(parse_location(str(out))) is None
+    run(*_args(aperio_even_case, out, "--overwrite"))
+    assert not list(out.glob("*.partial")) and verify(out, sample=0).ok
+    for name in (f"zarr.{'cd' * 15}.partial", "notes.1234.partial", f"mine.{'cd' * 16}.partial"):
+        (out / name).write_bytes(b"a user's")
+        assert why_not_a_store(parse_location(str(out))) == f"it also holds {name}"
+        (out / name).unlink()

@@ -12,9 +12,9 @@ from shapely.geometry import Polygon as ShapelyPolygon
 from shapely.ops import unary_union
 
 from wsizarr import Annotation, ParameterError, extract, open_dataset
-from wsizarr._geometry import points_in_polygon
-from wsizarr._sampling import plan_patches
-from wsizarr._slide import (
+from wsizarr.annotations._geometry import points_in_polygon
+from wsizarr.extraction._sampling import plan_patches
+from wsizarr.slides._slide import (
     Resolution, SlideInfo, TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask,
 )
 from wsizarr._text import count

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wsizarr import Annotation, ParameterError, plan_jitter
-from wsizarr._slide import SlideInfo
+from wsizarr.slides._slide import SlideInfo
 
 
 def _slide(downsamples=(1.0, 4.0025, 16.02)) -> SlideInfo:

@@ -13,10 +13,10 @@ import zarr
 
 import wsizarr
 from wsizarr import StoreError, extract, migrate, open_dataset, store_info, verify
-from wsizarr._annotations import read_annotation_file
-from wsizarr._demo import write_demo_annotations, write_demo_slide
-from wsizarr._manifest import RunState, plan_sha256, read_table
-from wsizarr._store import begin_run, read_manifest
+from wsizarr.annotations._files import read_annotation_file
+from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
+from wsizarr.store._manifest import RunState, plan_sha256, read_table
+from wsizarr.store._store import begin_run, read_manifest
 
 from .conftest import slide_rows
 from .test_cli import run

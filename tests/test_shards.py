@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import zarr
 
-from wsizarr._shards import (
+from wsizarr.store._shards import (
     CHECKSUM_BYTES, ENTRY_BYTES, MISSING, ShardDamaged, ShardIndex, checksum, chunk_payload,
     encode_shard, has_chunk_checksums, index_size, is_standard, n_shards, pack_shard, parse_shard_key,
     received, shard_key,
 )
-from wsizarr._manifest import Manifest
-from wsizarr._store import CODECS, MASK_CODEC, create_store
+from wsizarr.store._manifest import Manifest
+from wsizarr.store._codecs import CODECS
+from wsizarr.store._store import MASK_CODEC, create_store
 
 SHARD = 8
 PATCH = 32

@@ -5,7 +5,7 @@ import openslide
 import pytest
 
 from wsizarr import ParameterError, SlideError
-from wsizarr._slide import composite_on_white, level0_from_level_px, open_slide, read_rgb, slide_info
+from wsizarr.slides._slide import composite_on_white, level0_from_level_px, open_slide, read_rgb, slide_info
 
 from .conftest import SLIDES
 

@@ -13,11 +13,11 @@ import zarr
 
 import wsizarr
 from wsizarr import IncompleteStoreError, ParameterError, StoreError, StoreExistsError
-from wsizarr._added import add_array
+from wsizarr.curate._added import add_array
 from wsizarr._locations import parse_location
-from wsizarr._manifest import read_table
-from wsizarr._shards import ShardIndex, shard_key
-from wsizarr._store import open_for_writing, read_manifest, write_manifest
+from wsizarr.store._manifest import read_table
+from wsizarr.store._shards import ShardIndex, shard_key
+from wsizarr.store._store import open_for_writing, read_manifest, write_manifest
 
 from .helpers import assert_one_line_error, assert_same_store, run, store_bytes
 
@@ -95,8 +95,8 @@ def test_by_slide_keeps_only_that_slides_tables(source, tmp_path):
     annotations = read_table(group["annotations"])
     assert (annotations["slide"] == 0).all() and len(annotations["id"]) == int(mine.sum())
     np.testing.assert_array_equal(annotations["id"], read_table(old["annotations"])["id"][mine])
-    before = wsizarr._manifest.read_annotations(old["annotations"], range(int(np.argmax(mine)), len(mine)))
-    after = wsizarr._manifest.read_annotations(group["annotations"], range(0, len(annotations["id"])))
+    before = wsizarr.store._manifest.read_annotations(old["annotations"], range(int(np.argmax(mine)), len(mine)))
+    after = wsizarr.store._manifest.read_annotations(group["annotations"], range(0, len(annotations["id"])))
     for a, b in zip(before, after):
         assert a.id == b.id and a.bbox == b.bbox and all(np.array_equal(x, y) for x, y in zip(a.rings, b.rings))
     assert wsizarr.verify(tmp_path / "s.zarr", sample=8).ok
@@ -191,7 +191,7 @@ def test_sources_it_cannot_copy_are_refused(source, tmp_path, aperio_even_case):
     unfinished = tmp_path / "unfinished.zarr"
     shutil.copytree(source, unfinished)
     group = open_for_writing(str(unfinished))
-    write_manifest(group, wsizarr._manifest.Manifest(**{**read_manifest(group).__dict__, "complete": False}))
+    write_manifest(group, wsizarr.store._manifest.Manifest(**{**read_manifest(group).__dict__, "complete": False}))
     with pytest.raises(IncompleteStoreError):
         wsizarr.subset(unfinished, tmp_path / "u.zarr")
     legacy = tmp_path / "legacy.zarr"

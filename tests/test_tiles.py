@@ -11,8 +11,8 @@ import tifffile
 import zarr
 
 from wsizarr import ParameterError, SlideError, extract, verify
-from wsizarr._slide import level0_from_level_px, open_slide, read_rgb, slide_info
-from wsizarr._tiles import (
+from wsizarr.slides._slide import level0_from_level_px, open_slide, read_rgb, slide_info
+from wsizarr.slides._tiles import (
     TileReader, TiledTiff, choose_reader, interpolate_like_openslide, openslide_origin, tiff_slide_info,
 )
 
@@ -316,7 +316,7 @@ def test_slide_command_shows_levels_and_the_reader_auto_picks(grey_tiff, aperio_
 def subifd_case(tmp_path_factory):
     """An OME-TIFF pyramid as bioformats writes it: the reduced levels are SubIFDs of level 0
     (sizes floor(w / 2), so fractional downsamples), which OpenSlide does not see."""
-    from wsizarr._demo import write_demo_annotations, write_demo_slide
+    from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
 
     folder = tmp_path_factory.mktemp("subifd")
     demo = write_demo_slide(folder / "demo.svs", width=3001, height=2003, n_glomeruli=4, seed=5)

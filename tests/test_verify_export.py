@@ -10,8 +10,8 @@ import zarr
 from PIL import Image
 
 from wsizarr import ParameterError, export, extract, verify
-from wsizarr._shards import encode_shard
-from wsizarr._store import CODECS
+from wsizarr.store._shards import encode_shard
+from wsizarr.store._codecs import CODECS
 
 from .conftest import ANNOTATIONS, SLIDES
 from .helpers import run, write_rectangles
@@ -84,7 +84,7 @@ def test_a_real_jpeg_store_verifies_every_patch(cmu_jpeg_store):
 def test_appending_to_a_jpeg_store_keeps_the_earlier_patches_as_stored(tmp_path, aperio_case, aperio_even_case):
     """The last, partial shard is written again with the appended patches: its earlier patches
     are copied as stored (decoded and encoded again, a lossy codec would change them)."""
-    from wsizarr._reader import PatchReader
+    from wsizarr.store._reader import PatchReader
 
     path = tmp_path / "appended.zarr"
     kwargs = {**KWARGS, "per_annotation": 3, "codec": "jpeg"}  # 24 patches: shard 1 half full
@@ -102,8 +102,8 @@ def test_tampered_jpeg_pixels_are_caught(tmp_path, cmu_jpeg_store):
     checksum right) fails: the slide's pixels through the same codec are compared exactly."""
     import shutil
 
-    from wsizarr._reader import PatchReader
-    from wsizarr._shards import checksum, pack_shard
+    from wsizarr.store._reader import PatchReader
+    from wsizarr.store._shards import checksum, pack_shard
 
     path = tmp_path / "tampered.zarr"
     shutil.copytree(cmu_jpeg_store, path)
@@ -124,7 +124,7 @@ def fractional_case(tmp_path_factory):
     """A generic pyramidal TIFF whose odd sizes give fractional downsamples (2.0008, 4.0037,
     8.0073), with annotations at the top-left corner and left edge (patches at negative x, y)
     and at the bottom-right corner."""
-    from wsizarr._demo import write_demo_slide
+    from wsizarr.slides._demo import write_demo_slide
 
     folder = tmp_path_factory.mktemp("fractional")
     slide = write_demo_slide(folder / "frac.tif", width=3001, height=2003, levels=4, downsample=2,

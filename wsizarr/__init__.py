@@ -2,16 +2,6 @@
 
 from __future__ import annotations
 
-from ._added import AddSummary, add_array
-from ._annotations import (
-    Annotation,
-    AnnotationFile,
-    apply_label_map,
-    parse_label_map,
-    read_annotation_file,
-    read_annotations,
-)
-from ._demo import DemoSlide, write_demo_annotations, write_demo_slide
 from ._errors import (
     AnnotationError,
     CorruptStoreError,
@@ -23,28 +13,34 @@ from ._errors import (
     StoreLockedError,
     WsizarrError,
 )
-from ._export import export
-from ._extract import ExtractionSummary, extract, run_extraction
-from ._loaders import PatchTable, iter_batches, open_dataset, read_patch_table
-from ._migrate import migrate
-from ._options import (
+from ._pipeline import extract, run_extraction
+from ._version import __version__
+from .annotations import (
+    Annotation,
+    AnnotationFile,
+    apply_label_map,
+    parse_label_map,
+    read_annotation_file,
+    read_annotations,
+)
+from .curate import AddSummary, SubsetSummary, add_array, subset
+from .extraction import (
     ExecutionOptions,
+    ExtractionSummary,
     ExtractOptions,
     FilterOptions,
     LabelOptions,
     LayoutOptions,
+    PatchPlan,
     ResolutionOptions,
     SamplingOptions,
+    measure_patches,
+    plan_jitter,
 )
-from ._quality import QUALITY_MEASURES, measure_patches
-from ._preview import overlay, preview, write_report
-from ._sampling import PatchPlan, plan_jitter
-from ._slide import SlideInfo
-from ._manifest import SCHEMA_VERSION
-from ._store import store_info
-from ._subset import SubsetSummary, subset
-from ._verify import VerifyReport, verify
-from ._version import __version__
+from .inspect import VerifyReport, export, overlay, preview, verify, write_report
+from .loaders import PatchTable, iter_batches, open_dataset, read_patch_table
+from .slides import DemoSlide, SlideInfo, write_demo_annotations, write_demo_slide
+from .store import QUALITY_MEASURES, SCHEMA_VERSION, migrate, store_info
 
 __all__ = [
     "SCHEMA_VERSION",

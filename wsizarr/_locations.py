@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from obstore.store import RetryConfig, S3Store
 
 __all__ = [
+    "PARTIAL_WRITE",
     "STORAGE_OPTIONS",
     "LocalLocation",
     "Location",
@@ -68,7 +69,7 @@ DEFAULT_TIMEOUT_SECONDS = 30.0  # one S3 request, connecting to the end of the b
 # the data path 10 times, riding out a busy server's 5xx answers (backoff up to 5 s).
 _FEW_RETRIES = 3
 _DATA_RETRIES = 10
-_PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary files
+PARTIAL_WRITE = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temporary files
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: packing the same store gives the same zip
 
 
@@ -268,7 +269,7 @@ class LocalLocation(_OnDisk):
 
     def remove_partial_writes(self) -> None:
         for file in Path(self.path).rglob("*.partial"):
-            if _PARTIAL_WRITE.search(file.name):
+            if PARTIAL_WRITE.search(file.name):
                 file.unlink(missing_ok=True)
 
     def beside(self, suffix: str) -> LocalLocation:
