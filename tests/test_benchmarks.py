@@ -41,11 +41,12 @@ def test_quick_load_benchmark_reports_every_loader():
     for workers in ("0", "2"):
         for method in ("png folder", "jpeg q90 folder", "hdf5 gzip", "PatchDataset zstd", "PatchDataset jpeg",
                        "ShardShuffledPatches zstd", "ShardShuffledPatches jpeg", "ShardShuffledPatches zstd HWC",
+                       "ShardShuffledPatches zstd reuse", "ShardShuffledPatches zstd HWC reuse",
                        "webdataset .jpg", "webdataset .npy"):
             assert (workers, method) in methods
     assert all(int(rate) > 0 and float(first) > 0 for _, _, _, rate, first, _ in rows)
     targets = result.stdout.partition("## Targets")[2]
-    assert len(re.findall(r"\((PASS|FAIL) (≥|<) ", targets)) == 7
+    assert len(re.findall(r"\((PASS|FAIL) (≥|<) ", targets)) == 9
 
 
 @pytest.mark.slow
