@@ -7,6 +7,7 @@ from typing import Any
 
 from ._common import (
     ProgressBar,
+    add_dask_option,
     add_option,
     add_storage_option,
     dask_client,
@@ -54,10 +55,7 @@ def register(commands: Any) -> None:
     embed.add_argument("--normalize", default=None, choices=tuple(NORMALIZATIONS), help="normalise the [0, 1] pixels")
     add_option(embed, ExecutionOptions, "workers", "shards computed at once (default: cores)", type=int)
     add_option(embed, ExecutionOptions, "executor", "run shards on threads (default) or processes", choices=EXECUTORS)
-    embed.add_argument(
-        "--dask-scheduler", default=None, metavar="ADDRESS",
-        help="run the shards on a dask.distributed cluster (pip install 'wsizarr[dask]')",
-    )
+    add_dask_option(embed)
     embed.add_argument("--overwrite", action="store_true", help="replace an added array of that name")
     add_storage_option(embed)
     embed.set_defaults(run=run, on_interrupt="run the same command again")
