@@ -1,12 +1,17 @@
 """Slides as bags for multiple-instance learning: ``wsizarr.torch.SlideBags`` (each slide's rows
-exactly once, in order, equal to the store's; DataLoader workers; the targets)."""
+exactly once, in order, equal to the store's; DataLoader workers; the targets) and ``wsizarr
+export --format trident-h5`` (the HDF5 layout CLAM and TRIDENT read, values equal to the
+store's)."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -18,6 +23,7 @@ from wsizarr import IncompleteStoreError, ParameterError, add_array
 from wsizarr.slides._demo import write_demo_annotations, write_demo_slide
 from wsizarr.torch import SlideBags
 
+from .helpers import assert_one_line_error, run
 from .test_add_array import FailsAfter
 
 NAMES = ["A-001", "B-002", "C-003"]
@@ -122,3 +128,68 @@ def test_bags_refuse_what_they_cannot_give(cohort, tmp_path):
         add_array(unfinished, "colour", FailsAfter(2), workers=1)
     with pytest.raises(IncompleteStoreError, match="'colour' is not finished"):
         SlideBags(unfinished, features="colour")
+
+
+def test_trident_h5_export_has_the_layout_clam_and_trident_read(cohort, stored, tmp_path):
+    out = tmp_path / "h5_files"
+    result = run("export", cohort, out, "--format", "trident-h5", "--features", "features")
+    assert result.stdout.startswith("wrote 3 h5 files, one a slide, of 'features' to ")
+    assert sorted(path.name for path in out.iterdir()) == [f"{name}.h5" for name in NAMES]
+    table = wsizarr.read_patch_table(cohort)
+    for slide, name in enumerate(NAMES):
+        rows = np.flatnonzero(stored["slide"] == slide)
+        with h5py.File(out / f"{name}.h5", "r") as file:  # as CLAM's MIL dataset reads it
+            assert set(file) == {"features", "coords"}
+            features, coords = file["features"][:], file["coords"][:]
+            attrs = dict(file["coords"].attrs)
+            assert file["features"].attrs["name"] == name
+            assert file["features"].attrs["encoder"] == table.added["features"].fn
+        assert features.dtype == np.float32 and features.shape == (len(rows), 4)
+        np.testing.assert_array_equal(features, stored["features"][rows].astype(np.float32))
+        assert coords.dtype == np.int64 and coords.shape == (len(rows), 2)
+        np.testing.assert_array_equal(coords, np.stack([stored["x"][rows], stored["y"][rows]], axis=1))
+        # CLAM's create_patches_fp.py attributes, which its feature extraction reads back
+        assert attrs["patch_level"] == 1 and attrs["patch_size"] == 32 and attrs["name"] == name
+        np.testing.assert_allclose(attrs["downsample"], [4.0, 4.0])
+        np.testing.assert_array_equal(attrs["level_dim"], [512, 384])
+        np.testing.assert_array_equal(attrs["downsampled_level_dim"], [512, 384])
+        # TRIDENT's: its read_coords needs patch_size and both magnifications, else it reads CLAM's
+        assert attrs["custom_downsample"] == 1.0 and attrs["patch_size_level0"] == 128
+        assert attrs["level0_magnification"] == 40.0 and attrs["target_magnification"] == 10.0
+        assert (attrs["level0_width"], attrs["level0_height"]) == (2048, 1536)
+        assert attrs["savetodir"] == attrs["save_path"] == str(out)
+    again = run("export", cohort, out, "--format", "trident-h5", "--features", "features", expect=1)
+    assert_one_line_error(again, "already holds 3 of the files export writes", "--overwrite")
+
+
+def test_trident_h5_export_of_one_label(cohort, stored, tmp_path):
+    code = wsizarr.read_patch_table(cohort).label_names.index("glomerulus")
+    written = wsizarr.export(cohort, tmp_path, format="trident-h5", features="features", label="glomerulus")
+    slides = sorted(set(stored["slide"][stored["label"] == code].tolist()))
+    assert written == len(slides) and sorted(path.name for path in tmp_path.iterdir()) == [f"{NAMES[s]}.h5" for s in slides]
+    for slide in slides:
+        rows = np.flatnonzero((stored["slide"] == slide) & (stored["label"] == code))
+        with h5py.File(tmp_path / f"{NAMES[slide]}.h5", "r") as file:
+            np.testing.assert_array_equal(file["coords"][:], np.stack([stored["x"][rows], stored["y"][rows]], axis=1))
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--format", "trident-h5"], ["--format trident-h5 and --features go together"]),
+    (["--features", "features"], ["--format trident-h5 and --features go together"]),
+    (["--format", "trident-h5", "--features", "nothing"], ["has no added array 'nothing'", "wsizarr embed"]),
+    (["--format", "trident-h5", "--features", "score"], ["'score' has shape (", "features of shape (N, D)"]),
+])
+def test_trident_h5_export_refusals_are_one_line(cohort, tmp_path, args, fragments):
+    assert_one_line_error(run("export", cohort, tmp_path / "out", *args, expect=1), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_trident_h5_export_without_h5py_says_how_to_install_it(cohort, tmp_path):
+    code = (
+        "import sys; sys.modules['h5py'] = None\n"  # as where h5py is not installed
+        "from wsizarr.cli import main\n"
+        f"sys.exit(main(['export', {str(cohort)!r}, {str(tmp_path / 'out')!r}, '--format', 'trident-h5', "
+        "'--features', 'features']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result, "the trident-h5 export needs h5py: pip install 'wsizarr[h5]'")
