@@ -236,3 +236,15 @@ def test_unknown_options_are_refused_before_any_work(copy, models):
         with pytest.raises(wsizarr.ParameterError, match=words):
             wsizarr.embed(copy, "features", models["encoders"].wide, **keywords)
     assert store_bytes(copy) == before
+
+
+def test_a_precision_torch_would_not_autocast_to_is_refused_not_run_in_float32():
+    from wsizarr.curate._embed import _check_autocast
+
+    _check_autocast("cpu", "bf16")  # PyTorch autocasts to both on CPUs
+    _check_autocast("cpu", "fp16")
+    if torch.cuda.is_available():
+        _check_autocast("cuda", "fp16")
+    else:  # torch warns "Disabling autocast" and would run the model in float32
+        with pytest.raises(wsizarr.ParameterError, match=r"precision='fp16' is not supported on cuda here \(CUDA is not"):
+            _check_autocast("cuda", "fp16")

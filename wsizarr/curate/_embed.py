@@ -124,6 +124,7 @@ class Encoder:
                     f"torch.save(module.state_dict(), path) ({option('checkpoint')})"
                 )
             object.__setattr__(self, "checkpoint", str(checkpoint.resolve()))
+        self._load(self._device())  # a model, checkpoint or precision that cannot work fails now, in one line
         parts = [_describe(model)]
         if self.checkpoint is not None:
             parts.append(f"checkpoint {Path(self.checkpoint).name} sha256:{_sha256(self.checkpoint)[:16]}")
@@ -132,7 +133,6 @@ class Encoder:
         if self.normalize:
             parts.append(f"normalize {self.normalize}")
         object.__setattr__(self, "description", ", ".join(parts))
-        self._load(self._device())  # a model, checkpoint or precision that cannot work fails now, in one line
 
     def _device(self) -> str:
         """Where this process runs the model (``auto``: CUDA when this process has it)."""
@@ -177,16 +177,21 @@ def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager[
 
 
 def _check_autocast(device: str, precision: str) -> None:
-    """``ParameterError`` when torch cannot autocast to ``precision`` on ``device`` (it would
-    warn and run in float32 instead)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with _autocast(device, precision):
-            pass
-    if any("not supported" in str(warning.message) for warning in caught):
+    """``ParameterError`` when torch cannot autocast to ``precision`` on ``device``: where it
+    would warn and run in float32 instead, or refuse (bf16 on a GPU without it)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _autocast(device, precision):
+                pass
+    except RuntimeError as exc:
+        why: str | None = _first_line(exc)
+    else:
+        why = next((str(w.message).splitlines()[0] for w in caught if "Disabling autocast" in str(w.message)), None)
+    if why is not None:
         raise ParameterError(
-            f"{option('precision', precision)} is not supported on {device} by this PyTorch; "
-            f"choose another {option('precision')}, e.g. fp32"
+            f"{option('precision', precision)} is not supported on {device} here ({why}); choose another "
+            f"{option('precision')}, e.g. fp32"
         )
 
 
@@ -257,17 +262,13 @@ def _name(model: _Spec | Callable[[], Any]) -> str:
 
 
 def _describe(model: _Spec | Callable[[], Any]) -> str:
-    """How the manifest names the model: its kind, its name and the SHA-256 of its file (a
-    Python module's source file, where it has one)."""
-    if isinstance(model, _Spec) and model.kind == "torchscript":
-        return f"torchscript {_name(model)} sha256:{_sha256(model.where)[:16]}"
-    if isinstance(model, _Spec) and model.kind == "file":
-        _function(model)  # it imports, and has the function
-        return f"python {_name(model)} sha256:{_sha256(model.where)[:16]}"
-    if isinstance(model, _Spec):
-        _function(model)
-        return f"python {_name(model)}{_source_digest(model.where)}"
-    return f"python {_name(model)}{_source_digest(getattr(model, '__module__', None))}"
+    """How the manifest names a loaded model: its kind, its name and the SHA-256 of its file (a
+    module's source file, where it has one)."""
+    if isinstance(model, _Spec) and model.kind != "module":
+        kind = "torchscript" if model.kind == "torchscript" else "python"
+        return f"{kind} {_name(model)} sha256:{_sha256(model.where)[:16]}"
+    module = model.where if isinstance(model, _Spec) else getattr(model, "__module__", None)
+    return f"python {_name(model)}{_source_digest(module)}"
 
 
 def _make(model: _Spec | Callable[[], Any], device: str) -> Any:
