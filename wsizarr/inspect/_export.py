@@ -148,7 +148,7 @@ def _export_h5(location: Location, group: zarr.Group, folder: Path, features: st
         )
     _claim(folder, set(files), overwrite)
     patch_size = int(group["patches"].shape[1])
-    encoder = read_manifest(group).added[features].fn
+    encoder = bags.table.added[features].fn
     for (slide, rows), name in zip(chosen.items(), files):
         values, coords = bags.bag(slide)
         if rows is not None:
