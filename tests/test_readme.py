@@ -72,3 +72,18 @@ def test_model_snippet_makes_a_model_embed_runs(demo_folder):
     result = run("embed", "patches.zarr", "--model", "model.pt", "--name", "features", cwd=demo_folder)
     assert result.stdout.startswith("features: (20, 16) float16 in patches.zarr")
     assert wsizarr.open_dataset("patches.zarr").features.shape == (20, 16)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript, deprecated in torch 2.13
+def test_several_encoders_then_slide_bags(demo_folder, capsys):
+    pytest.importorskip("torch")
+    wsizarr.extract("slide.svs", "slide.xml", "patches.zarr", level=1, per_annotation=5, patch_size=64)
+    found = run_snippet(snippet("def colour_stats():"))
+    assert found["ds"].features_a.shape == (20, 8) and found["ds"].features_b.shape == (20, 6)
+    table = wsizarr.read_patch_table("patches.zarr")
+    assert table.added["features_a"].fn.endswith(", normalize imagenet")
+    assert table.added["features_b"].fn.startswith("python __readme__:colour_stats") and table.added["features_b"].fn.endswith(", bf16")
+    bags = run_snippet(snippet("from wsizarr.torch import SlideBags"))["bags"]
+    assert capsys.readouterr().out.splitlines()[-1].startswith("('slide.svs',) (20, 8) (20, 2) ")
+    features, coords, target = bags[0]
+    assert tuple(features.shape) == (20, 8) and int(target) == 1

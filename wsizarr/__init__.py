@@ -23,7 +23,7 @@ from .annotations import (
     read_annotation_file,
     read_annotations,
 )
-from .curate import AddSummary, SubsetSummary, add_array, subset
+from .curate import AddSummary, Encoder, SubsetSummary, add_array, embed, subset
 from .extraction import (
     ExecutionOptions,
     ExtractionSummary,
@@ -50,6 +50,7 @@ __all__ = [
     "AnnotationFile",
     "CorruptStoreError",
     "DemoSlide",
+    "Encoder",
     "ExecutionOptions",
     "ExtractOptions",
     "ExtractionSummary",
@@ -74,6 +75,7 @@ __all__ = [
     "__version__",
     "add_array",
     "apply_label_map",
+    "embed",
     "export",
     "extract",
     "iter_batches",

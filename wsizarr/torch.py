@@ -5,8 +5,10 @@
 * :class:`ShardShuffledPatches`: iterable, whole shards in a random order through a shuffle
   buffer, split between DataLoader workers and distributed ranks; yields whole batches.
 * :func:`balanced_sampler`: a ``WeightedRandomSampler`` that draws every label equally often.
+* :class:`SlideBags`: map-style, one slide at a time for multiple-instance learning: its
+  patches' features (an added array), their level-0 positions and the slide's target.
 
-Both datasets open the store lazily in each worker process and never carry an open handle
+The datasets open the store lazily in each worker process and never carry an open handle
 across a fork or a pickle, so ``num_workers > 0`` is safe under fork and spawn. Select or split
 patches with ``wsizarr.read_patch_table(store).select(...)`` / ``.split(...)`` and pass the
 indices. Incomplete stores are refused with ``IncompleteStoreError``.
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +36,9 @@ except ImportError:
     raise ImportError("wsizarr.torch needs PyTorch: pip install 'wsizarr[torch]'") from None
 
 from ._errors import ParameterError, option
+from ._locations import parse_location
 from ._text import count
+from .loaders._bags import slide_bags
 from .loaders._patches import (
     PatchTable,
     StoreLike,
@@ -43,13 +48,15 @@ from .loaders._patches import (
     open_patches,
     shuffled_batches,
 )
-from .store._store import COORDINATE_ARRAYS
+from .store._store import COORDINATE_ARRAYS, open_store
 
-__all__ = ["PatchDataset", "ShardShuffledPatches", "balanced_sampler"]
+__all__ = ["PatchDataset", "ShardShuffledPatches", "SlideBags", "balanced_sampler"]
 
 # or the name of an array added after extraction (``wsizarr.add_array``), e.g. "features"
 Target = Literal["label", "slide", "annotation_id", "level", "mask"] | str | None
 Layout = Literal["CHW", "HWC"]
+# a slide's target: its patches' most common label, a value per slide name, a function of the name, or none
+SlideTarget = Literal["majority"] | Mapping[str, Any] | Callable[[str], Any] | None
 _META = ("x", "y", "level", "slide", "annotation_id", "padded")
 
 
@@ -343,3 +350,76 @@ def balanced_sampler(
     return WeightedRandomSampler(
         torch.from_numpy(weights), num_samples or len(dataset), replacement=True, generator=generator
     )
+
+
+class SlideBags(Dataset):
+    """Map-style dataset of slides for multiple-instance learning: item ``i`` is the bag of
+    slide ``slides[i]`` of a complete store, read through the slide table's ``first_patch`` and
+    ``n_patches``: its patches' rows of the added array ``features`` as a float32 tensor
+    ``(n_i, D)``, their level-0 ``x, y`` as an int64 tensor ``(n_i, 2)`` (both in store order)
+    and the slide's target.
+
+    ``target``: ``"majority"`` (default) the most common label code among the slide's labelled
+    patches (ties: the lower code; -1 when none is labelled), an int64 scalar; a mapping from
+    slide file name or stem (``"A-001.svs"`` or ``"A-001"``) to a number or array of numbers;
+    a function of the slide's file name that returns one; or ``None`` for ``(features,
+    coords)`` only. Targets are computed once, here. ``slides`` (file names, stems or
+    indices) keeps only those slides; slides without patches are left out. Use
+    ``DataLoader(bags, batch_size=None, shuffle=True, num_workers=...)``: bags differ in
+    size. The store is opened lazily in each worker (no open handle is pickled).
+    ``ParameterError`` for features that are not a finished ``(N, D)`` added array, a slide
+    the mapping lacks, or a target that is not numbers.
+    """
+
+    def __init__(
+        self,
+        store: StoreLike,
+        *,
+        features: str,
+        target: SlideTarget = "majority",
+        slides: Iterable[str | int] | None = None,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> None:
+        location = parse_location(store, storage_options)
+        self._source = slide_bags(location, open_store(location), features)
+        table = self._source.table
+        chosen = range(len(self._source.rows)) if slides is None else [table.slide_index(slide) for slide in slides]
+        self.slides = np.array([slide for slide in chosen if len(self._source.rows[slide])], np.int64)
+        self.targets = None if target is None else [self._target(target, int(slide)) for slide in self.slides]
+
+    @property
+    def slide_names(self) -> tuple[str, ...]:
+        """The file names of the slides, item by item."""
+        return tuple(self._source.table.slide_names[slide] for slide in self.slides)
+
+    def _target(self, target: SlideTarget, slide: int) -> np.ndarray:
+        """The slide's target as numpy (a tensor kept here would be moved into shared memory
+        when the dataset is pickled for a worker, under the arrays already handed out)."""
+        name = self._source.table.slide_names[slide]
+        if target == "majority":
+            return np.array(self._source.majority_label(slide), np.int64)
+        if isinstance(target, Mapping):
+            key = next((key for key in (name, Path(name).stem) if key in target), None)
+            if key is None:
+                raise ParameterError(f"{self._source.store}: target has no value for slide {name!r} (nor {Path(name).stem!r})")
+            value = target[key]
+        elif callable(target):
+            value = target(name)
+        else:
+            raise ParameterError(
+                f"target must be 'majority', a mapping of slide names, a function of the slide name or None, not {target!r}"
+            )
+        try:
+            return torch.as_tensor(value).numpy()  # the dtype torch gives it
+        except (TypeError, ValueError, RuntimeError):
+            raise ParameterError(f"the target of slide {name!r} is {value!r}; give numbers (e.g. a class code)") from None
+
+    def __len__(self) -> int:
+        return len(self.slides)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
+        if not -len(self) <= item < len(self):
+            raise IndexError(f"item {item} out of range for {count(len(self), 'slide')}")
+        features, coords = self._source.bag(int(self.slides[item]))
+        bag = (torch.from_numpy(features).float(), torch.from_numpy(coords))
+        return bag if self.targets is None else (*bag, torch.from_numpy(np.array(self.targets[item])))

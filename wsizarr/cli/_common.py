@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..extraction._options import ExtractOptions
 
 __all__ = [
-    "ProgressBar", "add_annotation_options", "add_extract_options", "add_filter_options", "add_option",
+    "ProgressBar", "add_annotation_options", "add_dask_option", "add_extract_options", "add_filter_options", "add_option",
     "add_overwrite_option", "add_storage_option", "annotation_kwargs", "comma_list", "dask_client",
     "extract_options", "print_json", "printable", "record_from", "say", "storage_options_of",
 ]
@@ -126,11 +126,16 @@ def add_extract_options(parser: argparse.ArgumentParser) -> Any:
     add_option(execution, ExecutionOptions, "reader",
             "read the slide's TIFF tiles (the level's own pixels; also from S3) or OpenSlide's "
             "read_region; auto (default): tiles where tifffile reads the pyramid", choices=READERS)
-    execution.add_argument(
+    add_dask_option(execution)
+    return execution
+
+
+def add_dask_option(parser: Any) -> None:
+    """``--dask-scheduler``: the address of the cluster to run the tasks on (see ``dask_client``)."""
+    parser.add_argument(
         "--dask-scheduler", default=None, metavar="ADDRESS",
         help="run the tasks on a dask.distributed cluster (pip install 'wsizarr[dask]')",
     )
-    return execution
 
 
 def add_annotation_options(parser: Any) -> None:

@@ -1,40 +1,72 @@
-"""``wsizarr embed``: features from a TorchScript model, added to a store along ``patch``."""
+"""``wsizarr embed``: features from an encoder, added to a store along ``patch``."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ._common import ProgressBar, add_storage_option, say, storage_options_of
+from ._common import (
+    ProgressBar,
+    add_dask_option,
+    add_option,
+    add_storage_option,
+    dask_client,
+    say,
+    storage_options_of,
+)
+
+_EXAMPLES = """\
+examples:
+  wsizarr embed patches.zarr --model model.pt --name features_a --normalize imagenet
+  wsizarr embed patches.zarr --model encoders.py:small_vit --checkpoint vit.pth --name features_b \\
+      --precision bf16 --batch-size 64
+  wsizarr embed patches.zarr --model my_package.encoders:resnet --name features_c --device cuda
+  (interrupted? the same command again computes only the missing shards)
+"""
 
 
 def register(commands: Any) -> None:
+    from ..curate._embed import DEVICES, NORMALIZATIONS, PRECISIONS
+    from ..extraction._options import EXECUTORS, ExecutionOptions
+
     embed = commands.add_parser(
-        "embed", help="features from a TorchScript model, added to a store as an array along patch",
-        description="Run a TorchScript model over every patch of STORE and add its output as the "
-        "float16 array NAME, (N, ...) along patch (one chunk per shard). The model gets float32 "
-        "(B, 3, H, W) pixels in [0, 1] (with --normalize imagenet: minus ImageNet's mean, over its "
-        "standard deviation) and returns (B, D). Interrupted? Run the same command again: only "
-        "the missing shards are computed.",
+        "embed", help="features from an encoder, added to a store as an array along patch",
+        description="Run an encoder over every patch of STORE and add its output as the float16 "
+        "array NAME, (N, ...) along patch (one chunk per shard); several encoders go into one store "
+        "under several names. The model gets float32 (B, 3, H, W) pixels in [0, 1] (with "
+        "--normalize imagenet: minus ImageNet's mean, over its standard deviation) and returns "
+        "(B, D). Interrupted? Run the same command again: only the missing shards are computed.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     embed.add_argument("store", help="a directory, a .zip file, or s3://bucket/prefix.zarr")
-    embed.add_argument("--model", required=True, help="a TorchScript file (torch.jit.save)")
-    embed.add_argument("--name", required=True, help="the array's name, e.g. features")
+    embed.add_argument(
+        "--model", required=True, metavar="SPEC",
+        help="a TorchScript file (torch.jit.save), FILE.py:FUNCTION or MODULE:FUNCTION: a function "
+        "of no arguments that returns a torch module or a function of the (B, 3, H, W) tensor",
+    )
+    embed.add_argument("--checkpoint", default=None, metavar="PATH",
+                       help="a state dict (torch.save(module.state_dict(), PATH)) loaded into the module")
+    embed.add_argument("--name", required=True, help="the array's name, e.g. features_a")
     embed.add_argument("--batch-size", type=int, default=None, help="patches per model call (default: a shard's)")
-    embed.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (default) or cuda")
-    embed.add_argument("--normalize", default=None, choices=("imagenet",), help="normalise the [0, 1] pixels")
-    embed.add_argument("--workers", type=int, default=None, help="shards computed at once (default: cores)")
+    embed.add_argument("--device", default="auto", choices=DEVICES,
+                       help="auto (default: CUDA where there is one), cpu or cuda")
+    embed.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                       help="fp32 (default), or fp16/bf16 under torch.autocast where the device supports it")
+    embed.add_argument("--normalize", default=None, choices=tuple(NORMALIZATIONS), help="normalise the [0, 1] pixels")
+    add_option(embed, ExecutionOptions, "workers", "shards computed at once (default: cores)", type=int)
+    add_option(embed, ExecutionOptions, "executor", "run shards on threads (default) or processes", choices=EXECUTORS)
+    add_dask_option(embed)
     embed.add_argument("--overwrite", action="store_true", help="replace an added array of that name")
     add_storage_option(embed)
     embed.set_defaults(run=run, on_interrupt="run the same command again")
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..curate._added import add_array
-    from ..curate._embed import TorchScriptFeatures
+    from ..curate._embed import embed
 
-    features = TorchScriptFeatures(args.model, device=args.device, normalize=args.normalize)
-    say(add_array(
-        args.store, args.name, features, batch_size=args.batch_size, workers=args.workers,
+    say(embed(
+        args.store, args.name, args.model, checkpoint=args.checkpoint, device=args.device,
+        precision=args.precision, normalize=args.normalize, batch_size=args.batch_size,
+        workers=args.workers, executor=args.executor, client=dask_client(args.dask_scheduler),
         storage_options=storage_options_of(args), overwrite=args.overwrite, progress=ProgressBar(),
     ))

@@ -1,4 +1,5 @@
-"""``wsizarr export``: the patches as image files plus metadata.csv."""
+"""``wsizarr export``: the patches as image files plus metadata.csv, or an added array's
+features per slide as the HDF5 files of CLAM and TRIDENT."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ from ._common import add_storage_option, say, storage_options_of
 
 
 def register(commands: Any) -> None:
-    export = commands.add_parser("export", help="write the patches as image files plus metadata.csv")
+    from ..inspect._export import FORMATS
+
+    export = commands.add_parser(
+        "export", help="write the patches as image files plus metadata.csv, or features as per-slide h5 files",
+        description="Write the patches of STORE as image files plus metadata.csv (png, jpg), or with "
+        "--format trident-h5 --features NAME, per slide, SLIDE_STEM.h5 holding the added array NAME "
+        "as 'features' (float32) and the patches' level-0 x, y as 'coords', as CLAM and TRIDENT "
+        "write and read them (needs h5py).",
+    )
     export.add_argument("store")
     export.add_argument("dir", help="output folder")
-    export.add_argument("--format", default="png", choices=("png", "jpg"))
+    export.add_argument("--format", default="png", choices=FORMATS)
+    export.add_argument("--features", default=None, metavar="NAME",
+                        help="trident-h5: the added array to export, e.g. features (wsizarr embed)")
     export.add_argument("--label", default=None, help="only the patches of this label")
     export.add_argument("--overwrite", action="store_true", help="replace files of the same names in the folder")
     add_storage_option(export)
@@ -23,6 +34,9 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..inspect._export import export
 
-    written = export(args.store, args.dir, format=args.format, label=args.label,
+    written = export(args.store, args.dir, format=args.format, label=args.label, features=args.features,
                      overwrite=args.overwrite, storage_options=storage_options_of(args))
-    say(f"wrote {count(written, args.format + ' file')} and metadata.csv to {args.dir}")
+    if args.features is None:
+        say(f"wrote {count(written, args.format + ' file')} and metadata.csv to {args.dir}")
+    else:
+        say(f"wrote {count(written, 'h5 file')}, one a slide, of {args.features!r} to {args.dir}")

@@ -1,15 +1,26 @@
-"""``wsizarr embed``: features from a TorchScript model, as an array added to the store.
+"""``wsizarr embed``: features from an encoder, as an array added to the store.
 
-:class:`TorchScriptFeatures` is the ``fn`` that ``add_array`` calls: it loads the model once per
-process (so it pickles for process and dask workers), feeds it float32 ``(B, 3, H, W)`` pixels
-in [0, 1] (optionally normalised with ImageNet's mean and standard deviation) under
-``torch.inference_mode`` and returns its output as float16 numpy rows.
+:class:`Encoder` is the ``fn`` that ``add_array`` calls. It names its model by what pickles (a
+TorchScript file, ``FILE.py:FUNCTION``, ``MODULE:FUNCTION`` or a function), loads it once per
+process and device (so it runs on threads, process workers and dask workers alike), optionally
+loads a checkpoint (a state dict) into it, feeds it float32 ``(B, 3, H, W)`` pixels in [0, 1]
+(optionally normalised with ImageNet's mean and standard deviation) under
+``torch.inference_mode`` and, at ``fp16`` or ``bf16``, ``torch.autocast``, and returns its
+output as float16 numpy rows. :func:`embed` is ``add_array`` with an encoder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import importlib.util
+import os
+import re
+import sys
 import threading
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,18 +28,27 @@ from typing import Any
 import numpy as np
 
 from .._errors import ParameterError, option
+from .._locations import Location
+from ._added import AddSummary, add_array
 
-__all__ = ["DEVICES", "NORMALIZATIONS", "TorchScriptFeatures"]
+__all__ = ["DEVICES", "NORMALIZATIONS", "PRECISIONS", "Encoder", "embed"]
 
-DEVICES = ("cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+_AUTOCAST_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # torch's names
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-_MODELS: dict[tuple[str, str], Any] = {}  # loaded once per process
+ModelSpec = str | os.PathLike[str] | Callable[[], Any]
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_SPEC_HELP = "give a TorchScript file, FILE.py:FUNCTION or MODULE:FUNCTION (a function returning a torch module)"
+_MODELS: dict[tuple[Any, ...], Any] = {}  # loaded once per process and device
+_AUTOCASTS: set[tuple[str, str]] = set()  # (device, precision) checked in this process
 _LOADING = threading.Lock()
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -36,70 +56,295 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class TorchScriptFeatures:
-    """A TorchScript model as ``add_array``'s ``fn``: uint8 ``(B, H, W, 3)`` in, the model's
-    output for float32 ``(B, 3, H, W)`` in [0, 1] (``normalize="imagenet"``: then minus
-    ImageNet's mean, over its standard deviation) out, as float16. ``device`` ``cuda`` needs
-    a GPU. ``description`` names the model by file name and SHA-256, so a resume is refused
-    with another model."""
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (its type when it has none)."""
+    text = str(exc).strip()
+    return re.split(r"(?<=\.)\s", text.splitlines()[0])[0] if text else type(exc).__name__
 
-    model: str
-    device: str = "cpu"
+
+@dataclass(frozen=True)
+class _Spec:
+    """A model named by text: a TorchScript file, or ``function`` of a Python file or module."""
+
+    kind: str  # "torchscript", "file" or "module"
+    where: str  # the file (absolute) or the module's name
+    function: str = ""
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A model as ``add_array``'s ``fn``: uint8 ``(B, H, W, 3)`` in, the model's output for
+    float32 ``(B, 3, H, W)`` pixels in [0, 1] (``normalize="imagenet"``: then minus ImageNet's
+    mean, over its standard deviation) out, as float16.
+
+    ``model`` is a TorchScript file (``torch.jit.save``), ``"FILE.py:FUNCTION"``,
+    ``"MODULE:FUNCTION"`` (imported as Python imports it) or a function; the function is
+    called with no arguments, once per process, and returns a ``torch.nn.Module`` or a batch
+    function (float32 ``(B, 3, H, W)`` tensor in, ``(B, ...)`` tensor out). ``checkpoint`` is
+    a state dict file (``torch.save(module.state_dict(), path)``) loaded into the module.
+    ``device``: ``auto`` (CUDA where a worker has it, else the CPU), ``cpu`` or ``cuda``;
+    ``precision``: ``fp32``, or ``fp16``/``bf16`` under ``torch.autocast`` where the device
+    supports it. ``description`` names the model (and the SHA-256 of its file, its Python
+    source file and its checkpoint), the precision and the normalisation, so that a resume
+    with another model is refused. Raises ``ParameterError`` in one line for a model or a
+    checkpoint that cannot be loaded, an unknown option, or a device or precision this machine
+    lacks.
+    """
+
+    model: ModelSpec
+    checkpoint: str | os.PathLike[str] | None = None
+    device: str = "auto"
+    precision: str = "fp32"
     normalize: str | None = None
-    sha256: str = field(default="", compare=False)
+    description: str = field(default="", init=False, compare=False)
+    _source: _Spec | Callable[[], Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         import torch
 
-        path = Path(self.model)
-        if not path.is_file():
-            raise ParameterError(f"{self.model}: no such model file; give a TorchScript file ({option('model')})")
         if self.device not in DEVICES:
             raise ParameterError(f"unknown {option('device')} {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ParameterError(f"{option('device', 'cuda')}: no CUDA device here; use {option('device', 'cpu')}")
+        if self.precision not in PRECISIONS:
+            raise ParameterError(
+                f"unknown {option('precision')} {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
             raise ParameterError(
                 f"unknown {option('normalize')} {self.normalize!r}; choose {', '.join(NORMALIZATIONS)}"
             )
-        object.__setattr__(self, "sha256", _sha256(path))
-        self._load()  # a file that is no TorchScript model fails now, in one line
+        model = self.model if callable(self.model) else _parse_spec(os.fspath(self.model))
+        object.__setattr__(self, "_source", model)
+        if self.checkpoint is not None:
+            checkpoint = Path(self.checkpoint)
+            if not checkpoint.is_file():
+                raise ParameterError(
+                    f"{self.checkpoint}: no such checkpoint file; give a state dict saved with "
+                    f"torch.save(module.state_dict(), path) ({option('checkpoint')})"
+                )
+            object.__setattr__(self, "checkpoint", str(checkpoint.resolve()))
+        self._load(self._device())  # a model, checkpoint or precision that cannot work fails now, in one line
+        parts = [_describe(model)]
+        if self.checkpoint is not None:
+            parts.append(f"checkpoint {Path(self.checkpoint).name} sha256:{_sha256(self.checkpoint)[:16]}")
+        if self.precision != "fp32":
+            parts.append(self.precision)
+        if self.normalize:
+            parts.append(f"normalize {self.normalize}")
+        object.__setattr__(self, "description", ", ".join(parts))
 
-    @property
-    def description(self) -> str:
-        normalized = f", normalize {self.normalize}" if self.normalize else ""
-        return f"torchscript {Path(self.model).name} sha256:{self.sha256[:16]}{normalized}"
-
-    def _load(self) -> Any:
+    def _device(self) -> str:
+        """Where this process runs the model (``auto``: CUDA when this process has it)."""
         import torch
 
-        key = (self.model, self.device)
+        return "cuda" if self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available()) else "cpu"
+
+    def _load(self, device: str) -> Any:
         with _LOADING:
+            if (device, self.precision) not in _AUTOCASTS:
+                _check_autocast(device, self.precision)
+                _AUTOCASTS.add((device, self.precision))
+            key = (self._source, self.checkpoint, device)
             if key not in _MODELS:
-                try:
-                    model = torch.jit.load(self.model, map_location=self.device)
-                except (RuntimeError, ValueError) as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise ParameterError(
-                        f"{self.model}: not a TorchScript model ({first}); save one with torch.jit.save"
-                    ) from None
-                _MODELS[key] = model.eval()
+                _MODELS[key] = _prepare(_make(self._source, device), self.checkpoint, device)
             return _MODELS[key]
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> Any:
         import torch
 
-        model = self._load()
-        with torch.inference_mode():
-            pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        device = self._device()
+        model = self._load(device)
+        with torch.inference_mode(), _autocast(device, self.precision):
+            pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
             images = pixels.permute(0, 3, 1, 2).float().div_(255)
             if self.normalize is not None:
-                mean, std = NORMALIZATIONS[self.normalize]
-                images = (images - torch.tensor(mean, device=self.device).view(1, 3, 1, 1)) / torch.tensor(
-                    std, device=self.device
-                ).view(1, 3, 1, 1)
+                mean, std = (torch.tensor(values, device=device).view(1, 3, 1, 1) for values in NORMALIZATIONS[self.normalize])
+                images = (images - mean) / std
             out = model(images)
-            if not isinstance(out, torch.Tensor):
-                raise ParameterError(f"{self.model}: the model returned {type(out).__name__}; it must return one tensor")
+        if isinstance(out, torch.Tensor):
             return out.to(torch.float16).cpu().numpy()
+        return out  # not a tensor: add_array refuses what it cannot store and leaves the store as it was
+
+
+def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``precision`` on ``device`` (nothing at fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=getattr(torch, _AUTOCAST_DTYPES[precision]))
+
+
+def _check_autocast(device: str, precision: str) -> None:
+    """``ParameterError`` when torch cannot autocast to ``precision`` on ``device``: where it
+    would warn and run in float32 instead, or refuse (bf16 on a GPU without it)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _autocast(device, precision):
+                pass
+    except RuntimeError as exc:
+        why: str | None = _first_line(exc)
+    else:
+        why = next((str(w.message).splitlines()[0] for w in caught if "Disabling autocast" in str(w.message)), None)
+    if why is not None:
+        raise ParameterError(
+            f"{option('precision', precision)} is not supported on {device} here ({why}); choose another "
+            f"{option('precision')}, e.g. fp32"
+        )
+
+
+# --- naming and loading a model ------------------------------------------------------------------
+
+
+def _parse_spec(text: str) -> _Spec:
+    head, colon, name = text.rpartition(":")
+    if Path(text).is_file():
+        if text.endswith(".py"):
+            raise ParameterError(f"{text}: name the function that makes the model, e.g. {text}:make_model")
+        return _Spec("torchscript", str(Path(text).resolve()))
+    if colon and head.endswith(".py") and _DOTTED.fullmatch(name):
+        if not Path(head).is_file():
+            raise ParameterError(f"{head}: no such Python file ({option('model')}); {_SPEC_HELP}")
+        return _Spec("file", str(Path(head).resolve()), name)
+    if colon and _DOTTED.fullmatch(head) and _DOTTED.fullmatch(name):
+        return _Spec("module", head, name)
+    if not colon:
+        raise ParameterError(f"{text}: no such model file ({option('model')}); {_SPEC_HELP}")
+    raise ParameterError(f"{option('model')} {text!r} names no model; {_SPEC_HELP}")
+
+
+def _module_of(spec: _Spec) -> Any:
+    """The Python module a spec names, imported (a file as a module of its own)."""
+    try:
+        if spec.kind == "module":
+            return importlib.import_module(spec.where)
+        name = f"_wsizarr_model_{hashlib.sha256(spec.where.encode()).hexdigest()[:16]}"
+        if name not in sys.modules:
+            loader = importlib.util.spec_from_file_location(name, spec.where)
+            assert loader is not None and loader.loader is not None
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[name] = module
+            try:
+                loader.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        return sys.modules[name]
+    except Exception as exc:  # the user's code: any error while importing it
+        raise ParameterError(f"cannot import {spec.where} ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _function(spec: _Spec) -> Callable[[], Any]:
+    found: Any = _module_of(spec)
+    for part in spec.function.split("."):
+        if not hasattr(found, part):
+            raise ParameterError(f"{spec.where} has no {spec.function!r}; {_SPEC_HELP}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ParameterError(f"{spec.where}:{spec.function} is a {type(found).__name__}, not a function; {_SPEC_HELP}")
+    return found
+
+
+def _source_digest(module_name: str | None) -> str:
+    """`` sha256:...`` of a module's source file, or nothing when it has none."""
+    source = getattr(sys.modules.get(module_name or ""), "__file__", None)
+    return f" sha256:{_sha256(source)[:16]}" if source and Path(source).is_file() else ""
+
+
+def _name(model: _Spec | Callable[[], Any]) -> str:
+    """The model's short name: its file's name, ``FILE.py:FUNCTION`` or ``MODULE:FUNCTION``."""
+    if isinstance(model, _Spec):
+        where = model.where if model.kind == "module" else Path(model.where).name
+        return f"{where}:{model.function}" if model.function else where
+    return f"{getattr(model, '__module__', None)}:{getattr(model, '__qualname__', type(model).__qualname__)}"
+
+
+def _describe(model: _Spec | Callable[[], Any]) -> str:
+    """How the manifest names a loaded model: its kind, its name and the SHA-256 of its file (a
+    module's source file, where it has one)."""
+    if isinstance(model, _Spec) and model.kind != "module":
+        kind = "torchscript" if model.kind == "torchscript" else "python"
+        return f"{kind} {_name(model)} sha256:{_sha256(model.where)[:16]}"
+    module = model.where if isinstance(model, _Spec) else getattr(model, "__module__", None)
+    return f"python {_name(model)}{_source_digest(module)}"
+
+
+def _make(model: _Spec | Callable[[], Any], device: str) -> Any:
+    """The loaded TorchScript model, or what the model's function returns."""
+    import torch
+
+    if isinstance(model, _Spec) and model.kind == "torchscript":
+        try:
+            return torch.jit.load(model.where, map_location=device)
+        except (RuntimeError, ValueError) as exc:
+            raise ParameterError(
+                f"{model.where}: not a TorchScript model ({_first_line(exc)}); save one with torch.jit.save"
+            ) from None
+    function = _function(model) if isinstance(model, _Spec) else model
+    try:
+        made = function()
+    except Exception as exc:  # the user's code
+        raise ParameterError(f"{_name(model)}() failed ({type(exc).__name__}: {_first_line(exc)})") from None
+    if not callable(made):
+        raise ParameterError(
+            f"{_name(model)}() returned {type(made).__name__}; return a torch module or a function "
+            "of a (B, 3, H, W) tensor"
+        )
+    return made
+
+
+def _prepare(model: Any, checkpoint: str | None, device: str) -> Any:
+    """The model with the checkpoint's weights, in eval mode, on ``device``."""
+    import torch
+
+    if checkpoint is not None:
+        if not isinstance(model, torch.nn.Module):
+            raise ParameterError(
+                f"{checkpoint}: a checkpoint needs a torch module, but the model is a "
+                f"{type(model).__name__}; return the module, or load the weights yourself"
+            )
+        try:
+            with warnings.catch_warnings():  # a TorchScript file: torch warns, then refuses it
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle, zip and torch errors alike: not a checkpoint we can read
+            raise ParameterError(f"{checkpoint}: not a PyTorch checkpoint ({_first_line(exc)})") from None
+        if not isinstance(state, Mapping):
+            raise ParameterError(
+                f"{checkpoint}: holds a {type(state).__name__}, not a state dict; save "
+                "torch.save(module.state_dict(), path)"
+            )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ParameterError(
+                f"{checkpoint}: does not fit the model ({' '.join(str(exc).split())[:300]})"
+            ) from None
+    if isinstance(model, torch.nn.Module):
+        model = model.eval().to(device)
+    return model
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def embed(
+    store: str | os.PathLike[str] | Location,
+    name: str,
+    model: ModelSpec,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    normalize: str | None = None,
+    **add_options: Any,
+) -> AddSummary:
+    """Run ``model`` (see :class:`Encoder`) over every patch of a complete store and add its
+    output as the float16 array ``name``, ``(N, ...)`` along ``patch``. ``add_options`` are
+    ``add_array``'s (``batch_size``, ``workers``, ``executor``, ``client``,
+    ``storage_options``, ``overwrite``, ``progress``). Several encoders go into one store
+    under several names; the same call again after a crash finishes what is missing."""
+    encoder = Encoder(model, checkpoint=checkpoint, device=device, precision=precision, normalize=normalize)
+    return add_array(store, name, encoder, **add_options)

@@ -248,7 +248,7 @@ class PatchTable:
         if labels is not None:
             keep &= np.isin(self.label, [self._label_code(name) for name in labels])
         if slides is not None:
-            keep &= np.isin(self.slide, [self._slide_index(slide) for slide in slides])
+            keep &= np.isin(self.slide, [self.slide_index(slide) for slide in slides])
         if annotations is not None:
             keep &= np.isin(self.annotation_id, np.asarray(list(annotations), np.int64))
         if not include_padded:
@@ -332,7 +332,8 @@ class PatchTable:
             )
         return self.label_names.index(name)
 
-    def _slide_index(self, slide: str | int) -> int:
+    def slide_index(self, slide: str | int) -> int:
+        """The slide's row of the slide table, from its file name, stem or index."""
         if isinstance(slide, (int, np.integer)) and 0 <= slide < len(self.slide_names):
             return int(slide)
         for index, name in enumerate(self.slide_names):

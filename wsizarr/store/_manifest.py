@@ -508,6 +508,17 @@ class SlideTable:
     def annotations(self, index: int) -> str | None:
         return str(self.columns["annotations"][index]) or None
 
+    def patch_rows(self, index: int) -> range:
+        """The slide's rows of the patch arrays (``first_patch``, ``n_patches``); ``StoreError``
+        for a schema 1 store, which does not record them."""
+        first, n = int(self.columns["first_patch"][index]), int(self.columns["n_patches"][index])
+        if first < 0:
+            raise StoreError(
+                f"slide {self.paths[index]!r}: the store (schema 1) does not record its slides' rows; "
+                "run wsizarr migrate on it"
+            )
+        return range(first, first + n)
+
 
 def read_slides(group: zarr.Group, manifest: Manifest) -> SlideTable:
     """The slide table of a store of either schema."""
