@@ -30,15 +30,7 @@ from ..annotations._files import (
 )
 from ..annotations._labels import apply_label_map
 from ..annotations._records import Annotation, AnnotationFile
-from ..slides._slide import (
-    SlideInfo,
-    TissueMask,
-    open_slide,
-    resolve_resolution,
-    slide_info,
-    tissue_mask,
-    tissue_mask_of,
-)
+from ..slides._slide import SlideInfo, open_slide, resolve_resolution, slide_info
 from ..slides._tiles import (
     content_digest,
     is_remote,
@@ -47,6 +39,7 @@ from ..slides._tiles import (
     tiff_slide_info,
     with_subifd_levels,
 )
+from ..slides._tissue import TissueMask, tissue_mask, tissue_mask_of
 from ._execution import SlideSource
 from ._options import LabelOptions, ResolutionOptions, SamplingOptions
 from ._sampling import BACKGROUND_LABEL, PatchPlan, plan_slide_patches

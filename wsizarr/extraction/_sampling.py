@@ -22,7 +22,8 @@ from ..annotations._geometry import (
     window_sums,
 )
 from ..annotations._records import Annotation
-from ..slides._slide import Resolution, SlideInfo, TissueMask, level0_from_level_px
+from ..slides._slide import Resolution, SlideInfo, level0_from_level_px
+from ..slides._tissue import TissueMask
 from ._options import SamplingOptions
 
 __all__ = [
