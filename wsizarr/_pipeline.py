@@ -80,8 +80,9 @@ def extract(
     ``magnification``; ``patch_size`` is in pixels of that resolution. ``sampler`` is one of
     ``jitter``, ``centroid``, ``grid`` (``stride`` px, ``min_overlap`` fraction),
     ``random-in-polygon``, ``background``; ``background`` adds that many tissue patches outside
-            options.resolution.patch_size, options.layout.masks,
-            quality=options.layout.quality, color=options.layout.color,
+    every annotation. ``masks`` stores per-patch label masks, ``quality`` (default on) per-patch
+    quality measures (``QUALITY_MEASURES``: tissue, focus, marker ink...); ``drop_partial`` leaves out
+    patches crossing the slide edge (otherwise padded with white and flagged). ``label_map``
     renames or merges labels (``keep_only``: drop the labels it does not name), ``label_order``
     fixes the label codes (stable across stores); ``label_from``, ``exclude_detections``,
     ``exclude_labels`` (labels whose annotations become areas to leave out: no patch is centred
