@@ -210,7 +210,7 @@ def clean_mask(mask: np.ndarray, min_area: float, max_hole_area: float) -> np.nd
 def outlines(mask: np.ndarray, tolerance: float = 1.0) -> list[tuple[np.ndarray, list[np.ndarray]]]:
     """The outlines of a boolean raster's pieces, ``(exterior, holes)`` as ``(K, 2)`` arrays in
     pixels (pixel ``(r, c)`` is the square ``[c, c + 1) x [r, r + 1)``), simplified to within
-    ``tolerance`` pixels. Each row run is a cell whose top and bottom edges carry the ends of
+    ``tolerance`` pixels (rings that shrink to nothing left out). Each row run is a cell whose top and bottom edges carry the ends of
     the runs above and below it, so the cells form a coverage that GEOS unites along shared
     edges (far faster than a general union)."""
     mask = np.asarray(mask, bool)
@@ -238,8 +238,10 @@ def outlines(mask: np.ndarray, tolerance: float = 1.0) -> list[tuple[np.ndarray,
         shapely.GeometryType.POLYGON, np.column_stack([x[order], y[order]]).astype(np.float64),
         (ring_offsets, np.arange(len(run) + 1)),
     )
-    united = shapely.simplify(shapely.coverage_union_all(cells), tolerance, preserve_topology=True)
+    # without keeping the topology: 5 times faster, and a ring that collapses is left out below
+    united = shapely.simplify(shapely.coverage_union_all(cells), tolerance, preserve_topology=False)
     return [
-        (np.asarray(polygon.exterior.coords)[:-1], [np.asarray(ring.coords)[:-1] for ring in polygon.interiors])
-        for polygon in shapely.get_parts(united)
+        (np.asarray(polygon.exterior.coords)[:-1],
+         [np.asarray(ring.coords)[:-1] for ring in polygon.interiors if len(ring.coords) > 3])
+        for polygon in shapely.get_parts(united) if len(polygon.exterior.coords) > 3
     ]
