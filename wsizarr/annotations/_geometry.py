@@ -207,41 +207,77 @@ def clean_mask(mask: np.ndarray, min_area: float, max_hole_area: float) -> np.nd
     return mask | _paint(mask.shape, rows[filled], starts[filled], stops[filled])
 
 
+_STEPS = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])  # a unit edge's direction: +x, +y, -x, -y (y down)
+_ON_THE_RIGHT = np.array([[0, 0], [-1, 0], [-1, -1], [0, -1]])  # the pixel right of an edge, from its start
+
+
 def outlines(mask: np.ndarray, tolerance: float = 1.0) -> list[tuple[np.ndarray, list[np.ndarray]]]:
-    """The outlines of a boolean raster's pieces, ``(exterior, holes)`` as ``(K, 2)`` arrays in
-    pixels (pixel ``(r, c)`` is the square ``[c, c + 1) x [r, r + 1)``), simplified to within
-    ``tolerance`` pixels (rings that shrink to nothing left out). Each row run is a cell whose top and bottom edges carry the ends of
-    the runs above and below it, so the cells form a coverage that GEOS unites along shared
-    edges (far faster than a general union)."""
+    """The outlines of a boolean raster's 4-connected pieces, ``(exterior, holes)`` as ``(K, 2)``
+    arrays in pixels (pixel ``(r, c)`` is the square ``[c, c + 1) x [r, r + 1)``), simplified to
+    within ``tolerance`` pixels (rings that shrink to nothing left out).
+
+    Traced, not united: every unit edge between True and False is walked with True on its right;
+    each edge's successor leaves its end (turning right where two do, at a diagonal touch, which
+    keeps 4-connected pieces apart); rings are labelled by pointer doubling and put in walking
+    order by list ranking, all vectorised; a ring's sign of area says exterior or hole and the
+    piece on its right which polygon it bounds. 0.15 s for the 54k-run mask of the benchmark
+    slide, where uniting the runs as a coverage took 0.4-0.9 s.
+    """
     mask = np.asarray(mask, bool)
-    rows, starts, stops = _runs(mask)
-    if not len(rows):
+    height, width = mask.shape
+    padded = np.zeros((height + 2, width + 2), bool)
+    padded[1:-1, 1:-1] = mask
+    rows, cols = np.nonzero(padded[1:, 1:-1] != padded[:-1, 1:-1])  # edges along y = row, x = col..col + 1
+    below = padded[rows + 1, cols + 1]
+    down_rows, down_cols = np.nonzero(padded[1:-1, 1:] != padded[1:-1, :-1])  # along x = col, y = row..row + 1
+    left = padded[down_rows + 1, down_cols]
+    x = np.concatenate([np.where(below, cols, cols + 1), down_cols])
+    y = np.concatenate([rows, np.where(left, down_rows, down_rows + 1)])
+    direction = np.concatenate([np.where(below, 0, 2), np.where(left, 1, 3)])
+    n = len(direction)
+    if not n:
         return []
-    step = mask.shape[1] + 2  # row-major keys: row * step + x
-    row_key = rows.astype(np.int64) * step
-    ends = np.sort(np.concatenate([row_key + starts, row_key + stops]))  # every run's two ends
-    run = np.arange(len(rows))
-    # each cell's ring: (start, row), the ends above it left to right, (stop, row), (stop, row + 1),
-    # the ends below it right to left, (start, row + 1), (start, row) again
-    pieces = []
-    for part, offset, y, order in ((1, -step, rows, 1), (4, step, rows + 1, -1)):
-        owner, index = _ranges(np.searchsorted(ends, row_key + offset + starts, "right"),
-                               np.searchsorted(ends, row_key + offset + stops, "left"))
-        x = ends[index] % step
-        pieces.append((owner, np.full(len(owner), part), order * x, x, y[owner]))
-    for part, x, y in ((0, starts, rows), (2, stops, rows), (3, stops, rows + 1), (5, starts, rows + 1), (6, starts, rows)):
-        pieces.append((run, np.full(len(run), part), np.zeros(len(run), np.int64), x, y))
-    owner, part, key, x, y = (np.concatenate(column) for column in zip(*pieces))
-    order = np.lexsort((key, part, owner))
-    ring_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(run)))])
-    cells = shapely.from_ragged_array(
-        shapely.GeometryType.POLYGON, np.column_stack([x[order], y[order]]).astype(np.float64),
-        (ring_offsets, np.arange(len(run) + 1)),
-    )
-    # without keeping the topology: 5 times faster, and a ring that collapses is left out below
-    united = shapely.simplify(shapely.coverage_union_all(cells), tolerance, preserve_topology=False)
+    vertex = (y.astype(np.int64) * (width + 1) + x) * 4
+    order = np.argsort(vertex + direction)
+    leaving = (vertex + direction)[order]
+    end = ((y + _STEPS[direction, 1]).astype(np.int64) * (width + 1) + x + _STEPS[direction, 0]) * 4
+    successor = np.full(n, -1)
+    for turn in (1, 0, 3):  # right, straight on, left
+        wanted = end + (direction + turn) % 4
+        at = np.minimum(np.searchsorted(leaving, wanted), n - 1)
+        found = (leaving[at] == wanted) & (successor < 0)
+        successor[found] = order[at[found]]
+    ring, jump = np.arange(n), successor
+    while not (ring[successor] == ring).all():  # each ring labelled by its smallest edge
+        ring, jump = np.minimum(ring, ring[jump]), jump[jump]
+    last = successor == ring  # the edge before the ring's label ends the walk
+    ahead, steps = np.where(last, np.arange(n), successor), (~last).astype(np.int64)
+    while not (ahead == ahead[ahead]).all():  # steps to the walk's last edge
+        steps, ahead = steps + steps[ahead], ahead[ahead]
+    predecessor = np.empty(n, np.int64)
+    predecessor[successor] = np.arange(n)
+    walk = np.lexsort((-steps, ring))
+    walk = walk[direction[walk] != direction[predecessor[walk]]]  # the corners
+    _, first, length = np.unique(ring[walk], return_index=True, return_counts=True)
+    corner_x, corner_y = x[walk].astype(np.float64), y[walk].astype(np.float64)
+    following = np.arange(1, len(walk) + 1)
+    following[first + length - 1] = first
+    area = np.add.reduceat(corner_x * corner_y[following] - corner_x[following] * corner_y, first) / 2
+    start = walk[first]
+    right_x = x[start] + _ON_THE_RIGHT[direction[start], 0]
+    right_y = y[start] + _ON_THE_RIGHT[direction[start], 1]
+    run_rows, starts, stops = _runs(mask)
+    run_keys = run_rows.astype(np.int64) * (width + 2) + starts
+    piece = _components(run_rows, starts, stops, width)[
+        np.searchsorted(run_keys, right_y.astype(np.int64) * (width + 2) + right_x, "right") - 1
+    ]
+    rings = shapely.linearrings(np.column_stack([corner_x, corner_y]), indices=np.repeat(np.arange(len(first)), length))
+    arranged = np.lexsort((area < 0, piece))  # each piece's exterior (area > 0), then its holes
+    pieces = shapely.polygons(rings[arranged], indices=np.unique(piece[arranged], return_inverse=True)[1])
+    # without keeping the topology: 5 times faster; a ring that collapses is left out
     return [
         (np.asarray(polygon.exterior.coords)[:-1],
-         [np.asarray(ring.coords)[:-1] for ring in polygon.interiors if len(ring.coords) > 3])
-        for polygon in shapely.get_parts(united) if len(polygon.exterior.coords) > 3
+         [np.asarray(hole.coords)[:-1] for hole in polygon.interiors if len(hole.coords) > 3])
+        for polygon in shapely.simplify(pieces, tolerance, preserve_topology=False)
+        if not polygon.is_empty and len(polygon.exterior.coords) > 3
     ]
