@@ -12,6 +12,7 @@ import numpy as np
 import openslide
 import pytest
 import shapely
+import tifffile
 import zarr
 from PIL import Image
 
@@ -213,12 +214,12 @@ def test_tiles_from_a_mask_image_at_a_fractional_level_equal_a_direct_computatio
     assert verify(out, sample=8).ok
 
 
-def test_a_mask_of_another_shape_is_stretched_over_the_slide(disc_slide, tmp_path):
+def test_a_tiff_mask_of_another_shape_is_stretched_over_the_slide(disc_slide, tmp_path):
     image = np.zeros((90, 90), np.uint8)
     image[:, :45] = 1  # the left half of whatever it covers: non-zero is tissue, however dim
-    Image.fromarray(image).save(tmp_path / "left.png")
+    tifffile.imwrite(tmp_path / "left.tif", image)
     out = tmp_path / "left.zarr"
-    extract(disc_slide, None, out, tiles=True, patch_size=256, tissue_mask=tmp_path / "left.png", quality=False)
+    extract(disc_slide, None, out, tiles=True, patch_size=256, tissue_mask=tmp_path / "left.tif", quality=False)
     xs, ys = _stored(out)
     half = WIDTH / 2
     assert xs.max() + 128 <= half  # centres in the left half only
