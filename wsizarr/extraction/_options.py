@@ -103,7 +103,7 @@ class TilingOptions:
             if not (value >= 0 and math.isfinite(value)):
                 raise ParameterError(f"{option(name, value)}: give an area in level-0 pixels^2, 0 or more")
         if not self.tiles:
-            changed = [f.name for f in fields(self)[1:] if getattr(self, f.name) != f.default]
+            changed = [f.name for f in fields(self) if f.name != "tiles" and getattr(self, f.name) != f.default]
             if changed:
                 raise ParameterError(f"{option(changed[0])} applies to whole-slide tiling: add {option('tiles', True)}")
 
