@@ -517,6 +517,23 @@ def _targets(rows: list[dict]) -> list[str]:
     return out
 
 
+def write_results_section(script: str, section: str) -> None:
+    """Replace ``script``'s part of RESULTS.md (between its markers ``<!-- script start -->`` and
+    ``<!-- script end -->``, below this script's marker); append it at the end the first time."""
+    start, stop = f"<!-- {script} start -->\n", f"<!-- {script} end -->\n"
+    results = HERE / "RESULTS.md"
+    text = results.read_text() if results.exists() else ""
+    block = start + section + stop
+    if start in text and stop in text.partition(start)[2]:
+        before, _, rest = text.partition(start)
+        text = before + block + rest.partition(stop)[2]
+    else:
+        if _END not in text:  # bench_extract.py keeps only what follows its marker
+            text += ("\n" if text and not text.endswith("\n") else "") + _END
+        text += ("" if text.endswith("\n\n") else "\n") + block
+    results.write_text(text)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_run":
         _child()

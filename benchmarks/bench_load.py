@@ -71,14 +71,11 @@ from torch.utils.data import DataLoader, Dataset
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_extract import _END as _EXTRACT_END  # noqa: E402
-from bench_extract import OUT, PATCH, make_slide  # noqa: E402
+from bench_extract import OUT, PATCH, make_slide, write_results_section  # noqa: E402
 
 BATCH = 64
 PIXEL_BYTES = PATCH * PATCH * 3
 WORKERS = (0, 2)
-_START = "<!-- bench_load.py start -->\n"
-_STOP = "<!-- bench_load.py end -->\n"
 PNG, JPEG, HDF5 = "png folder", "jpeg q90 folder", "hdf5 gzip"
 WDS_JPEG, WDS_NPY = "webdataset .jpg", "webdataset .npy"
 WDS_SAMPLES = 1000  # per tar shard
@@ -536,7 +533,7 @@ def main() -> None:
     print()
     print(_report(rows, first_rows, facts, targets_heading="## Targets"))
     if not args.no_write_results:
-        _write_results(_report(rows, first_rows, facts, targets_heading="### Targets"))
+        write_results_section("bench_load.py", _report(rows, first_rows, facts, targets_heading="### Targets"))
         print(f"wrote {HERE / 'RESULTS.md'}")
 
 
@@ -657,22 +654,6 @@ def _targets(rows: list[dict], first_rows: list[dict], facts: dict) -> list[str]
         out.append(f"- first batch, {facts['big_n']}-patch store, {r['method']}, 2 workers = "
                    f"{r['first']:.2f} s ({'PASS' if r['first'] < 1 else 'FAIL'} < 1 s)")
     return out
-
-
-def _write_results(section: str) -> None:
-    """Replace this script's part of RESULTS.md (between its markers, below bench_extract.py's
-    marker); append it at the end the first time."""
-    results = HERE / "RESULTS.md"
-    text = results.read_text() if results.exists() else ""
-    block = _START + section + _STOP
-    if _START in text and _STOP in text.partition(_START)[2]:
-        before, _, rest = text.partition(_START)
-        text = before + block + rest.partition(_STOP)[2]
-    else:
-        if _EXTRACT_END not in text:  # bench_extract.py keeps only what follows its marker
-            text += ("\n" if text and not text.endswith("\n") else "") + _EXTRACT_END
-        text += ("" if text.endswith("\n\n") else "\n") + block
-    results.write_text(text)
 
 
 if __name__ == "__main__":

@@ -259,15 +259,20 @@ def store_bytes(store: Any, storage_options: Mapping[str, str] | None = None) ->
             zstore.close()
 
 
-def write_rectangles(path: Any, boxes: Iterable[tuple[float, float, float, float]], label: str = "region") -> Any:
+def write_rectangles(
+    path: Any, boxes: Iterable[tuple[float, float, float, float]], label: str | Sequence[str] = "region",
+) -> Any:
     """An ASAP XML file of one ``Rectangle`` annotation per ``(x0, y0, x1, y1)`` box (level-0
-    pixels), all in group ``label``: annotations for a real slide that comes without any."""
+    pixels), all in group ``label`` (or box ``k`` in ``label[k]``): annotations for a real slide
+    that comes without any."""
+    boxes = list(boxes)
+    labels = [label] * len(boxes) if isinstance(label, str) else list(label)
     annotations = "".join(
-        f'<Annotation Name="r{i}" Type="Rectangle" PartOfGroup="{label}"><Coordinates>'
+        f'<Annotation Name="r{i}" Type="Rectangle" PartOfGroup="{group}"><Coordinates>'
         + "".join(f'<Coordinate Order="{k}" X="{x}" Y="{y}" />' for k, (x, y) in enumerate(
             [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]))
         + "</Coordinates></Annotation>"
-        for i, (x0, y0, x1, y1) in enumerate(boxes)
+        for i, ((x0, y0, x1, y1), group) in enumerate(zip(boxes, labels, strict=True))
     )
     with open(path, "w", encoding="utf-8") as file:
         file.write(f'<?xml version="1.0"?><ASAP_Annotations><Annotations>{annotations}</Annotations></ASAP_Annotations>')

@@ -72,3 +72,18 @@ def test_quick_quality_benchmark_reports_extraction_with_and_without():
     rows = re.findall(r"^\| 1 \| (zstd|jpeg) \| (\d+) \| (\d+) \| (\d+) \| ([\d.]+) \|", result.stdout, re.M)
     assert {codec for codec, *_ in rows} == {"zstd", "jpeg"}
     assert all(int(n) > 0 and int(without) > 0 and int(with_) > 0 for _, n, without, with_, _ in rows)
+
+
+@pytest.mark.slow
+def test_quick_tiling_benchmark_reports_coordinates_and_pixels():
+    result = subprocess.run(  # hs2p and TIAToolbox need their own environment: wsizarr alone here
+        [sys.executable, BENCHMARKS / "bench_tiling.py", "--quick", "--no-peers", "--no-write-results"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r"^\| (wsizarr \w+) \| ([\d,]+) \| ([\d.]+) \| ([\d,]+) \| ([\d.]+) \| .+? \| ([\d.]+) \| ([\d,]+) \|",
+                      result.stdout, re.M)
+    assert {method for method, *_ in rows} == {"wsizarr zstd", "wsizarr jpeg"}
+    assert all(int(n.replace(",", "")) > 100 and int(plan.replace(",", "")) > 0 and int(pixels.replace(",", "")) > 0
+               for _, n, _, plan, _, _, pixels in rows)
+    assert "## Whole-slide tiling (`python benchmarks/bench_tiling.py --quick`" in result.stdout

@@ -192,7 +192,7 @@ def test_extract_help_groups_its_options_and_ends_with_examples_that_parse():
     from wsizarr.cli._main import _parser
 
     text = run("extract", "--help").stdout
-    groups = ["input: slides and annotations:", "output:", "resolution and sampling:", "store layout:",
+    groups = ["input: slides and annotations:", "whole-slide tiling:", "output:", "resolution and sampling:", "store layout:",
               "quality filters:", "execution:", "examples:"]
     at = [text.index(f"\n{title}\n") for title in groups]
     assert at == sorted(at)
@@ -200,7 +200,7 @@ def test_extract_help_groups_its_options_and_ends_with_examples_that_parse():
     assert "--mpp MPP" in section and "--per-annotation" in section and "--codec" not in section
     examples = text[text.index("\nexamples:\n"):].replace("\\\n", " ")
     commands = [line.split("wsizarr ", 1)[1] for line in examples.splitlines() if line.startswith("  wsizarr ")]
-    assert len(commands) == 3
+    assert len(commands) == 4
     for command in commands:  # each one an extraction the parser takes
         args = _parser().parse_args(shlex.split(command))
         assert args.command == "extract" and args.out.endswith(".zarr")

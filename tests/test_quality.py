@@ -14,7 +14,8 @@ from wsizarr import DemoSlide, extract, open_dataset, store_info, verify, write_
 from wsizarr.slides._demo import write_pyramid
 from wsizarr._errors import ParameterError, StoreError
 from wsizarr.extraction._quality import MIN_TISSUE_SATURATION, QUALITY_MEASURES, measure_patches
-from wsizarr.slides._slide import read_rgb, tissue_mask
+from wsizarr.slides._slide import read_rgb
+from wsizarr.slides._tissue import tissue_mask
 
 from .conftest import SLIDES
 

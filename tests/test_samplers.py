@@ -14,9 +14,8 @@ from shapely.ops import unary_union
 from wsizarr import Annotation, ParameterError, extract, open_dataset
 from wsizarr.annotations._geometry import points_in_polygon
 from wsizarr.extraction._sampling import plan_patches
-from wsizarr.slides._slide import (
-    Resolution, SlideInfo, TissueMask, open_slide, resolve_resolution, slide_info, tissue_mask,
-)
+from wsizarr.slides._slide import Resolution, SlideInfo, open_slide, resolve_resolution, slide_info
+from wsizarr.slides._tissue import TissueMask, tissue_mask
 from wsizarr._text import count
 
 from .conftest import SLIDES, read_like_openslide, slide_rows

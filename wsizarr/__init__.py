@@ -34,6 +34,7 @@ from .extraction import (
     PatchPlan,
     ResolutionOptions,
     SamplingOptions,
+    TilingOptions,
     measure_patches,
     plan_jitter,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "StoreExistsError",
     "StoreLockedError",
     "SubsetSummary",
+    "TilingOptions",
     "VerifyReport",
     "WsizarrError",
     "__version__",

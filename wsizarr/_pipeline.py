@@ -31,7 +31,7 @@ UNFILTERED_SUFFIX = ".unfiltered.zarr"  # where a filtered extraction extracts t
 
 def extract(
     slide: str | Path | Sequence[str | Path],
-    annotations: AnnotationSource | Sequence[str | Path],
+    annotations: AnnotationSource | Sequence[str | Path] | None,
     out: str | Path | Location,
     *,
     level: int | None = None,
@@ -71,8 +71,15 @@ def extract(
     progress: ProgressCallback | None = None,
     reader: str = "auto",
     on_note: Callable[[str], None] | None = None,
+    tiles: bool = False,
+    tissue_mask: str | Path | None = None,
+    tile_min_tissue: float = 0.5,
+    min_tissue_area: float = 256.0**2,
+    max_hole_area: float = 256.0**2,
+    within_annotations: bool = False,
 ) -> ExtractionSummary:
-    """Extract patches around the annotations of one slide, or a cohort, into a Zarr v3 store.
+    """Extract patches around the annotations of one slide, or a cohort, into a Zarr v3 store;
+    or with ``tiles`` tile the whole slides (``annotations`` may then be None).
 
     ``slide`` is a path or a list of paths; ``annotations`` an annotation file or
     ``Annotation`` records (level-0 pixels) for one slide, or a folder matched by file stem, or
@@ -80,8 +87,9 @@ def extract(
     ``magnification``; ``patch_size`` is in pixels of that resolution. ``sampler`` is one of
     ``jitter``, ``centroid``, ``grid`` (``stride`` px, ``min_overlap`` fraction),
     ``random-in-polygon``, ``background``; ``background`` adds that many tissue patches outside
-            options.resolution.patch_size, options.layout.masks,
-            quality=options.layout.quality, color=options.layout.color,
+    every annotation. ``masks`` stores per-patch label masks, ``quality`` (default on) per-patch
+    quality measures (``QUALITY_MEASURES``: tissue, focus, marker ink...); ``drop_partial`` leaves out
+    patches crossing the slide edge (otherwise padded with white and flagged). ``label_map``
     renames or merges labels (``keep_only``: drop the labels it does not name), ``label_order``
     fixes the label codes (stable across stores); ``label_from``, ``exclude_detections``,
     ``exclude_labels`` (labels whose annotations become areas to leave out: no patch is centred
@@ -90,6 +98,14 @@ def extract(
     same command, writing only missing shards; ``append`` adds the slides to an existing store.
     ``min_tissue``, ``min_sharpness`` and ``max_pen`` keep only the patches whose quality
     measures pass (see ``run_extraction``; ``FilterOptions``).
+    ``tiles`` lays a grid of ``patch_size`` tiles (``stride`` apart, default the tile) over each
+    whole slide and keeps those with at least ``tile_min_tissue`` of tissue in the slide's
+    tissue mask (Otsu on the saturation of its coarsest level, or the image ``tissue_mask``: a
+    file, or a folder of files named like the slides; non-zero = tissue), after dropping pieces
+    smaller than ``min_tissue_area`` and filling holes smaller than ``max_hole_area`` (level-0
+    pixels^2); annotations, when given, label the tiles (else ``background``) and with
+    ``within_annotations`` restrict them (``TilingOptions``). The tissue outlines are stored in
+    the annotation table (label ``tissue``).
     In a cohort an unreadable slide is reported and skipped unless ``strict``. Shard tasks run
     on ``workers`` threads (``executor="threads"``, the default: OpenSlide and the codecs
     release the GIL) or processes (``"processes"``), or on a ``dask.distributed`` ``client``.
@@ -114,14 +130,16 @@ def extract(
         shard_size=shard_size, codec=codec, masks=masks, quality=quality, color=color,
         workers=workers, executor=executor, client=client, reader=reader, strict=strict,
         progress=progress, on_note=on_note, min_tissue=min_tissue, min_sharpness=min_sharpness, max_pen=max_pen,
-        overwrite=overwrite, resume=resume, append=append,
+        overwrite=overwrite, resume=resume, append=append, tiles=tiles, tissue_mask=tissue_mask,
+        tile_min_tissue=tile_min_tissue, min_tissue_area=min_tissue_area, max_hole_area=max_hole_area,
+        within_annotations=within_annotations,
     )
     return run_extraction(slide, annotations, out, options, storage_options)
 
 
 def run_extraction(
     slides: str | Path | Sequence[str | Path],
-    annotations: AnnotationSource | Sequence[str | Path],
+    annotations: AnnotationSource | Sequence[str | Path] | None,
     out: str | Path | Location,
     options: ExtractOptions,
     storage_options: Mapping[str, str] | None = None,

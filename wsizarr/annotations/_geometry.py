@@ -1,4 +1,5 @@
-"""Polygon geometry on plain numpy arrays: area, centroid, point tests and rasterising."""
+"""Polygon geometry on plain numpy arrays: area, centroid, point tests, rasterising, sums over
+windows of a raster, and a raster's outlines (cleaned of small pieces and holes)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import shapely
 from PIL import Image, ImageDraw
 
 __all__ = [
-    "centroid", "ellipse", "has_area", "point_inside", "points_in_polygon", "rasterize", "rotate",
-    "window_sums",
+    "box_sums", "centroid", "clean_mask", "ellipse", "has_area", "outlines", "point_inside", "points_in_polygon",
+    "rasterize", "rotate", "window_sums",
 ]
 
 # An inscribed 64-gon has n/(2*pi)*sin(2*pi/n) = 99.84 % of the ellipse's area (pi*a*b).
@@ -110,11 +111,173 @@ def rasterize(
     return np.array(image)
 
 
-def window_sums(mask: np.ndarray, tops: np.ndarray, lefts: np.ndarray, size: int) -> np.ndarray:
-    """Sum of ``mask`` over ``size``-pixel square windows at ``(tops, lefts)``, clipped to the mask."""
+def _integral(mask: np.ndarray) -> np.ndarray:
+    """The ``(h + 1, w + 1)`` integral image: entry ``[r, c]`` sums ``mask[:r, :c]``."""
     integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
     integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    return integral
+
+
+def window_sums(mask: np.ndarray, tops: np.ndarray, lefts: np.ndarray, size: int) -> np.ndarray:
+    """Sum of ``mask`` over ``size``-pixel square windows at ``(tops, lefts)``, clipped to the mask."""
+    integral = _integral(mask)
     h, w = mask.shape
     t, l = np.clip(tops, 0, h), np.clip(lefts, 0, w)
     b, r = np.clip(tops + size, 0, h), np.clip(lefts + size, 0, w)
     return integral[b, r] - integral[t, r] - integral[b, l] + integral[t, l]
+
+
+def box_sums(mask: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
+    """Sum of ``mask`` over the boxes ``[x0, x1) x [y0, y1)`` with fractional bounds, in pixels:
+    pixel ``(r, c)`` is the square ``[c, c + 1) x [r, r + 1)`` and counts by the share of it
+    inside the box; outside the mask counts 0. Exact: the integral of a raster is bilinear
+    within each pixel, so it is the integral image interpolated bilinearly at the corners."""
+    integral = _integral(mask).astype(np.float64)
+    h, w = mask.shape
+
+    def at(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        x, y = np.clip(x, 0, w), np.clip(y, 0, h)
+        col, row = np.minimum(np.floor(x), w - 1).astype(np.int64), np.minimum(np.floor(y), h - 1).astype(np.int64)
+        fx, fy = x - col, y - row
+        top = integral[row, col] * (1 - fx) + integral[row, col + 1] * fx
+        bottom = integral[row + 1, col] * (1 - fx) + integral[row + 1, col + 1] * fx
+        return top * (1 - fy) + bottom * fy
+
+    x0, y0, x1, y1 = (np.asarray(v, np.float64) for v in (x0, y0, x1, y1))
+    return at(x1, y1) - at(x0, y1) - at(x1, y0) + at(x0, y0)
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, starts and stops (exclusive) of the runs of True along each row, row by row."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = mask
+    change = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(change == 1)
+    stops = np.nonzero(change == -1)[1]
+    return rows, starts, stops
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each ``k``, the indices ``lo[k] .. hi[k] - 1``, flattened: (``k`` of each, index)."""
+    counts = np.maximum(hi - lo, 0)
+    owner = np.repeat(np.arange(len(lo)), counts)
+    return owner, np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts - lo, counts)
+
+
+def _components(rows: np.ndarray, starts: np.ndarray, stops: np.ndarray, width: int) -> np.ndarray:
+    """A label per run (the smallest index of its piece): runs in neighbouring rows that overlap
+    are 4-connected. Hooking and pointer jumping over the overlapping pairs, vectorised."""
+    row_key = rows.astype(np.int64) * (width + 2)
+    below = row_key + width + 2
+    run, other = _ranges(np.searchsorted(row_key + stops, below + starts, "right"),
+                         np.searchsorted(row_key + starts, below + stops, "left"))
+    parent = np.arange(len(rows))
+    while True:
+        mine, theirs = parent[run], parent[other]
+        if (mine == theirs).all():
+            return parent
+        np.minimum.at(parent, np.maximum(mine, theirs), np.minimum(mine, theirs))
+        while not (parent[parent] == parent).all():
+            parent = parent[parent]
+
+
+def _paint(shape: tuple[int, int], rows: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """A boolean raster of ``shape`` that is True on the given runs."""
+    edges = np.zeros((shape[0], shape[1] + 1), np.int32)
+    np.add.at(edges, (rows, starts), 1)
+    np.add.at(edges, (rows, stops), -1)
+    return edges.cumsum(axis=1)[:, :-1] > 0
+
+
+def clean_mask(mask: np.ndarray, min_area: float, max_hole_area: float) -> np.ndarray:
+    """A boolean raster without its pieces smaller than ``min_area`` pixels, then with its
+    holes smaller than ``max_hole_area`` pixels filled. Pieces (of True) and holes (pieces of
+    False that do not touch the border) are 4-connected and found on the rows' runs."""
+    mask = np.asarray(mask, bool)
+    height, width = mask.shape
+    rows, starts, stops = _runs(mask)
+    piece = _components(rows, starts, stops, width)
+    kept = np.bincount(piece, stops - starts, len(rows))[piece] >= min_area
+    mask = _paint(mask.shape, rows[kept], starts[kept], stops[kept])
+    rows, starts, stops = _runs(~mask)
+    hole = _components(rows, starts, stops, width)
+    border = np.zeros(len(rows), bool)
+    border[hole[(rows == 0) | (rows == height - 1) | (starts == 0) | (stops == width)]] = True
+    filled = ~border[hole] & (np.bincount(hole, stops - starts, len(rows))[hole] < max_hole_area)
+    return mask | _paint(mask.shape, rows[filled], starts[filled], stops[filled])
+
+
+_STEPS = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])  # a unit edge's direction: +x, +y, -x, -y (y down)
+_ON_THE_RIGHT = np.array([[0, 0], [-1, 0], [-1, -1], [0, -1]])  # the pixel right of an edge, from its start
+
+
+def outlines(mask: np.ndarray, tolerance: float = 1.0) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """The outlines of a boolean raster's 4-connected pieces, ``(exterior, holes)`` as ``(K, 2)``
+    arrays in pixels (pixel ``(r, c)`` is the square ``[c, c + 1) x [r, r + 1)``), simplified to
+    within ``tolerance`` pixels (rings that shrink to nothing left out).
+
+    Traced, not united: every unit edge between True and False is walked with True on its right;
+    each edge's successor leaves its end (turning right where two do, at a diagonal touch, which
+    keeps 4-connected pieces apart); rings are labelled by pointer doubling and put in walking
+    order by list ranking, all vectorised; a ring's sign of area says exterior or hole and the
+    piece on its right which polygon it bounds. 0.15 s for the 54k-run mask of the benchmark
+    slide, where uniting the runs as a coverage took 0.4-0.9 s.
+    """
+    mask = np.asarray(mask, bool)
+    height, width = mask.shape
+    padded = np.zeros((height + 2, width + 2), bool)
+    padded[1:-1, 1:-1] = mask
+    rows, cols = np.nonzero(padded[1:, 1:-1] != padded[:-1, 1:-1])  # edges along y = row, x = col..col + 1
+    below = padded[rows + 1, cols + 1]
+    down_rows, down_cols = np.nonzero(padded[1:-1, 1:] != padded[1:-1, :-1])  # along x = col, y = row..row + 1
+    left = padded[down_rows + 1, down_cols]
+    x = np.concatenate([np.where(below, cols, cols + 1), down_cols])
+    y = np.concatenate([rows, np.where(left, down_rows, down_rows + 1)])
+    direction = np.concatenate([np.where(below, 0, 2), np.where(left, 1, 3)])
+    n = len(direction)
+    if not n:
+        return []
+    vertex = (y.astype(np.int64) * (width + 1) + x) * 4
+    order = np.argsort(vertex + direction)
+    leaving = (vertex + direction)[order]
+    end = ((y + _STEPS[direction, 1]).astype(np.int64) * (width + 1) + x + _STEPS[direction, 0]) * 4
+    successor = np.full(n, -1)
+    for turn in (1, 0, 3):  # right, straight on, left
+        wanted = end + (direction + turn) % 4
+        at = np.minimum(np.searchsorted(leaving, wanted), n - 1)
+        found = (leaving[at] == wanted) & (successor < 0)
+        successor[found] = order[at[found]]
+    ring, jump = np.arange(n), successor
+    while not (ring[successor] == ring).all():  # each ring labelled by its smallest edge
+        ring, jump = np.minimum(ring, ring[jump]), jump[jump]
+    last = successor == ring  # the edge before the ring's label ends the walk
+    ahead, steps = np.where(last, np.arange(n), successor), (~last).astype(np.int64)
+    while not (ahead == ahead[ahead]).all():  # steps to the walk's last edge
+        steps, ahead = steps + steps[ahead], ahead[ahead]
+    predecessor = np.empty(n, np.int64)
+    predecessor[successor] = np.arange(n)
+    walk = np.lexsort((-steps, ring))
+    walk = walk[direction[walk] != direction[predecessor[walk]]]  # the corners
+    _, first, length = np.unique(ring[walk], return_index=True, return_counts=True)
+    corner_x, corner_y = x[walk].astype(np.float64), y[walk].astype(np.float64)
+    following = np.arange(1, len(walk) + 1)
+    following[first + length - 1] = first
+    area = np.add.reduceat(corner_x * corner_y[following] - corner_x[following] * corner_y, first) / 2
+    start = walk[first]
+    right_x = x[start] + _ON_THE_RIGHT[direction[start], 0]
+    right_y = y[start] + _ON_THE_RIGHT[direction[start], 1]
+    run_rows, starts, stops = _runs(mask)
+    run_keys = run_rows.astype(np.int64) * (width + 2) + starts
+    piece = _components(run_rows, starts, stops, width)[
+        np.searchsorted(run_keys, right_y.astype(np.int64) * (width + 2) + right_x, "right") - 1
+    ]
+    rings = shapely.linearrings(np.column_stack([corner_x, corner_y]), indices=np.repeat(np.arange(len(first)), length))
+    arranged = np.lexsort((area < 0, piece))  # each piece's exterior (area > 0), then its holes
+    pieces = shapely.polygons(rings[arranged], indices=np.unique(piece[arranged], return_inverse=True)[1])
+    # without keeping the topology: 5 times faster; a ring that collapses is left out
+    return [
+        (np.asarray(polygon.exterior.coords)[:-1],
+         [np.asarray(hole.coords)[:-1] for hole in polygon.interiors if len(hole.coords) > 3])
+        for polygon in shapely.simplify(pieces, tolerance, preserve_topology=False)
+        if not polygon.is_empty and len(polygon.exterior.coords) > 3
+    ]

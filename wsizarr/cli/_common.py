@@ -97,7 +97,8 @@ def add_extract_options(parser: argparse.ArgumentParser) -> Any:
     add_option(sampling, ResolutionOptions, "patch_size", "patch side in pixels (default {default})", type=int)
     add_option(sampling, SamplingOptions, "sampler", "jitter (default), centroid, grid, random-in-polygon or background")
     add_option(sampling, SamplingOptions, "per_annotation", "patches per annotation (default {default})", type=int)
-    add_option(sampling, SamplingOptions, "stride", "grid stride in pixels (default: patch size)", type=int)
+    add_option(sampling, SamplingOptions, "stride",
+               "grid and --tiles stride in pixels of the level read (default: the patch's footprint)", type=int)
     add_option(sampling, SamplingOptions, "min_overlap",
             "grid: least fraction of a patch inside the polygon (default {default})", type=float)
     add_option(sampling, SamplingOptions, "background",
@@ -178,6 +179,7 @@ def extract_options(args: argparse.Namespace, mode: str) -> ExtractOptions:
         LayoutOptions,
         ResolutionOptions,
         SamplingOptions,
+        TilingOptions,
     )
 
     label_map = getattr(args, "label_map", None)
@@ -191,7 +193,7 @@ def extract_options(args: argparse.Namespace, mode: str) -> ExtractOptions:
             ExecutionOptions, args, client=dask_client(args.dask_scheduler), progress=ProgressBar(),
             on_note=print,
         ),
-        mode=mode, filters=record_from(FilterOptions, args),
+        mode=mode, filters=record_from(FilterOptions, args), tiling=record_from(TilingOptions, args),
     )
 
 

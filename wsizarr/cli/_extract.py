@@ -26,6 +26,8 @@ _EXAMPLES = """\
 examples:
   wsizarr extract slide.svs --annotations slide.xml --out patches.zarr \\
       --level 1 --patch-size 256 --per-annotation 30 --seed 0
+  wsizarr extract slides/*.svs --tiles --out tiles.zarr --mpp 0.5 --patch-size 256
+      (every 256-px tile at 0.5 um/px that is at least half tissue in its slide's tissue mask)
   wsizarr extract slides/*.svs --annotations annotations/ --out cohort.zarr \\
       --mpp 0.5 --sampler grid --min-tissue 0.5 --label-map 'glomerulus=Normal,sclerotic=Abnormal'
   wsizarr extract slide.svs --annotations slide.xml --out patches.zarr \\
@@ -35,11 +37,12 @@ examples:
 
 
 def register(commands: Any) -> None:
-    from ..extraction._options import ExecutionOptions, LabelOptions
+    from ..extraction._options import ExecutionOptions, LabelOptions, TilingOptions
 
     extract = commands.add_parser(
-        "extract", help="extract patches around annotations into a store",
-        description="Extract patches around the annotations of whole-slide images into one Zarr v3 store.",
+        "extract", help="extract patches around annotations, or tile whole slides, into a store",
+        description="Extract patches around the annotations of whole-slide images, or tile the whole slides "
+        "(--tiles), into one Zarr v3 store.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     inputs = extract.add_argument_group("input: slides and annotations")
@@ -48,9 +51,9 @@ def register(commands: Any) -> None:
         help="whole-slide images (any format OpenSlide reads; s3://bucket/key.svs or an s3:// prefix ending in /)",
     )
     inputs.add_argument(
-        "--annotations", required=True,
+        "--annotations", default=None,
         help="annotation file, or a folder (or s3:// prefix ending in /) of files named like the slides "
-        "(slide.svs -> slide.xml)",
+        "(slide.svs -> slide.xml); needed unless --tiles",
     )
     inputs.add_argument(
         "--label-map", default=None,
@@ -60,6 +63,24 @@ def register(commands: Any) -> None:
     add_option(inputs, LabelOptions, "label_order",
                "comma-separated label names fixing the label codes (stable across stores)", type=comma_list)
     add_annotation_options(inputs)
+    tiling = extract.add_argument_group(
+        "whole-slide tiling", "a grid of tiles over each slide (at --level, --mpp or --magnification, --stride apart), "
+        "kept where the slide's tissue mask holds enough tissue; decided on the mask, before any pixel is read",
+    )
+    add_option(tiling, TilingOptions, "tiles", "tile the whole slides instead of sampling around annotations")
+    add_option(tiling, TilingOptions, "tile_min_tissue",
+               "least share of a tile that is tissue in the mask (default {default}; --min-tissue filters on "
+               "the pixels extracted instead)", type=float)
+    add_option(tiling, TilingOptions, "tissue_mask",
+               "tissue mask image (PNG, TIFF; non-zero = tissue, any size, stretched over the slide), or a folder "
+               "of them named like the slides (default: Otsu on the saturation of the slide's coarsest level)",
+               metavar="IMAGE")
+    add_option(tiling, TilingOptions, "min_tissue_area",
+               "drop pieces of tissue smaller than this, in level-0 pixels^2 (default {default:g})", type=float)
+    add_option(tiling, TilingOptions, "max_hole_area",
+               "fill holes in the tissue smaller than this, in level-0 pixels^2 (default {default:g})", type=float)
+    add_option(tiling, TilingOptions, "within_annotations",
+               "keep only the tiles centred in an annotation (the others are labelled background)")
     store = extract.add_argument_group("output")
     store.add_argument(
         "--out", required=True,

@@ -1,8 +1,8 @@
 """The options of an extraction, as typed records validated in one place and recorded from one.
 
-Four groups are recorded in the store (``parameters``) because they decide its content:
-``ResolutionOptions``, ``SamplingOptions``, ``LabelOptions`` and ``LayoutOptions``; a resume or
-an append must use the same ones. ``ExecutionOptions`` (workers, executor, reader choice, ...)
+Five groups are recorded in the store (``parameters``) because they decide its content:
+``ResolutionOptions``, ``SamplingOptions``, ``TilingOptions`` (only when tiling), ``LabelOptions``
+and ``LayoutOptions``; a resume or an append must use the same ones. ``ExecutionOptions`` (workers, executor, reader choice, ...)
 only decide how the work is done. ``extract()``'s keywords and the CLI's flags are both built
 from these fields, so a new option is one field here (and its flag).
 """
@@ -20,7 +20,7 @@ from ..slides._slide import ResolutionOptions
 
 __all__ = [
     "EXECUTORS", "LABEL_SOURCES", "READERS", "SAMPLERS", "ExecutionOptions", "ExtractOptions", "FilterOptions", "LabelOptions",
-    "LayoutOptions", "Mode", "ResolutionOptions", "SamplingOptions",
+    "LayoutOptions", "Mode", "ResolutionOptions", "SamplingOptions", "TilingOptions",
 ]
 
 SAMPLERS = ("jitter", "centroid", "grid", "random-in-polygon", "background")
@@ -40,7 +40,7 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 class SamplingOptions:
     """Where patches are cut: ``sampler`` (``jitter``, ``centroid``, ``grid``,
     ``random-in-polygon``, ``background``), ``per_annotation`` patches each, the grid's
-    ``stride`` (pixels of the level read; default the patch footprint) and ``min_overlap``
+    and the tiles' ``stride`` (pixels of the level read; default the patch footprint) and ``min_overlap``
     (fraction of a grid tile inside the polygon), ``background`` extra tissue patches outside
     every annotation, ``drop_partial`` (leave out patches crossing the slide edge) and the
     plan's ``seed``."""
@@ -70,6 +70,42 @@ class SamplingOptions:
     def wants_background(self) -> bool:
         """Whether the plan needs each slide's tissue mask."""
         return self.background > 0 or self.sampler == "background"
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """Whole-slide tiling (``tiles``): instead of sampling around annotations, a grid of tiles
+    over every slide, from level pixel 0 at the sampling options' ``stride`` (default the tile's
+    footprint: no overlap), keeping the tiles whose share of tissue in the slide's tissue mask
+    is at least ``tile_min_tissue`` (decided on the mask, before any pixel is read; the quality
+    filter ``min_tissue`` measures extracted pixels). The mask is the saturation of the slide's
+    coarsest level thresholded with Otsu's method, or the image ``tissue_mask`` (a file, or a
+    folder of files named like the slides; non-zero = tissue, any size, stretched over the
+    slide); then pieces smaller than ``min_tissue_area`` and holes smaller than
+    ``max_hole_area`` (both in level-0 pixels^2) are dropped and filled. Annotations, when
+    given, label the tiles (the last annotation containing a tile's centre, else
+    ``background``); ``within_annotations`` keeps only the tiles centred in one."""
+
+    tiles: bool = False
+    tissue_mask: str | None = None
+    tile_min_tissue: float = 0.5
+    min_tissue_area: float = 256.0**2
+    max_hole_area: float = 256.0**2
+    within_annotations: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tissue_mask is not None:
+            object.__setattr__(self, "tissue_mask", str(self.tissue_mask))
+        if not 0 < self.tile_min_tissue <= 1:
+            raise ParameterError(f"{option('tile_min_tissue', self.tile_min_tissue)}: give a share of the tile, in (0, 1]")
+        for name in ("min_tissue_area", "max_hole_area"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ParameterError(f"{option(name, value)}: give an area in level-0 pixels^2, 0 or more")
+        if not self.tiles:
+            changed = [f.name for f in fields(self) if f.name != "tiles" and getattr(self, f.name) != f.default]
+            if changed:
+                raise ParameterError(f"{option(changed[0])} applies to whole-slide tiling: add {option('tiles', True)}")
 
 
 @dataclass(frozen=True)
@@ -184,8 +220,15 @@ class ExtractOptions:
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
     mode: Mode = "create"
     filters: FilterOptions = field(default_factory=FilterOptions)
+    tiling: TilingOptions = field(default_factory=TilingOptions)
 
     def __post_init__(self) -> None:
+        if self.tiling.tiles and (self.sampling.sampler != "jitter" or self.sampling.background):
+            given = option("sampler", self.sampling.sampler) if self.sampling.background == 0 else option("background")
+            raise ParameterError(
+                f"{option('tiles', True)} lays its own grid and labels the tiles outside every annotation "
+                f"background; drop {given}"
+            )
         shard_bytes = self.layout.shard_size * self.resolution.patch_size ** 2 * 3
         if shard_bytes > MAX_SHARD_BYTES:
             raise ParameterError(
@@ -215,7 +258,7 @@ class ExtractOptions:
         groups: dict[str, Any] = {}
         for name, group in (("resolution", ResolutionOptions), ("sampling", SamplingOptions),
                             ("labels", LabelOptions), ("layout", LayoutOptions),
-                            ("execution", ExecutionOptions), ("filters", FilterOptions)):
+                            ("execution", ExecutionOptions), ("filters", FilterOptions), ("tiling", TilingOptions)):
             names = {f.name for f in fields(group)}
             groups[name] = group(**{k: keywords.pop(k) for k in list(keywords) if k in names})
         if keywords:
@@ -225,9 +268,11 @@ class ExtractOptions:
         return cls(**groups, mode=mode)
 
     def parameters(self) -> dict[str, Any]:
-        """The recorded options as the store's ``parameters`` attribute (JSON-ready)."""
+        """The recorded options as the store's ``parameters`` attribute (JSON-ready); the
+        tiling options only when tiling, so the other stores' parameters are as they were."""
         recorded: dict[str, Any] = {}
-        for group in (self.resolution, self.sampling, self.labels, self.layout):
+        tiling = (self.tiling,) if self.tiling.tiles else ()
+        for group in (self.resolution, self.sampling, *tiling, self.labels, self.layout):
             for f in fields(group):
                 if f.metadata.get("recorded", True):
                     value = getattr(group, f.name)

@@ -30,15 +30,7 @@ from ..annotations._files import (
 )
 from ..annotations._labels import apply_label_map
 from ..annotations._records import Annotation, AnnotationFile
-from ..slides._slide import (
-    SlideInfo,
-    TissueMask,
-    open_slide,
-    resolve_resolution,
-    slide_info,
-    tissue_mask,
-    tissue_mask_of,
-)
+from ..slides._slide import SlideInfo, open_slide, resolve_resolution, slide_info
 from ..slides._tiles import (
     content_digest,
     is_remote,
@@ -47,9 +39,18 @@ from ..slides._tiles import (
     tiff_slide_info,
     with_subifd_levels,
 )
+from ..slides._tissue import (
+    TissueMask,
+    clean_tissue,
+    mask_image,
+    tissue_mask,
+    tissue_mask_of,
+    tissue_outlines,
+)
 from ._execution import SlideSource
-from ._options import LabelOptions, ResolutionOptions, SamplingOptions
+from ._options import LabelOptions, ResolutionOptions, SamplingOptions, TilingOptions
 from ._sampling import BACKGROUND_LABEL, PatchPlan, plan_slide_patches
+from ._tiling import TISSUE_LABEL, plan_tiles, tissue_view_px
 
 __all__ = [
     "AnnotationSource", "PlanRequest", "PrepareRequest", "PreparedSlide", "SlideFailure",
@@ -110,26 +111,35 @@ def _slide_list(slides: str | Path | Sequence[str | Path], storage_options: Mapp
 
 
 def match_annotations(
-    slides: str | Path | Sequence[str | Path], annotations: AnnotationSource | Sequence[str | Path],
-    storage_options: Mapping[str, str] | None = None,
-) -> tuple[list[tuple[SlidePath, AnnotationSource]], list[str], list[str]]:
+    slides: str | Path | Sequence[str | Path], annotations: AnnotationSource | Sequence[str | Path] | None,
+    storage_options: Mapping[str, str] | None = None, *, tiles: bool = False,
+) -> tuple[list[tuple[SlidePath, AnnotationSource | None]], list[str], list[str]]:
     """Pair slides with their annotations.
 
     ``annotations`` is a file or ``Annotation`` records (one slide), a folder (or an ``s3://``
     prefix ending in ``/``) whose files (``.xml``, ``.geojson``, ``.json``) match slides by file
     stem, or a list of files aligned with ``slides``. Slides and annotation files may be
-    ``s3://`` URLs (``storage_options`` as for the store). Returns the pairs, the slides
-    without annotations and the annotation files without a slide.
+    ``s3://`` URLs (``storage_options`` as for the store). With ``tiles`` (whole-slide tiling)
+    every slide is kept, paired with None where it has no annotations (``annotations`` may be
+    None). Returns the pairs, the slides without annotations and the annotation files without a
+    slide.
     """
     single = isinstance(slides, (str, Path)) and not str(slides).endswith("/")
     slide_paths = _slide_list(slides, storage_options)
     if not slide_paths:
         raise ParameterError(f"{slides if single else 'slides'}: no slides given or found; check the paths")
+    if annotations is None:
+        if not tiles:
+            raise ParameterError(
+                f"no annotations given: give {option('annotations')} to extract around them, or tile the whole "
+                f"slides ({option('tiles', True)})"
+            )
+        return [(s, None) for s in slide_paths], [], []
     by_stem = _annotation_folder(annotations, storage_options)
     if by_stem is not None:
-        pairs = [(s, by_stem[Path(s).stem]) for s in slide_paths if Path(s).stem in by_stem]
+        pairs = [(s, by_stem.get(Path(s).stem)) for s in slide_paths if tiles or Path(s).stem in by_stem]
         stems = {Path(s).stem for s in slide_paths}
-        if not pairs:
+        if not any(source is not None for _, source in pairs):
             raise ParameterError(
                 f"{annotations}: no annotation file matches any slide by name "
                 f"({', '.join(Path(s).name for s in slide_paths[:3])}...); name them like the slides"
@@ -166,9 +176,11 @@ class _ReadAnnotations:
 
 
 def _read_annotations(
-    annotations: AnnotationSource, labels: LabelOptions, storage_options: Mapping[str, str] | None,
+    annotations: AnnotationSource | None, labels: LabelOptions, storage_options: Mapping[str, str] | None,
 ) -> _ReadAnnotations:
-    """A slide's annotations and exclusions, relabelled by ``labels.label_map``."""
+    """A slide's annotations and exclusions, relabelled by ``labels.label_map`` (none for None)."""
+    if annotations is None:
+        return _ReadAnnotations((), (), None, None)
     if isinstance(annotations, (str, Path)):
         if is_remote(annotations):
             file, source = _read_remote(str(annotations), labels, storage_options), str(annotations)
@@ -223,29 +235,32 @@ def _slide_hash(handle: openslide.OpenSlide, path: Path) -> str:
 
 @dataclass(frozen=True, eq=False)
 class PrepareRequest:
-    """One slide to prepare: the slide, its annotations and the options that read them."""
+    """One slide to prepare: the slide, its annotations (None: none, when tiling) and the
+    options that read them and the slide."""
 
     slide: SlidePath
-    annotations: AnnotationSource
+    annotations: AnnotationSource | None
     resolution: ResolutionOptions
     labels: LabelOptions
     reader: str
     storage_options: Mapping[str, str] = field(default_factory=dict, repr=False)
+    tiling: TilingOptions = field(default_factory=TilingOptions)
 
 
 @dataclass(frozen=True, eq=False)
 class PreparedSlide:
     """A slide ready to plan, small whatever its size: how to read it, its content hash, where
-    its annotations come from (and their SHA-256), the labels they use, and a note on skipped
-    objects or warnings."""
+    its annotations come from (and their SHA-256), the labels they use, a note on skipped
+    objects or warnings, and when tiling the user's tissue mask image for it (None: Otsu's)."""
 
     source: SlideSource
     content_hash: str
-    annotations: AnnotationSource
+    annotations: AnnotationSource | None
     annotations_file: str | None
     annotations_sha256: str
     label_names: frozenset[str]
     note: str | None = None
+    tissue_mask: str | None = None
 
 
 def prepare_slide(request: PrepareRequest) -> PreparedSlide | SlideFailure:
@@ -320,13 +335,39 @@ def _prepare(request: PrepareRequest) -> PreparedSlide:
     info, reader, _ = _as_read(info, request.reader, options)
     resolution = resolve_resolution(info, r.patch_size, level=r.level, mpp=r.mpp, magnification=r.magnification)
     read = _read_annotations(request.annotations, request.labels, options)
-    if not read.annotations:
+    labels = frozenset(a.label for a in read.annotations if a.label is not None)
+    mask = None
+    if request.tiling.tiles:
+        labels |= {TISSUE_LABEL, *([BACKGROUND_LABEL] if request.annotations is not None else [])}
+        if request.tiling.tissue_mask is not None:
+            mask = _mask_file(request.slide, request.tiling.tissue_mask)
+            mask_image(mask, info.dimensions)  # a mask that cannot be read fails the slide now
+    elif not read.annotations:
         raise ParameterError(f"{read.source or 'annotations'}: no annotations to extract around")
     return PreparedSlide(
         SlideSource(str(request.slide), info, resolution, reader, options), content_hash,
         request.annotations, read.source, _annotations_digest([*read.annotations, *read.exclusions]),
-        frozenset(a.label for a in read.annotations if a.label is not None), read.note,
+        labels, read.note, mask,
     )
+
+
+_MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def _mask_file(slide: SlidePath, tissue_mask: str) -> str:
+    """The tissue mask image of ``slide``: ``tissue_mask`` itself, or in a folder the image
+    named like the slide (``slide.svs`` -> ``slide.png``, ``.tif``, ...)."""
+    folder = Path(tissue_mask)
+    if not folder.is_dir():
+        return tissue_mask
+    stem = Path(str(slide)).stem
+    found = sorted(f for f in folder.iterdir() if f.stem == stem and f.suffix.lower() in _MASK_SUFFIXES)
+    if not found:
+        raise ParameterError(
+            f"{folder}: no tissue mask named like {Path(str(slide)).name} ({stem}.png, {stem}.tif, ...); "
+            f"add one, or leave {option('tissue_mask')} out to find the tissue by its colour"
+        )
+    return str(found[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -339,6 +380,7 @@ class PlanRequest:
     labels: LabelOptions
     label_codes: Mapping[str, int]
     patch_size: int
+    tiling: TilingOptions = field(default_factory=TilingOptions)
 
 
 @dataclass(frozen=True, eq=False)
@@ -353,7 +395,9 @@ class SlidePlan:
 
 def plan_slide(request: PlanRequest) -> SlidePlan:
     """Plan one slide's patches (a task): its annotations are read again (and must be the ones
-    prepared), the tissue mask is computed if background patches are asked for."""
+    prepared), the tissue mask is computed if background patches or tiles are asked for. The
+    tiles' slide gets its tissue outlines (label ``tissue``) in its annotation table, before
+    its annotations (which masks paint over them)."""
     prepared = request.prepared
     source = prepared.source
     read = _read_annotations(prepared.annotations, request.labels, source.storage_options)
@@ -361,6 +405,24 @@ def plan_slide(request: PlanRequest) -> SlidePlan:
         raise ParameterError(
             f"{read.source}: the annotation file changed while the extraction ran; run it again"
         )
+    tiling = request.tiling
+    if tiling.tiles:
+        found = (
+            _tissue(source, tissue_view_px(source.info, source.resolution)) if prepared.tissue_mask is None
+            else mask_image(prepared.tissue_mask, source.info.dimensions)
+        )
+        tissue = clean_tissue(found, tiling.min_tissue_area, tiling.max_hole_area)
+        plan = plan_tiles(
+            source.info, tissue, tiling, request.sampling, source.resolution, slide_index=request.slide_index,
+            labels=request.label_codes, annotations=None if prepared.annotations is None else read.annotations,
+            exclusions=read.exclusions,
+        )
+        first_id = 1 + max((a.id for a in (*read.annotations, *read.exclusions)), default=-1)
+        outlines = tuple(
+            Annotation(first_id + k, f"tissue {k + 1}", TISSUE_LABEL, "Polygon", exterior, tuple(holes))
+            for k, (exterior, holes) in enumerate(tissue_outlines(tissue))
+        )
+        return SlidePlan(request.slide_index, plan, (*outlines, *read.annotations), read.exclusions)
     tissue = _tissue(source) if request.sampling.wants_background else None
     plan = plan_slide_patches(
         list(read.annotations), source.info, request.sampling, resolution=source.resolution,
@@ -370,15 +432,17 @@ def plan_slide(request: PlanRequest) -> SlidePlan:
     return SlidePlan(request.slide_index, plan, read.annotations, read.exclusions)
 
 
-def _tissue(source: SlideSource) -> TissueMask:
-    """The slide's tissue mask, from OpenSlide's view of it or (slides on S3) its coarsest level."""
+def _tissue(source: SlideSource, max_px: int = 4096) -> TissueMask:
+    """The slide's tissue mask, from OpenSlide's view of it or (slides on S3) its coarsest level,
+    at most ``max_px`` px on its longer side."""
     info = source.info
     if not is_remote(info.path):
         with open_slide(info.path) as handle:
-            return tissue_mask(handle)
+            return tissue_mask(handle, max_px)
     with open_reader(info, source.reader, source.storage_options) as tiles:
         coarsest = info.level_count - 1
-        return tissue_mask_of(tiles.tiff.region(coarsest, 0, 0, *info.level_dimensions[coarsest]), info.dimensions[0])
+        view = tiles.tiff.region(coarsest, 0, 0, *info.level_dimensions[coarsest])
+        return tissue_mask_of(view, info.dimensions[0], max_px)
 
 
 def label_names(

@@ -5,7 +5,7 @@ Cheap by sampling, not by resizing: focus is measured on every 2nd pixel of ever
 is then at most 0.008 for a 256-px patch). Sampling keeps each pixel's own value, so the
 shares are unbiased estimates of the whole patch's and the criteria are per-pixel ones.
 
-Tissue is the slide tissue mask's criterion (``slides._slide.tissue_mask_of``): HSV saturation
+Tissue is the slide tissue mask's criterion (``slides._tissue.tissue_mask_of``): HSV saturation
 ``(max - min) / max`` above a threshold (glass is grey). The mask thresholds a whole-slide
 view at ``max(Otsu, 0.05)``; a patch has no slide-wide histogram, so the default here is the
 mask's floor, 0.05: a patch's tissue is then a superset of the mask's. Pass the slide's own
@@ -27,7 +27,7 @@ from ..store._manifest import QUALITY_MEASURES
 __all__ = ["MIN_TISSUE_SATURATION", "QUALITY_MEASURES", "measure_patches"]
 
 MIN_TISSUE_SATURATION = 0.05
-"""The tissue mask's saturation floor (``slides._slide.tissue_mask_of``: ``saturation > max(otsu, 0.05)``;
+"""The tissue mask's saturation floor (``slides._tissue.tissue_mask_of``: ``saturation > max(otsu, 0.05)``;
 a literal there, so repeated here; ``tests/test_quality.py`` checks the two notions agree)."""
 
 

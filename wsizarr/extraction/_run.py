@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .._errors import ParameterError
+from .._errors import ParameterError, option
 from .._locations import Location, parse_store_location
 from .._text import count
 from .._version import __version__
@@ -176,7 +176,7 @@ class _Inputs:
 
 def extract_unfiltered(
     slides: str | Path | Sequence[str | Path],
-    annotations: AnnotationSource | Sequence[str | Path],
+    annotations: AnnotationSource | Sequence[str | Path] | None,
     out: str | Path | Location,
     options: ExtractOptions,
     storage_options: Mapping[str, str] | None = None,
@@ -244,10 +244,15 @@ def _prepare(
 ) -> _Inputs:
     """Pair slides with annotations and prepare each slide (tasks, in order); in a cohort
     (unless ``strict``) a slide that fails is reported and left out."""
-    pairs, unmatched_slides, unmatched_annotations = match_annotations(slides, annotations, storage_options)
+    tiling = options.tiling
+    if tiling.within_annotations and annotations is None:
+        raise ParameterError(f"{option('within_annotations', True)} keeps the tiles in annotations: give {option('annotations')}")
+    pairs, unmatched_slides, unmatched_annotations = match_annotations(
+        slides, annotations, storage_options, tiles=tiling.tiles,
+    )
     shared = dict(storage_options or {})  # one mapping for every slide
     requests = (
-        PrepareRequest(slide, source, options.resolution, options.labels, options.execution.reader, shared)
+        PrepareRequest(slide, source, options.resolution, options.labels, options.execution.reader, shared, tiling)
         for slide, source in pairs
     )
     prepared: list[PreparedSlide] = []
@@ -293,7 +298,10 @@ def _plan(
     manifest = read_manifest(group)
     codes = {name: code for code, name in enumerate(decision.label_names)}
     requests = (
-        PlanRequest(p, run.first_slide + i, options.sampling, options.labels, codes, options.resolution.patch_size)
+        PlanRequest(
+            p, run.first_slide + i, options.sampling, options.labels, codes, options.resolution.patch_size,
+            options.tiling,
+        )
         for i, p in enumerate(prepared)
     )
     counts = _PlanCounts()
@@ -319,6 +327,9 @@ def _plan(
         writers["rings"].close(), writers["vertices"].close()
         if n_patches == run.first_patch:
             raise ParameterError(
+                f"no tile has {option('tile_min_tissue', options.tiling.tile_min_tissue)} of tissue in its slide's "
+                "tissue mask (or every tile was dropped); lower it, or check the mask"
+                if options.tiling.tiles else
                 "the plan has no patches (annotations outside the slides, or every patch dropped); "
                 "check the annotations belong to these slides"
             )

@@ -22,11 +22,12 @@ from ..annotations._geometry import (
     window_sums,
 )
 from ..annotations._records import Annotation
-from ..slides._slide import Resolution, SlideInfo, TissueMask, level0_from_level_px
+from ..slides._slide import Resolution, SlideInfo, level0_from_level_px
+from ..slides._tissue import TissueMask
 from ._options import SamplingOptions
 
 __all__ = [
-    "BACKGROUND_LABEL", "SAMPLERS", "PatchPlan", "label_codes", "plan_jitter",
+    "BACKGROUND_LABEL", "SAMPLERS", "PatchPlan", "containing", "label_codes", "patch_centres", "plan_jitter",
     "plan_patches",
 ]
 
@@ -171,19 +172,34 @@ _REDRAWN = ("jitter", "random-in-polygon")  # samplers that draw again for patch
 _REDRAW_ROUNDS = 20
 
 
+def patch_centres(xs: np.ndarray, ys: np.ndarray, downsample: float, footprint: int) -> np.ndarray:
+    """The level-0 centres, ``(K, 2)``, of patches of ``footprint`` level pixels at level
+    top-lefts ``xs``, ``ys`` (placed as stored: ``level0_from_level_px``)."""
+    extent0 = footprint * downsample
+    return np.column_stack([
+        level0_from_level_px(xs, downsample) + extent0 / 2, level0_from_level_px(ys, downsample) + extent0 / 2,
+    ]).astype(np.float64)
+
+
+def containing(annotations: Sequence[Annotation], points: np.ndarray) -> np.ndarray:
+    """For each level-0 point, the index of the last of ``annotations`` that contains it
+    (holes respected; dots and point sets contain nothing), -1 where none does."""
+    found = np.full(len(points), -1, np.int64)
+    for index, annotation in enumerate(annotations):
+        x0, y0, x1, y1 = annotation.bbox
+        near = np.flatnonzero(
+            (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
+        )
+        if len(near):
+            found[near[points_in_polygon(points[near], annotation.vertices, annotation.holes)]] = index
+    return found
+
+
 def _centred_in(
     exclusions: Sequence[Annotation], xs: np.ndarray, ys: np.ndarray, ctx: _Context
 ) -> np.ndarray:
     """Which patches (level top-left ``xs``, ``ys``) have their level-0 centre in an exclusion."""
-    extent0 = ctx.footprint * ctx.downsample
-    centres = np.column_stack([
-        level0_from_level_px(xs, ctx.downsample) + extent0 / 2,
-        level0_from_level_px(ys, ctx.downsample) + extent0 / 2,
-    ]).astype(np.float64)
-    inside = np.zeros(len(centres), bool)
-    for exclusion in exclusions:
-        inside |= points_in_polygon(centres, exclusion.vertices, exclusion.holes)
-    return inside
+    return containing(exclusions, patch_centres(xs, ys, ctx.downsample, ctx.footprint)) >= 0
 
 
 def _nearby(annotation: Annotation, exclusions: Sequence[Annotation], reach: float) -> list[Annotation]:

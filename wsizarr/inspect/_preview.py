@@ -150,8 +150,8 @@ def overlay(
     store: str | Path | Location, out: str | Path, *, slide: str | int | None = None,
     max_px: int = _THUMBNAIL_PX, overwrite: bool = False, storage_options: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write the slide's thumbnail with its annotation outlines and the patch boxes in each
-    label's colour, and a legend. ``slide`` is an index or a file name or stem (default: the
+    """Write the slide's thumbnail with its annotation outlines (holes too; a tiled slide's
+    tissue outline among them) and the patch boxes in each label's colour, and a legend. ``slide`` is an index or a file name or stem (default: the
     only slide). Returns the PNG's path. ``ParameterError`` when ``out`` exists (unless
     ``overwrite``) or its folder does not."""
     if max_px < 1:
@@ -169,10 +169,13 @@ def _overlay_image(location: Location, slide: str | int | None, max_px: int) -> 
         thumbnail = handle.get_thumbnail((max_px, max_px)).convert("RGB")
     scale = thumbnail.width / info.dimensions[0]
     draw = ImageDraw.Draw(thumbnail)
-    for code, exterior in _outlines(group, manifest, slides, index):
-        points = [(float(x) * scale, float(y) * scale) for x, y in exterior]
-        if len(points) >= 3:
-            draw.polygon(points, outline=_colour(code), width=2)
+    outlined = set()
+    for code, rings in _outlines(group, manifest, slides, index):
+        outlined.add(code)
+        for ring in rings:
+            points = [(float(x) * scale, float(y) * scale) for x, y in ring]
+            if len(points) >= 3:
+                draw.polygon(points, outline=_colour(code), width=2)
     mine = np.flatnonzero(np.asarray(group["slide"][:]) == index)
     xs, ys = np.asarray(group["x"][:])[mine], np.asarray(group["y"][:])[mine]
     labels, levels = np.asarray(group["label"][:])[mine], np.asarray(group["level"][:])[mine]
@@ -181,27 +184,32 @@ def _overlay_image(location: Location, slide: str | int | None, max_px: int) -> 
         extent = read_size * info.level_downsamples[level] * scale
         draw.rectangle((x * scale, y * scale, x * scale + extent, y * scale + extent), outline=_colour(code))
     font = ImageFont.load_default()
-    names = sorted(set(labels.tolist()))
+    patched = set(labels.tolist())
+    names = sorted(patched | outlined)  # with the labels only outlines have (a tiled slide's tissue)
     draw.rectangle((4, 4, 170, 10 + 16 * len(names)), fill="white", outline="black")
     for row, code in enumerate(names):
         name = manifest.label_names[code] if code >= 0 else "(unlabelled)"
+        what = int((labels == code).sum()) if code in patched else "outline"
         draw.rectangle((10, 9 + 16 * row, 20, 19 + 16 * row), fill=_colour(code))
-        draw.text((26, 8 + 16 * row), f"{name} ({int((labels == code).sum())})", fill="black", font=font)
+        draw.text((26, 8 + 16 * row), f"{name} ({what})", fill="black", font=font)
     return thumbnail
 
 
-def _outlines(group: zarr.Group, manifest: Manifest, slides: SlideTable, index: int) -> list[tuple[int, np.ndarray]]:
-    """The label code and exterior of each annotation of slide ``index``: from the store's
-    annotation table (schema 1 stores: read again from the recorded annotation file)."""
+def _outlines(
+    group: zarr.Group, manifest: Manifest, slides: SlideTable, index: int,
+) -> list[tuple[int, tuple[np.ndarray, ...]]]:
+    """The label code and rings (exterior, then holes) of each annotation of slide ``index``:
+    from the store's annotation table (schema 1 stores: read again from the recorded annotation
+    file)."""
     if manifest.legacy is None:
         first = int(slides.columns["first_annotation"][index])
         rows = slice(first, first + int(slides.columns["n_annotations"][index]))
-        return [(a.label, a.rings[0]) for a in read_stored_annotations(group["annotations"], rows) if not a.exclusion]
+        return [(a.label, a.rings) for a in read_stored_annotations(group["annotations"], rows) if not a.exclusion]
     source = slides.annotations(index)
     if source is None:
         return []
     codes = {name: code for code, name in enumerate(manifest.label_names)}
-    return [(codes.get(a.label, -1), a.vertices) for a in read_annotations(source)]
+    return [(codes.get(a.label, -1), (a.vertices, *a.holes)) for a in read_annotations(source)]
 
 
 def _slide_index(paths: list[str], slide: str | int | None) -> int:

@@ -15,9 +15,8 @@ from PIL import Image
 from .._errors import ParameterError, SlideError, option
 
 __all__ = [
-    "Resolution", "ResolutionOptions", "SlideInfo", "TissueMask", "composite_on_white", "level0_from_level_px",
+    "Resolution", "ResolutionOptions", "SlideInfo", "composite_on_white", "level0_from_level_px",
     "open_slide", "read_rgb", "resize_patch", "resolve_resolution", "slide_info",
-    "tissue_mask", "tissue_mask_of",
 ]
 
 
@@ -215,51 +214,6 @@ def resize_patch(rgb: np.ndarray, patch_size: int) -> np.ndarray:
         return rgb
     image = Image.fromarray(rgb).resize((patch_size, patch_size), Image.Resampling.LANCZOS)
     return np.asarray(image)
-
-
-@dataclass(frozen=True, eq=False)
-class TissueMask:
-    """A boolean tissue mask of the whole slide; pixel ``(r, c)`` covers level-0
-    ``[c * downsample, (c + 1) * downsample)`` horizontally and likewise vertically."""
-
-    mask: np.ndarray
-    downsample: float
-
-
-def tissue_mask(slide: openslide.OpenSlide, max_px: int = 4096) -> TissueMask:
-    """Tissue from a low-resolution view of an open slide (see ``tissue_mask_of``): the
-    coarsest level whole when its longer side is at most ``max_px``; otherwise a thumbnail of
-    that size."""
-    coarsest = slide.level_count - 1
-    width, height = slide.level_dimensions[coarsest]
-    if max(width, height) <= max_px:
-        view = read_rgb(slide, (0, 0), coarsest, (width, height))
-    else:
-        view = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"))
-    return tissue_mask_of(view, slide.dimensions[0])
-
-
-def tissue_mask_of(view: np.ndarray, level0_width: int, max_px: int = 4096) -> TissueMask:
-    """Tissue in an RGB view of the whole slide: saturation above its Otsu threshold (glass is
-    grey). A view larger than ``max_px`` is reduced first."""
-    if max(view.shape[:2]) > max_px:
-        image = Image.fromarray(view)
-        image.thumbnail((max_px, max_px))
-        view = np.asarray(image)
-    view = view.astype(np.float32)
-    high, low = view.max(axis=2), view.min(axis=2)
-    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0)
-    histogram, edges = np.histogram(saturation, bins=256, range=(0, 1))
-    weights = histogram.astype(np.float64)
-    cumulative, cumulative_mean = np.cumsum(weights), np.cumsum(weights * edges[:-1])
-    total, total_mean = cumulative[-1], cumulative_mean[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (total_mean * cumulative - total * cumulative_mean) ** 2 / (
-            cumulative * (total - cumulative)
-        )
-    threshold = edges[int(np.nanargmax(between))] if np.isfinite(between).any() else 0.05
-    mask = saturation > max(threshold, 0.05)
-    return TissueMask(mask, level0_width / mask.shape[1])
 
 
 def open_slide(path: str | Path) -> openslide.OpenSlide:

@@ -1,0 +1,123 @@
+"""Tissue: a boolean mask of the whole slide, from the saturation of a low-resolution view
+(glass is grey) or from a mask image the user drew; cleaned of specks and small holes; its
+outlines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+import tifffile
+from PIL import Image
+
+from .._errors import ParameterError, option
+from ..annotations._geometry import clean_mask, outlines
+from ._slide import read_rgb
+
+__all__ = ["TissueMask", "clean_tissue", "mask_image", "tissue_mask", "tissue_mask_of", "tissue_outlines"]
+
+
+@dataclass(frozen=True, eq=False)
+class TissueMask:
+    """A boolean tissue mask of the whole slide; pixel ``(r, c)`` covers level-0
+    ``[c * downsample, (c + 1) * downsample)`` horizontally and likewise vertically."""
+
+    mask: np.ndarray
+    downsample: float
+
+
+def tissue_mask(slide: openslide.OpenSlide, max_px: int = 4096) -> TissueMask:
+    """Tissue from a low-resolution view of an open slide (see ``tissue_mask_of``): the
+    coarsest level whole when its longer side is at most ``max_px``; otherwise a thumbnail of
+    that size."""
+    coarsest = slide.level_count - 1
+    width, height = slide.level_dimensions[coarsest]
+    if max(width, height) <= max_px:
+        view = read_rgb(slide, (0, 0), coarsest, (width, height))
+    else:
+        view = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"))
+    return tissue_mask_of(view, slide.dimensions[0])
+
+
+def tissue_mask_of(view: np.ndarray, level0_width: int, max_px: int = 4096) -> TissueMask:
+    """Tissue in an RGB view of the whole slide: saturation above its Otsu threshold (glass is
+    grey). A view larger than ``max_px`` is reduced first."""
+    if max(view.shape[:2]) > max_px:
+        image = Image.fromarray(view)
+        image.thumbnail((max_px, max_px))
+        view = np.asarray(image)
+    red, green, blue = view[..., 0], view[..., 1], view[..., 2]  # channel by channel: 5x faster than axis=2
+    high = np.maximum(np.maximum(red, green), blue).astype(np.float32)
+    low = np.minimum(np.minimum(red, green), blue).astype(np.float32)
+    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0)
+    histogram, edges = np.histogram(saturation, bins=256, range=(0, 1))
+    weights = histogram.astype(np.float64)
+    cumulative, cumulative_mean = np.cumsum(weights), np.cumsum(weights * edges[:-1])
+    total, total_mean = cumulative[-1], cumulative_mean[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mean * cumulative - total * cumulative_mean) ** 2 / (
+            cumulative * (total - cumulative)
+        )
+    threshold = edges[int(np.nanargmax(between))] if np.isfinite(between).any() else 0.05
+    mask = saturation > max(threshold, 0.05)
+    return TissueMask(mask, level0_width / mask.shape[1])
+
+
+def mask_image(path: str | Path, dimensions: tuple[int, int], max_px: int = 4096) -> TissueMask:
+    """A tissue mask drawn by the user: an image file (PNG, TIFF, JPEG, ...; of a pyramidal
+    TIFF the level nearest ``max_px`` px) of any size whose non-zero pixels are tissue (colour
+    channels but not alpha), stretched over the slide of level-0 ``dimensions`` (nearest to its
+    own size and at most ``max_px`` px, by area: a mask pixel is tissue where most of what it
+    covers is). ``ParameterError`` naming the file when it is missing or not an image."""
+    path = Path(path)
+    fix = f"give a PNG or TIFF whose non-zero pixels are tissue ({option('tissue_mask')})"
+    if not path.is_file():
+        raise ParameterError(f"{path}: tissue mask not found; {fix}")
+    try:
+        pixels = _read_tiff_mask(path, max_px) if path.suffix.lower() in (".tif", ".tiff") else _read_image(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ParameterError(f"{path}: cannot read the tissue mask as an image ({exc}); {fix}") from None
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):  # grey or colour with alpha: not the alpha
+        pixels = pixels[..., :-1]
+    if pixels.ndim not in (2, 3) or 0 in pixels.shape:
+        raise ParameterError(f"{path}: the tissue mask is not a 2-D image (shape {pixels.shape}); {fix}")
+    tissue = pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
+    width, height = dimensions
+    scale = max(width / tissue.shape[1], height / tissue.shape[0], max(width, height) / max_px)
+    size = (max(1, round(width / scale)), max(1, round(height / scale)))
+    if size != tissue.shape[::-1]:
+        image = Image.fromarray(tissue.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)
+        tissue = np.asarray(image) > 127
+    return TissueMask(tissue, width / tissue.shape[1])
+
+
+def _read_image(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def _read_tiff_mask(path: Path, max_px: int) -> np.ndarray:
+    """The level of the TIFF's first series nearest ``max_px`` px on its longer side from above
+    (the coarsest at least that large, else the finest)."""
+    with tifffile.TiffFile(path) as tiff:
+        levels = tiff.series[0].levels
+        large = [level for level in levels if max(level.shape[:2]) >= max_px]
+        return np.asarray((large[-1] if large else levels[0]).asarray())
+
+
+def clean_tissue(tissue: TissueMask, min_area: float, max_hole_area: float) -> TissueMask:
+    """``tissue`` without its pieces smaller than ``min_area`` level-0 pixels^2 and with its
+    holes smaller than ``max_hole_area`` filled (``annotations._geometry.clean_mask``)."""
+    cell = tissue.downsample**2  # level-0 pixels^2 of a mask pixel
+    return TissueMask(clean_mask(tissue.mask, min_area / cell, max_hole_area / cell), tissue.downsample)
+
+
+def tissue_outlines(tissue: TissueMask) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """The outline of every piece of tissue, ``(exterior, holes)`` in level-0 pixels, exact
+    to within one mask pixel."""
+    return [
+        (exterior * tissue.downsample, [hole * tissue.downsample for hole in holes])
+        for exterior, holes in outlines(tissue.mask)
+    ]
