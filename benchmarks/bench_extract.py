@@ -67,6 +67,18 @@ def _jpeg(tile: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def cached_slide(prefix: str, size: tuple[int, int], n_annotations: int) -> Path:
+    """The benchmark slide ``OUT/<prefix>-<width>x<height>-<n_annotations>.svs``, made by
+    ``make_slide`` the first time and kept for the next runs (of any benchmark)."""
+    OUT.mkdir(exist_ok=True)
+    slide = OUT / f"{prefix}-{size[0]}x{size[1]}-{n_annotations}.svs"
+    if not slide.exists():
+        t = time.perf_counter()
+        make_slide(slide, *size, n_annotations)
+        print(f"generated {slide.name} in {time.perf_counter() - t:.0f} s", flush=True)
+    return slide
+
+
 def make_slide(path: Path, width: int, height: int, n_annotations: int, seed: int = 0) -> Path:
     """Write the Aperio-style benchmark slide and its ASAP annotations, as a scanner writes it:
     level sizes ``floor(size / 4)`` and ``floor(size / 16)`` (fractional downsamples, e.g.
@@ -328,11 +340,7 @@ def main() -> None:
     else:
         size, n_annotations, repeats = (30001, 20003), 120, args.repeats
         levels = tuple(int(level) for level in args.levels.split(","))
-    slide = OUT / f"scanner-{size[0]}x{size[1]}-{n_annotations}.svs"
-    if not slide.exists():
-        t = time.perf_counter()
-        make_slide(slide, *size, n_annotations)
-        print(f"generated {slide.name} in {time.perf_counter() - t:.0f} s", flush=True)
+    slide = cached_slide("scanner", size, n_annotations)
     cores = os.cpu_count() or 1
     rows: list[dict] = []
     busy: list[float] = []

@@ -71,7 +71,7 @@ from torch.utils.data import DataLoader, Dataset
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_extract import OUT, PATCH, make_slide, write_results_section  # noqa: E402
+from bench_extract import OUT, PATCH, cached_slide, write_results_section  # noqa: E402
 
 BATCH = 64
 PIXEL_BYTES = PATCH * PATCH * 3
@@ -441,12 +441,7 @@ def main() -> None:
         size, n_annotations, per_annotation, big_per_annotation, repeats = (4096, 3072), 12, 84, 834, 1
     else:
         size, n_annotations, per_annotation, big_per_annotation, repeats = (40960, 30720), 120, 84, 834, args.repeats
-    OUT.mkdir(exist_ok=True)
-    slide = OUT / f"bench-{size[0]}x{size[1]}-{n_annotations}.svs"
-    if not slide.exists():
-        t = time.perf_counter()
-        make_slide(slide, *size, n_annotations)
-        print(f"generated {slide.name} in {time.perf_counter() - t:.0f} s", flush=True)
+    slide = cached_slide("bench", size, n_annotations)
     work = OUT / f"load-{slide.stem}"
     work.mkdir(exist_ok=True)
     stores = {codec: work / f"{codec}.zarr" for codec in ("zstd", "jpeg")}

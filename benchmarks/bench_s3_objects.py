@@ -46,14 +46,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # the tests package, for its S3 server helper
-from bench_extract import _END as _EXTRACT_END  # noqa: E402
-from bench_extract import OUT, make_slide  # noqa: E402
+from bench_extract import OUT, cached_slide, write_results_section  # noqa: E402
 
 import wsizarr  # noqa: E402
 from tests.s3server import S3Server, seaweedfs  # noqa: E402
 
-_START = "<!-- bench_s3_objects.py start -->\n"
-_STOP = "<!-- bench_s3_objects.py end -->\n"
 QUALITY = tuple(wsizarr.QUALITY_MEASURES)
 TIER1 = ("PUT object", "PUT part", "POST create multipart", "POST complete multipart", "COPY", "LIST", "POST other")
 MILLION = 1_000_000
@@ -285,12 +282,7 @@ def main() -> None:
         size, n_annotations, per_annotation, repeats = (4096, 3072), 12, 84, 1
     else:
         size, n_annotations, per_annotation, repeats = (40960, 30720), 120, 84, args.repeats
-    OUT.mkdir(exist_ok=True)
-    slide = OUT / f"bench-{size[0]}x{size[1]}-{n_annotations}.svs"
-    if not slide.exists():
-        t = time.perf_counter()
-        make_slide(slide, *size, n_annotations)
-        print(f"generated {slide.name} in {time.perf_counter() - t:.0f} s", flush=True)
+    slide = cached_slide("bench", size, n_annotations)
     options = {"level": 1, "per_annotation": per_annotation, "workers": args.workers}
     codecs = args.codecs.split(",")
     busy_before = _cpu_times()
@@ -344,7 +336,7 @@ def main() -> None:
     print()
     print(report)
     if not args.no_write_results:
-        _write_results(report)
+        write_results_section("bench_s3_objects.py", report)
         print(f"wrote {HERE / 'RESULTS.md'}")
 
 
@@ -530,21 +522,6 @@ def _reading(runs: dict, counted: dict, tier1: dict, codecs: list[str], facts: d
         + f" requests a shard against the {len(QUALITY) - 1} that one quality array would save.",
     ]
     return out
-
-
-def _write_results(section: str) -> None:
-    """Replace this script's part of RESULTS.md (between its markers); append it the first time."""
-    results = HERE / "RESULTS.md"
-    text = results.read_text() if results.exists() else ""
-    block = _START + section + _STOP
-    if _START in text and _STOP in text.partition(_START)[2]:
-        before, _, rest = text.partition(_START)
-        text = before + block + rest.partition(_STOP)[2]
-    else:
-        if _EXTRACT_END not in text:  # bench_extract.py keeps only what follows its marker
-            text += ("\n" if text and not text.endswith("\n") else "") + _EXTRACT_END
-        text += ("" if text.endswith("\n\n") else "\n") + block
-    results.write_text(text)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_extract import OUT, _cpu_busy, _disk, make_slide, write_results_section
+from bench_extract import OUT, _cpu_busy, _disk, cached_slide, write_results_section
 
 PEERS_PYTHON = OUT / "peers-venv" / "bin" / "python"
 PEERS_SETUP = (
@@ -184,10 +184,7 @@ def main() -> None:
         raise SystemExit(f"hs2p and TIAToolbox run from their own environment; make it once:\n  {PEERS_SETUP}\n"
                          "(or run with --no-peers)")
     size, n_annotations, repeats = ((4097, 3073), 12, 1) if args.quick else ((30001, 20003), 120, args.repeats)
-    OUT.mkdir(exist_ok=True)
-    slide = OUT / f"scanner-{size[0]}x{size[1]}-{n_annotations}.svs"  # bench_extract.py's, shared
-    if not slide.exists():
-        make_slide(slide, *size, n_annotations)
+    slide = cached_slide("scanner", size, n_annotations)  # bench_extract.py's, shared
     runs: dict[tuple[str, str], list[dict]] = {(m, mode): [] for m in methods for mode in MODES}
     for round_ in range(repeats):
         for mode in MODES:
