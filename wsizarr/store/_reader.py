@@ -17,7 +17,6 @@ hand to DataLoader workers under fork and spawn.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -47,7 +46,7 @@ from ._shards import (
     received,
     shard_key,
 )
-from ._store import MASK_CODEC, open_store, read_manifest
+from ._store import MASK_CODEC, gather_all, open_store, read_manifest
 
 __all__ = ["FetchedShard", "PatchReader"]
 
@@ -246,7 +245,7 @@ class PatchReader:
                 None if chunk is None
                 else (layout.shard_key(shard), RangeByteRequest(chunk[0], chunk[0] + chunk[1]))
             )
-        received = iter(sync(_gather([self._get(*r) for r in requests if r is not None])))
+        received = iter(sync(gather_all([self._get(*r) for r in requests if r is not None])))
         return [
             None if request is None else self._received(layout, shard, next(received), request[1])
             for request, shard in zip(requests, shards.tolist())
@@ -278,7 +277,7 @@ class PatchReader:
     async def _cache_indexes(self, layout: _Layout, shards: list[int]) -> None:
         wanted = [s for s in shards if (layout.path, s) not in self._indexes]
         suffix = SuffixByteRequest(index_size(self.shard_size))
-        tails = await _gather([self._get(layout.shard_key(s), suffix) for s in wanted])
+        tails = await gather_all([self._get(layout.shard_key(s), suffix) for s in wanted])
         for shard, tail in zip(wanted, tails):
             self._indexes[(layout.path, shard)] = self._parse_index(layout, shard, tail)
         for shard in shards:
@@ -364,10 +363,6 @@ class PatchReader:
 def _as_bytes(buffer: Buffer | None) -> np.ndarray | None:
     """A zarr buffer as a flat uint8 array (no copy)."""
     return None if buffer is None else buffer.as_numpy_array().view(np.uint8).reshape(-1)
-
-
-async def _gather(awaitables: list[Any]) -> list[Any]:
-    return list(await asyncio.gather(*awaitables))
 
 
 class _CheckedStore(WrapperStore[Store]):

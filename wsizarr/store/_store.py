@@ -29,7 +29,7 @@ import errno
 import json
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -111,6 +111,7 @@ __all__ = [
     "tidy_complete",
     "why_not_a_store",
     "write_manifest",
+    "gather_all",
     "write_shard",
 ]
 
@@ -496,17 +497,21 @@ def write_shard(
     group[_DONE][shard_index] = 1
 
 
-async def _set_all(store: Any, data: Mapping[str, bytes]) -> None:
-    """Write every ``key: bytes`` of ``data``, concurrently (one round trip of zarr's loop).
-    Every write is awaited before the first failure is raised: a write left failing unawaited
-    would print its own traceback ("Future exception was never retrieved") beside the error."""
-    prototype = default_buffer_prototype()
-    results = await asyncio.gather(
-        *(store.set(key, prototype.buffer.from_bytes(value)) for key, value in data.items()), return_exceptions=True,
-    )
+async def gather_all(awaitables: Iterable[Awaitable[Any]]) -> list[Any]:
+    """The results of ``awaitables``, run concurrently; every one is awaited before the first
+    failure is raised: one left failing unawaited would print its own traceback ("Future
+    exception was never retrieved") beside the error that the caller turns into one line."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
     failure = next((result for result in results if isinstance(result, BaseException)), None)
     if failure is not None:
         raise failure
+    return results
+
+
+async def _set_all(store: Any, data: Mapping[str, bytes]) -> None:
+    """Write every ``key: bytes`` of ``data``, concurrently (one round trip of zarr's loop)."""
+    prototype = default_buffer_prototype()
+    await gather_all(store.set(key, prototype.buffer.from_bytes(value)) for key, value in data.items())
 
 
 @contextmanager
