@@ -14,7 +14,8 @@ from wsizarr import DemoSlide, extract, open_dataset, store_info, verify, write_
 from wsizarr.slides._demo import write_pyramid
 from wsizarr._errors import ParameterError, StoreError
 from wsizarr.extraction._quality import MIN_TISSUE_SATURATION, QUALITY_MEASURES, measure_patches
-from wsizarr.slides._slide import read_rgb
+from wsizarr.slides._slide import read_rgb, slide_info
+from wsizarr.slides._tiles import OpenSlideReader
 from wsizarr.slides._tissue import tissue_mask
 
 from .conftest import SLIDES
@@ -31,8 +32,9 @@ def _windows(mask: np.ndarray, size: int, step: int) -> tuple[np.ndarray, list[t
 @pytest.fixture(scope="module")
 def cmu() -> tuple[np.ndarray, np.ndarray]:
     """CMU-1-Small-Region at level 0 and its tissue mask (level 0 too: the slide is small)."""
-    with openslide.OpenSlide(SLIDES / "CMU-1-Small-Region.svs") as slide:
-        mask = tissue_mask(slide)
+    with openslide.OpenSlide(SLIDES / "CMU-1-Small-Region.svs") as slide, \
+            OpenSlideReader(slide_info(slide, SLIDES / "CMU-1-Small-Region.svs")) as reader:
+        mask = tissue_mask(reader)
         image = read_rgb(slide, (0, 0), 0, slide.dimensions)
     assert mask.downsample == 1 and mask.mask.shape == image.shape[:2]
     return image, mask.mask

@@ -29,7 +29,8 @@ from wsizarr.extraction._tiling import tissue_view_px
 from wsizarr.inspect._preview import LABEL_COLOURS
 from wsizarr.slides._demo import write_pyramid
 from wsizarr.slides._slide import open_slide, read_rgb, resolve_resolution, slide_info
-from wsizarr.slides._tissue import clean_tissue, tissue_mask
+from wsizarr.slides._tiles import OpenSlideReader
+from wsizarr.slides._tissue import TissueMask, clean_tissue, tissue_mask, tissue_mask_of, tissue_outlines
 from wsizarr.store._manifest import read_annotations, read_table
 
 from .conftest import SLIDES
@@ -154,6 +155,63 @@ def test_outlines_trace_the_mask_exactly():
     assert outlines(np.zeros((4, 4), bool)) == []
 
 
+def test_simplified_outlines_are_valid_polygons_close_to_the_traced_ones():
+    # random masks pinch and touch corner to corner everywhere: simplified rings cross themselves
+    # and GEOS used to split such a piece into a MultiPolygon (which crashed the old code on
+    # mask 100 of these); every polygon must come out valid and near the exact trace
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        mask = rng.random((rng.integers(1, 60), rng.integers(1, 60))) < rng.random()
+        pieces = [shapely.Polygon(exterior, holes) for exterior, holes in outlines(mask)]
+        assert all(piece.is_valid and piece.area > 0 for piece in pieces)
+        traced = shapely.union_all([shapely.Polygon(e, h) for e, h in outlines(mask, tolerance=0)])
+        assert traced.area == mask.sum()
+        assert shapely.union_all(pieces).symmetric_difference(traced).area <= traced.length * 1.0
+
+
+def test_tissue_outlines_on_a_coarser_raster_follow_the_tissue():
+    rows, cols = np.mgrid[0:400, 0:600]
+    radius = np.hypot(cols + 0.5 - 300, rows + 0.5 - 200)
+    mask = (radius < 150) & (radius > 50)
+    mask[16:24, 16:24] = mask[24:32, 24:32] = True  # two squares touching corner to corner: one piece
+    tissue = TissueMask(mask, 4.0)
+    for pixel_px, factor in ((0, 1), (16.0, 4), (35.0, 8)):
+        pieces = tissue_outlines(tissue, pixel_px)
+        polygons = [shapely.Polygon(exterior, holes) for exterior, holes in pieces]
+        assert len(pieces) == 2 and all(polygon.is_valid for polygon in polygons)
+        ring, squares = sorted(polygons, key=lambda polygon: -polygon.area)
+        assert len(ring.interiors) == 1 and not squares.interiors
+        # level-0 px^2: the squares, within a pixel of the raster along the outline
+        assert abs(squares.area - 2 * 32**2) <= squares.length * 4.0 * factor
+        error = 4.0 * (factor + 1)  # level-0 px: a pixel of the raster, and one of simplification
+        for boundary, expected in ((ring.exterior, 150), (ring.interiors[0], 50)):
+            xy = np.asarray(boundary.coords) / 4.0
+            assert np.abs(np.hypot(xy[:, 0] - 300, xy[:, 1] - 200) - expected).max() * 4.0 <= error
+
+
+def test_the_tissue_threshold_is_otsu_on_each_pixels_saturation():
+    rng = np.random.default_rng(5)
+    for case in range(6):
+        view = np.repeat(rng.integers(180, 250, (90, 140, 1)), 3, axis=2).astype(np.uint8)  # grey glass
+        view[20:70, 30:110] = [200, 120, 170]  # pink tissue
+        view = np.clip(view + rng.integers(-25, 26, view.shape), 0, 255).astype(np.uint8)
+        view[0, :case] = 0  # black pixels: saturation 0
+        high, low = view.max(axis=2).astype(np.float64), view.min(axis=2).astype(np.float64)
+        saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0).astype(np.float32)
+        histogram, edges = np.histogram(saturation, bins=256, range=(0, 1))
+        best, threshold = -1.0, 0.0
+        for t in range(1, 256):  # Otsu: the split of the histogram with most variance between
+            w0, w1 = histogram[:t].sum(), histogram[t:].sum()
+            if w0 and w1:
+                m0 = (histogram[:t] * edges[:t]).sum() / w0
+                m1 = (histogram[t:] * edges[t:-1]).sum() / w1
+                if w0 * w1 * (m0 - m1) ** 2 > best:
+                    best, threshold = w0 * w1 * (m0 - m1) ** 2, edges[t - 1]
+        expected = saturation > max(threshold, 0.05)
+        assert 0.2 < expected.mean() < 0.5
+        np.testing.assert_array_equal(tissue_mask_of(view, 1400).mask, expected)
+
+
 # --- tiles on the disc slide ---------------------------------------------------------------------
 
 
@@ -175,7 +233,8 @@ def test_tiles_cover_the_disc_and_leave_out_the_glass_and_the_hole(disc_slide, t
     with open_slide(disc_slide) as handle:
         info = slide_info(handle, disc_slide)
         resolution = resolve_resolution(info, 256, mpp=MPP)
-        tissue = clean_tissue(tissue_mask(handle, tissue_view_px(info, resolution)), 256.0**2, 256.0**2)
+        with OpenSlideReader(info) as reader:  # OpenSlide's pixels: the same as the tiles reader's
+            tissue = clean_tissue(tissue_mask(reader, tissue_view_px(info, resolution)), 256.0**2, 256.0**2)
     expected_x, expected_y, _ = _expected_tiles(disc_slide, tissue.mask, tissue.downsample, 0, 256, 0.5)
     np.testing.assert_array_equal(xs, expected_x)
     np.testing.assert_array_equal(ys, expected_y)

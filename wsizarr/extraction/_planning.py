@@ -13,6 +13,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,12 @@ from ..slides._tissue import (
     clean_tissue,
     mask_image,
     tissue_mask,
-    tissue_mask_of,
     tissue_outlines,
 )
 from ._execution import SlideSource
 from ._options import LabelOptions, ResolutionOptions, SamplingOptions, TilingOptions
 from ._sampling import BACKGROUND_LABEL, PatchPlan, plan_slide_patches
-from ._tiling import TISSUE_LABEL, plan_tiles, tissue_view_px
+from ._tiling import TISSUE_LABEL, outline_pixel_px, plan_tiles, tissue_view_px
 
 __all__ = [
     "AnnotationSource", "PlanRequest", "PrepareRequest", "PreparedSlide", "SlideFailure",
@@ -412,15 +412,17 @@ def plan_slide(request: PlanRequest) -> SlidePlan:
             else mask_image(prepared.tissue_mask, source.info.dimensions)
         )
         tissue = clean_tissue(found, tiling.min_tissue_area, tiling.max_hole_area)
-        plan = plan_tiles(
-            source.info, tissue, tiling, request.sampling, source.resolution, slide_index=request.slide_index,
-            labels=request.label_codes, annotations=None if prepared.annotations is None else read.annotations,
-            exclusions=read.exclusions,
-        )
+        with ThreadPoolExecutor(1) as pool:  # the outline is traced while the grid is planned
+            traced = pool.submit(tissue_outlines, tissue, outline_pixel_px(source.info, source.resolution))
+            plan = plan_tiles(
+                source.info, tissue, tiling, request.sampling, source.resolution, slide_index=request.slide_index,
+                labels=request.label_codes, annotations=None if prepared.annotations is None else read.annotations,
+                exclusions=read.exclusions,
+            )
         first_id = 1 + max((a.id for a in (*read.annotations, *read.exclusions)), default=-1)
         outlines = tuple(
             Annotation(first_id + k, f"tissue {k + 1}", TISSUE_LABEL, "Polygon", exterior, tuple(holes))
-            for k, (exterior, holes) in enumerate(tissue_outlines(tissue))
+            for k, (exterior, holes) in enumerate(traced.result())
         )
         return SlidePlan(request.slide_index, plan, (*outlines, *read.annotations), read.exclusions)
     tissue = _tissue(source) if request.sampling.wants_background else None
@@ -433,16 +435,11 @@ def plan_slide(request: PlanRequest) -> SlidePlan:
 
 
 def _tissue(source: SlideSource, max_px: int = 4096) -> TissueMask:
-    """The slide's tissue mask, from OpenSlide's view of it or (slides on S3) its coarsest level,
-    at most ``max_px`` px on its longer side."""
-    info = source.info
-    if not is_remote(info.path):
-        with open_slide(info.path) as handle:
-            return tissue_mask(handle, max_px)
-    with open_reader(info, source.reader, source.storage_options) as tiles:
-        coarsest = info.level_count - 1
-        view = tiles.tiff.region(coarsest, 0, 0, *info.level_dimensions[coarsest])
-        return tissue_mask_of(view, info.dimensions[0], max_px)
+    """The slide's tissue mask, from its coarsest level read by the slide's reader (the tiles
+    reader decodes it without OpenSlide's copy to RGBA), at most ``max_px`` px on its longer
+    side."""
+    with open_reader(source.info, source.reader, source.storage_options) as reader:
+        return tissue_mask(reader, max_px)
 
 
 def label_names(

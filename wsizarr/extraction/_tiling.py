@@ -21,10 +21,16 @@ from ..slides._tissue import TissueMask
 from ._options import SamplingOptions, TilingOptions
 from ._sampling import BACKGROUND_LABEL, PatchPlan, containing, patch_centres
 
-__all__ = ["TISSUE_LABEL", "plan_tiles", "tissue_fractions", "tissue_view_px"]
+__all__ = ["TISSUE_LABEL", "outline_pixel_px", "plan_tiles", "tissue_fractions", "tissue_view_px"]
 
 TISSUE_LABEL = "tissue"  # the label of the tissue outlines in the store's annotation table
 _CELLS_PER_TILE = 16  # mask pixels across a tile: finer adds nothing to a share of tissue
+_OUTLINE_PIXELS_PER_TILE = 4  # the tissue outline's raster: a quarter of a tile
+
+
+def _tile_extent0(slide: SlideInfo, resolution: Resolution) -> float:
+    """A tile's side in level-0 pixels."""
+    return resolution.read_size_px * slide.level_downsamples[resolution.level]
 
 
 def tissue_view_px(slide: SlideInfo, resolution: Resolution, most: int = 4096) -> int:
@@ -32,8 +38,14 @@ def tissue_view_px(slide: SlideInfo, resolution: Resolution, most: int = 4096) -
     ``resolution``: about 16 pixels across a tile (at 0.5 um/px and 256 px, 8 um a pixel, the
     scale at which a tissue mask averages stroma and the glass between its fibres into tissue),
     at most ``most``."""
-    extent0 = resolution.read_size_px * slide.level_downsamples[resolution.level]
-    return max(1, min(most, math.ceil(max(slide.dimensions) * _CELLS_PER_TILE / extent0)))
+    return max(1, min(most, math.ceil(max(slide.dimensions) * _CELLS_PER_TILE / _tile_extent0(slide, resolution))))
+
+
+def outline_pixel_px(slide: SlideInfo, resolution: Resolution) -> float:
+    """The level-0 size of a pixel of the raster the tissue outline is traced on for tiles of
+    ``resolution``: a quarter of a tile (32 um at 0.5 um/px and 256 px), fine enough to show
+    which tiles the tissue reaches, and 4x faster to trace than the mask itself."""
+    return _tile_extent0(slide, resolution) / _OUTLINE_PIXELS_PER_TILE
 
 
 def tissue_fractions(tissue: TissueMask, x0: np.ndarray, y0: np.ndarray, extent0: float) -> np.ndarray:

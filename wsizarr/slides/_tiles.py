@@ -444,6 +444,10 @@ class SlideReader(ABC):
     def read(self, level: int, x: int, y: int, size: int, out: np.ndarray | None = None) -> np.ndarray:
         """The ``(size, size, 3)`` uint8 patch of ``level`` whose top-left is level-0 ``x, y``."""
 
+    @abstractmethod
+    def read_level(self, level: int) -> np.ndarray:
+        """The whole of ``level``, ``(height, width, 3)`` uint8."""
+
     def read_patches(
         self, level: int, xs: np.ndarray, ys: np.ndarray, groups: np.ndarray, size: int, out: np.ndarray
     ) -> None:
@@ -476,6 +480,9 @@ class TileReader(SlideReader):
         downsample = self.info.level_downsamples[level]
         return self.tiff.region(level, level_px(x, downsample), level_px(y, downsample), size, size, out)
 
+    def read_level(self, level: int) -> np.ndarray:
+        return self.tiff.region(level, 0, 0, *self.info.level_dimensions[level])
+
     def close(self) -> None:
         self.tiff.close()
 
@@ -507,6 +514,9 @@ class OpenSlideReader(SlideReader):
             return rgb
         out[...] = rgb
         return out
+
+    def read_level(self, level: int) -> np.ndarray:
+        return read_rgb(self.slide, (0, 0), level, self.info.level_dimensions[level])
 
     def read_patches(
         self, level: int, xs: np.ndarray, ys: np.ndarray, groups: np.ndarray, size: int, out: np.ndarray

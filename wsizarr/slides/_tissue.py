@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import openslide
 import tifffile
 from PIL import Image
 
 from .._errors import ParameterError, option
 from ..annotations._geometry import clean_mask, outlines
-from ._slide import read_rgb
+from ._tiles import SlideReader
 
 __all__ = ["TissueMask", "clean_tissue", "mask_image", "tissue_mask", "tissue_mask_of", "tissue_outlines"]
 
@@ -28,17 +27,24 @@ class TissueMask:
     downsample: float
 
 
-def tissue_mask(slide: openslide.OpenSlide, max_px: int = 4096) -> TissueMask:
-    """Tissue from a low-resolution view of an open slide (see ``tissue_mask_of``): the
-    coarsest level whole when its longer side is at most ``max_px``; otherwise a thumbnail of
-    that size."""
-    coarsest = slide.level_count - 1
-    width, height = slide.level_dimensions[coarsest]
-    if max(width, height) <= max_px:
-        view = read_rgb(slide, (0, 0), coarsest, (width, height))
-    else:
-        view = np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB"))
-    return tissue_mask_of(view, slide.dimensions[0])
+def tissue_mask(reader: SlideReader, max_px: int = 4096) -> TissueMask:
+    """Tissue from the coarsest level of a slide, read whole by ``reader`` (see
+    ``tissue_mask_of``; a level larger than ``max_px`` is reduced to that)."""
+    info = reader.info
+    return tissue_mask_of(reader.read_level(info.level_count - 1), info.dimensions[0], max_px)
+
+
+def _saturation_table() -> np.ndarray:
+    """The saturation ``(max - min) / max`` (0 where max is 0) of every ``(max, min)`` pair of
+    8-bit channel values, as float32, indexed ``max * 256 + min`` (0 for pairs with min > max,
+    which no pixel has)."""
+    high, low = np.divmod(np.arange(256 * 256, dtype=np.float32), 256)
+    return np.where(high >= low, (high - low) / np.maximum(high, 1), 0).astype(np.float32)
+
+
+_SATURATION = _saturation_table()
+_SATURATION_EDGES = np.linspace(0, 1, 257)  # np.histogram's 256 bins over [0, 1]
+_SATURATION_BIN = np.minimum(np.searchsorted(_SATURATION_EDGES, _SATURATION, "right") - 1, 255)  # its binning
 
 
 def tissue_mask_of(view: np.ndarray, level0_width: int, max_px: int = 4096) -> TissueMask:
@@ -49,19 +55,20 @@ def tissue_mask_of(view: np.ndarray, level0_width: int, max_px: int = 4096) -> T
         image.thumbnail((max_px, max_px))
         view = np.asarray(image)
     red, green, blue = view[..., 0], view[..., 1], view[..., 2]  # channel by channel: 5x faster than axis=2
-    high = np.maximum(np.maximum(red, green), blue).astype(np.float32)
-    low = np.minimum(np.minimum(red, green), blue).astype(np.float32)
-    saturation = np.where(high > 0, (high - low) / np.maximum(high, 1), 0)
-    histogram, edges = np.histogram(saturation, bins=256, range=(0, 1))
-    weights = histogram.astype(np.float64)
-    cumulative, cumulative_mean = np.cumsum(weights), np.cumsum(weights * edges[:-1])
+    high = np.maximum(np.maximum(red, green), blue).astype(np.uint16)
+    pair = (high << 8) | np.minimum(np.minimum(red, green), blue)
+    # each pixel's saturation is looked up by its (max, min) pair, and counted by pair: 4x
+    # faster than computing and binning it pixel by pixel, with the same values
+    histogram = np.bincount(_SATURATION_BIN, np.bincount(pair.ravel(), minlength=256 * 256), 256)
+    edges = _SATURATION_EDGES
+    cumulative, cumulative_mean = np.cumsum(histogram), np.cumsum(histogram * edges[:-1])
     total, total_mean = cumulative[-1], cumulative_mean[-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (total_mean * cumulative - total * cumulative_mean) ** 2 / (
             cumulative * (total - cumulative)
         )
     threshold = edges[int(np.nanargmax(between))] if np.isfinite(between).any() else 0.05
-    mask = saturation > max(threshold, 0.05)
+    mask = (_SATURATION > max(threshold, 0.05))[pair]
     return TissueMask(mask, level0_width / mask.shape[1])
 
 
@@ -114,10 +121,36 @@ def clean_tissue(tissue: TissueMask, min_area: float, max_hole_area: float) -> T
     return TissueMask(clean_mask(tissue.mask, min_area / cell, max_hole_area / cell), tissue.downsample)
 
 
-def tissue_outlines(tissue: TissueMask) -> list[tuple[np.ndarray, list[np.ndarray]]]:
-    """The outline of every piece of tissue, ``(exterior, holes)`` in level-0 pixels, exact
-    to within one mask pixel."""
-    return [
-        (exterior * tissue.downsample, [hole * tissue.downsample for hole in holes])
-        for exterior, holes in outlines(tissue.mask)
-    ]
+def tissue_outlines(tissue: TissueMask, pixel_px: float = 0) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """The outline of every piece of tissue, ``(exterior, holes)`` in level-0 pixels, traced
+    on the mask reduced by the whole factor that brings its pixels nearest ``pixel_px`` level-0
+    pixels from below (a reduced pixel is tissue where at least half of the mask pixels it covers
+    are; 0: the mask itself), with tissue that touches corner to corner joined, and simplified
+    to within one pixel of that raster. The cost of tracing grows with the outline's length in
+    pixels, so a coarser raster is faster."""
+    mask = tissue.mask
+    factor = max(1, int(pixel_px // tissue.downsample))
+    if factor > 1:
+        height, width = -(-mask.shape[0] // factor), -(-mask.shape[1] // factor)
+        padded = np.zeros((height * factor, width * factor), np.uint16)
+        padded[: mask.shape[0], : mask.shape[1]] = mask
+        rows = sum(padded[k::factor] for k in range(factor))  # strided sums: 40x faster than a
+        covered = sum(rows[:, k::factor] for k in range(factor))  # reshape and a sum over axes
+        mask = 2 * covered >= factor * factor
+    scale = tissue.downsample * factor
+    return [(exterior * scale, [hole * scale for hole in holes]) for exterior, holes in outlines(_joined(mask))]
+
+
+def _joined(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with tissue that touches only corner to corner joined (the two glass pixels of
+    each such 2x2 square made tissue, until none is left): then each traced ring is simple,
+    and few need repair after simplification."""
+    mask = mask.copy()
+    while True:
+        top_left, top_right, bottom_left, bottom_right = mask[:-1, :-1], mask[:-1, 1:], mask[1:, :-1], mask[1:, 1:]
+        rows, cols = np.nonzero((top_left == bottom_right) & (top_right == bottom_left) & (top_left != top_right))
+        if not len(rows):
+            return mask
+        falling = mask[rows, cols]  # tissue top left and bottom right: fill the other two
+        mask[rows, cols + falling] = True
+        mask[rows + 1, cols + ~falling] = True
