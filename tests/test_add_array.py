@@ -316,6 +316,7 @@ def test_embed_with_a_torchscript_model(copy, tmp_path):
     path = tmp_path / "tiny.pt"
     with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.10+, still supported
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14's word for it
         model = torch.jit.script(TinyCNN().eval())
         torch.jit.save(model, str(path))
     result = run("embed", copy, "--model", path, "--name", "features", "--batch-size", "5",

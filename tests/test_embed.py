@@ -1,5 +1,5 @@
-"""``wsizarr embed`` / ``wsizarr.embed``: several encoders (a TorchScript file, a function of a
-Python file or module) into one store, each array what the model gives for the stored patches;
+"""``wsizarr embed`` / ``wsizarr.embed``: several encoders (a TorchScript file, a timm
+architecture with local weights, a function of a Python file or module) into one store, each array what the model gives for the stored patches;
 every executor; a SIGKILL and the same command again; one-line errors that leave the store as it
 was; and what the precision changes."""
 
@@ -54,6 +54,12 @@ def slow():
     return features
 
 
+def scaled(scale=1.0):
+    """Wide's features times ``scale``: a function with keyword arguments (--model-args)."""
+    model = Wide().eval()
+    return lambda x: model(x) * scale
+
+
 def drops_a_row():
     model = Wide().eval()
     return lambda x: model(x)[:-1]
@@ -72,6 +78,7 @@ def models(tmp_path_factory):
     torch.manual_seed(0)
     with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.10+, still supported
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14's word for it
         cnn = torch.jit.script(TinyCNN().eval())
         torch.jit.save(cnn, str(folder / "cnn.pt"))
     (folder / "encoders.py").write_text(ENCODERS)
@@ -82,6 +89,7 @@ def models(tmp_path_factory):
     other = module.Wide()
     torch.nn.init.normal_(other.conv.weight)
     torch.save(other.state_dict(), folder / "wide.pth")
+    (folder / "bad.safetensors").write_bytes(b"not tensors at all")
     return {"folder": folder, "cnn": cnn, "encoders": module, "file": folder / "encoders.py",
             "checkpoint": folder / "wide.pth", "other": other.eval()}
 
@@ -189,6 +197,15 @@ def test_sigkill_mid_embed_then_the_same_command_gives_the_same_store(plain, tmp
     ("{folder}/encoders.py:wide", ["--checkpoint", "{folder}/cnn.pt"], ["cnn.pt: not a PyTorch checkpoint"]),
     ("{folder}/cnn.pt", ["--checkpoint", "{folder}/wide.pth"], ["wide.pth: does not fit the model", "Missing key(s)"]),
     ("{folder}/encoders.py:drops_a_row", [], ["add_array('features')", "3 rows", "one row per patch"]),
+    ("{folder}/encoders.py:wide", ["--checkpoint", "{folder}/bad.safetensors"], ["bad.safetensors: not a safetensors file"]),
+    ("{folder}/encoders.py:wide", ["--model-args", "oops"], ["--model-args 'oops': give KEY=VALUE"]),
+    ("{folder}/encoders.py:wide", ["--model-args", "depth=2"], ["encoders.py:wide() failed (TypeError", "depth"]),
+    ("{folder}/cnn.pt", ["--model-args", "x=1"], ["--model-args applies to a timm architecture or a Python function"]),
+    ("timm:no_such_architecture", [], ["has no architecture 'no_such_architecture'", "timm.list_models"]),
+    ("timm:hf-hub:MahmoodLab/UNI", [], ["never downloads", "--checkpoint", "timm:vit_large_patch16_224"]),
+    ("timm:resnet18", ["--model-args", "pretrained=True"], ["timm:resnet18 with pretrained=True", "never downloads"]),
+    ("timm:resnet18", ["--model-args", "bogus=1"], ["timm:resnet18 cannot be made (TypeError", "bogus"]),
+    ("timm:resnet18", ["--checkpoint", "{folder}/wide.pth"], ["wide.pth: does not fit the model", "Missing key(s)"]),
 ])
 def test_a_model_that_cannot_work_is_one_line_and_leaves_the_store_as_it_was(copy, models, model, extra, fragments):
     folder = models["folder"]
@@ -206,6 +223,45 @@ def test_a_checkpoint_is_loaded_into_the_module(copy, models):
     description = wsizarr.read_patch_table(copy).added["features"].fn
     assert description.startswith("python encoders:wide")
     assert ", checkpoint wide.pth sha256:" in description
+
+
+VIT = "timm:vit_tiny_patch16_224"
+VIT_ARGS = {"img_size": 32, "patch_size": 8, "depth": 2}  # a small ViT for 32-px patches
+
+
+def test_a_timm_architecture_with_local_weights_on_threads_and_processes(plain, tmp_path, models):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    vit = timm.create_model(VIT.removeprefix("timm:"), pretrained=False, num_classes=0, **VIT_ARGS).eval()
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    save_file(vit.state_dict(), tmp_path / "vit.safetensors")
+    on_threads = shutil.copytree(plain, tmp_path / "threads.zarr")
+    shown = run("embed", on_threads, "--model", VIT, "--model-args", *(f"{k}={v}" for k, v in VIT_ARGS.items()),
+                "--checkpoint", tmp_path / "vit.pth", "--name", "features", "--normalize", "imagenet").stdout
+    assert "features: (32, 192) float16" in shown  # the ViT's 192 features, not a classifier's scores
+    expected = _applied(vit, on_threads, normalize=True)
+    np.testing.assert_allclose(_stored(on_threads, "features"), expected, rtol=1e-3, atol=2e-3)
+    description = wsizarr.read_patch_table(on_threads).added["features"].fn
+    assert description.startswith(f"timm vit_tiny_patch16_224 (timm {timm.__version__}), depth=2 img_size=32 patch_size=8")
+    assert ", checkpoint vit.pth sha256:" in description
+    # the same weights as safetensors, on processes: the same array
+    on_processes = shutil.copytree(plain, tmp_path / "processes.zarr")
+    wsizarr.embed(on_processes, "features", VIT, model_args=VIT_ARGS, checkpoint=tmp_path / "vit.safetensors",
+                  normalize="imagenet", executor="processes", workers=2)
+    np.testing.assert_array_equal(_stored(on_processes, "features"), _stored(on_threads, "features"))
+    # without the checkpoint the weights are timm's random ones: the checkpoint was what counted
+    untrained = shutil.copytree(plain, tmp_path / "untrained.zarr")
+    wsizarr.embed(untrained, "features", VIT, model_args=VIT_ARGS, normalize="imagenet")
+    assert np.abs(_stored(untrained, "features").astype(np.float32) - expected).max() > 0.1
+
+
+def test_model_args_go_to_the_function(copy, models):
+    wsizarr.embed(copy, "features", f"{models['file']}:scaled", model_args={"scale": 2.5})
+    expected = 2.5 * _applied(models["encoders"].wide().eval(), copy)
+    np.testing.assert_allclose(_stored(copy, "features"), expected, rtol=1e-3, atol=1e-3)
+    assert wsizarr.read_patch_table(copy).added["features"].fn.endswith(", scale=2.5")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -21,6 +21,8 @@ examples:
   wsizarr embed patches.zarr --model encoders.py:small_vit --checkpoint vit.pth --name features_b \\
       --precision bf16 --batch-size 64
   wsizarr embed patches.zarr --model my_package.encoders:resnet --name features_c --device cuda
+  wsizarr embed patches.zarr --model timm:vit_large_patch16_224 --checkpoint uni.bin --name features_uni \
+      --model-args img_size=224 init_values=1e-5 dynamic_img_size=True --normalize imagenet --precision bf16
   (interrupted? the same command again computes only the missing shards)
 """
 
@@ -41,11 +43,16 @@ def register(commands: Any) -> None:
     embed.add_argument("store", help="a directory, a .zip file, or s3://bucket/prefix.zarr")
     embed.add_argument(
         "--model", required=True, metavar="SPEC",
-        help="a TorchScript file (torch.jit.save), FILE.py:FUNCTION or MODULE:FUNCTION: a function "
-        "of no arguments that returns a torch module or a function of the (B, 3, H, W) tensor",
+        help="a TorchScript file (torch.jit.save); timm:ARCHITECTURE (made by timm.create_model with "
+        "pretrained=False, num_classes=0: give its weights with --checkpoint); or FILE.py:FUNCTION or "
+        "MODULE:FUNCTION: a function that returns a torch module or a function of the (B, 3, H, W) tensor",
     )
+    embed.add_argument("--model-args", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
+                       help="keyword arguments of timm.create_model or of the function, each VALUE a Python "
+                       "literal or text, e.g. img_size=224 init_values=1e-5 dynamic_img_size=True")
     embed.add_argument("--checkpoint", default=None, metavar="PATH",
-                       help="a state dict (torch.save(module.state_dict(), PATH)) loaded into the module")
+                       help="weights loaded into the module: a state dict (torch.save(module.state_dict(), "
+                       "PATH)) or a .safetensors file; nothing is ever downloaded")
     embed.add_argument("--name", required=True, help="the array's name, e.g. features_a")
     embed.add_argument("--batch-size", type=int, default=None, help="patches per model call (default: a shard's)")
     embed.add_argument("--device", default="auto", choices=DEVICES,
@@ -62,10 +69,11 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..curate._embed import embed
+    from ..curate._embed import embed, parse_model_args
 
     say(embed(
-        args.store, args.name, args.model, checkpoint=args.checkpoint, device=args.device,
+        args.store, args.name, args.model, checkpoint=args.checkpoint,
+        model_args=parse_model_args(args.model_args), device=args.device,
         precision=args.precision, normalize=args.normalize, batch_size=args.batch_size,
         workers=args.workers, executor=args.executor, client=dask_client(args.dask_scheduler),
         storage_options=storage_options_of(args), overwrite=args.overwrite, progress=ProgressBar(),
