@@ -81,9 +81,9 @@ def test_quick_tiling_benchmark_reports_coordinates_and_pixels():
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^\| (wsizarr \w+) \| ([\d,]+) \| ([\d.]+) \| ([\d,]+) \| ([\d.]+) \| .+? \| ([\d.]+) \| ([\d,]+) \|",
+    rows = re.findall(r"^\| (wsizarr \w+) \| ([\d,]+) \| ([\d,]+) \| ([\d.]+) \| .+? \| ([\d.]+) \| ([\d,]+) \|",
                       result.stdout, re.M)
     assert {method for method, *_ in rows} == {"wsizarr zstd", "wsizarr jpeg"}
-    assert all(int(n.replace(",", "")) > 100 and int(plan.replace(",", "")) > 0 and int(pixels.replace(",", "")) > 0
-               for _, n, _, plan, _, _, pixels in rows)
+    assert all(int(n.replace(",", "")) > 100 and int(plan_ms.replace(",", "")) > 0 and int(pixels.replace(",", "")) > 0
+               for _, n, plan_ms, _, _, pixels in rows)
     assert "## Whole-slide tiling (`python benchmarks/bench_tiling.py --quick`" in result.stdout
