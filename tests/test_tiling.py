@@ -376,6 +376,26 @@ def test_a_cohort_with_a_folder_of_masks_skips_the_slide_without_one(disc_slide,
     assert "other.svs" in failure.reason and "no tissue mask named like" in failure.reason
 
 
+def test_a_folder_of_slides_is_tiled_as_its_slide_files_listed(disc_slide, aperio_case, tmp_path):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    shutil.copy(disc_slide, folder / "b-disc.svs")
+    shutil.copy(aperio_case.slide, folder / "a-aperio.SVS")  # suffixes in any case
+    (folder / "a-aperio.xml").write_text("<ASAP_Annotations/>")  # not a slide
+    (folder / "data").mkdir()  # a folder (MIRAX keeps one beside its .mrxs): not a slide
+    listed = extract([folder / "a-aperio.SVS", folder / "b-disc.svs"], None, tmp_path / "listed.zarr", tiles=True,
+                     patch_size=256, quality=False)
+    assert listed.n_slides == 2
+    run("extract", folder, "--tiles", "--patch-size", "256", "--no-quality", "--out", tmp_path / "folder.zarr")
+    assert_same_store(tmp_path / "listed.zarr", tmp_path / "folder.zarr")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no slides here")
+    result = run("extract", empty, "--tiles", "--out", tmp_path / "none.zarr", expect=1)
+    assert_one_line_error(result, "empty: no slides in it (files ending in .svs, .tif", "check the path")
+    assert not (tmp_path / "none.zarr").exists()
+
+
 def test_library_errors_name_the_fix(disc_slide, tmp_path):
     with pytest.raises(ParameterError, match="no annotations given.*tiles=True"):
         extract(disc_slide, None, tmp_path / "a.zarr")

@@ -81,7 +81,8 @@ def extract(
     """Extract patches around the annotations of one slide, or a cohort, into a Zarr v3 store;
     or with ``tiles`` tile the whole slides (``annotations`` may then be None).
 
-    ``slide`` is a path or a list of paths; ``annotations`` an annotation file or
+    ``slide`` is a path or a list of paths, or a folder of slides (its files in OpenSlide's
+    formats, by name; or an ``s3://`` prefix ending in ``/``); ``annotations`` an annotation file or
     ``Annotation`` records (level-0 pixels) for one slide, or a folder matched by file stem, or
     one file per slide. Resolution: ``level`` (default 0), or ``mpp`` microns per pixel, or
     ``magnification``; ``patch_size`` is in pixels of that resolution. ``sampler`` is one of

@@ -48,7 +48,8 @@ def register(commands: Any) -> None:
     inputs = extract.add_argument_group("input: slides and annotations")
     inputs.add_argument(
         "slides", nargs="+",
-        help="whole-slide images (any format OpenSlide reads; s3://bucket/key.svs or an s3:// prefix ending in /)",
+        help="whole-slide images (any format OpenSlide reads; s3://bucket/key.svs), or a folder of them (or an "
+        "s3:// prefix ending in /)",
     )
     inputs.add_argument(
         "--annotations", default=None,

@@ -60,6 +60,10 @@ __all__ = [
 AnnotationSource = str | Path | Sequence[Annotation]
 SlidePath = str | Path  # a local path, or an s3:// URL kept as text
 _REMOTE_SLIDE_SUFFIXES = (".svs", ".tif", ".tiff")
+# what OpenSlide opens from a single file (MIRAX's .mrxs beside its folder of data, which is skipped)
+_LOCAL_SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi",
+)
 
 
 @dataclass(frozen=True)
@@ -97,16 +101,33 @@ def _annotation_folder(
     return None
 
 
+def _is_folder(path: str | Path) -> bool:
+    """Whether ``path`` names a cohort: an ``s3://`` prefix ending in ``/``, or a local folder."""
+    return str(path).endswith("/") if is_remote(path) else Path(path).is_dir()
+
+
 def _slide_list(slides: str | Path | Sequence[str | Path], storage_options: Mapping[str, str] | None) -> list[SlidePath]:
-    """The slides given; an ``s3://`` prefix ending in ``/`` stands for its .svs/.tif/.tiff objects."""
+    """The slides given; a local folder stands for its slide files (OpenSlide's formats, by name),
+    an ``s3://`` prefix ending in ``/`` for its .svs/.tif/.tiff objects. ``ParameterError`` for a
+    folder or prefix with none."""
     paths = [slides] if isinstance(slides, (str, Path)) else list(slides)
     out: list[SlidePath] = []
     for path in paths:
-        if is_remote(path) and str(path).endswith("/"):
-            keys = parse_location(str(path), storage_options).keys()
-            out += [f"{str(path).rstrip('/')}/{k}" for k in keys if Path(k).suffix.lower() in _REMOTE_SLIDE_SUFFIXES]
-        else:
+        if not _is_folder(path):
             out.append(_path_or_url(path))
+            continue
+        if is_remote(path):
+            keys = parse_location(str(path), storage_options).keys()
+            found: list[SlidePath] = [
+                f"{str(path).rstrip('/')}/{k}" for k in keys if Path(k).suffix.lower() in _REMOTE_SLIDE_SUFFIXES
+            ]
+            suffixes = _REMOTE_SLIDE_SUFFIXES
+        else:
+            found = [f for f in sorted(Path(path).iterdir()) if f.is_file() and f.suffix.lower() in _LOCAL_SLIDE_SUFFIXES]
+            suffixes = _LOCAL_SLIDE_SUFFIXES
+        if not found:
+            raise ParameterError(f"{path}: no slides in it (files ending in {', '.join(suffixes)}); check the path")
+        out += found
     return out
 
 
@@ -124,7 +145,7 @@ def match_annotations(
     None). Returns the pairs, the slides without annotations and the annotation files without a
     slide.
     """
-    single = isinstance(slides, (str, Path)) and not str(slides).endswith("/")
+    single = isinstance(slides, (str, Path)) and not _is_folder(slides)
     slide_paths = _slide_list(slides, storage_options)
     if not slide_paths:
         raise ParameterError(f"{slides if single else 'slides'}: no slides given or found; check the paths")
