@@ -470,3 +470,5 @@ def test_tiles_of_a_slide_on_s3_equal_the_local_ones(s3_server, disc_slide, tmp_
     extract(s3_server.url("tiling/disc.svs"), None, remote, tiles=True, patch_size=256, quality=False,
             storage_options=s3_server.options)
     np.testing.assert_array_equal(np.stack(_stored(local)), np.stack(_stored(remote)))
+    with pytest.raises(ParameterError, match=r"tiling-empty/: no slides in it \(files ending in .svs, .tif, .tiff\)"):
+        extract(s3_server.url("tiling-empty/"), None, tmp_path / "none.zarr", tiles=True, storage_options=s3_server.options)
