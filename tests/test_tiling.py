@@ -238,6 +238,10 @@ def test_tiles_cover_the_disc_and_leave_out_the_glass_and_the_hole(disc_slide, t
     expected_x, expected_y, _ = _expected_tiles(disc_slide, tissue.mask, tissue.downsample, 0, 256, 0.5)
     np.testing.assert_array_equal(xs, expected_x)
     np.testing.assert_array_equal(ys, expected_y)
+    # OpenSlide as the reader (its own view of the coarsest level): the same tiles
+    extract(disc_slide, None, tmp_path / "openslide.zarr", tiles=True, mpp=MPP, patch_size=256, reader="openslide",
+            quality=False)
+    np.testing.assert_array_equal(np.stack(_stored(tmp_path / "openslide.zarr")), np.stack((xs, ys)))
     # the pixels agree: tiles are tissue, as measured on what was extracted
     fractions = np.asarray(zarr.open_group(out, mode="r")["tissue_fraction"][:])
     assert np.median(fractions) > 0.8
