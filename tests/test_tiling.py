@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,36 @@ def test_the_tissue_threshold_is_otsu_on_each_pixels_saturation():
         expected = saturation > max(threshold, 0.05)
         assert 0.2 < expected.mean() < 0.5
         np.testing.assert_array_equal(tissue_mask_of(view, 1400).mask, expected)
+
+
+def test_the_tissue_of_a_slide_without_a_pyramid_is_read_in_strips(tmp_path, monkeypatch):
+    from wsizarr.slides import _tiles
+
+    # a generic tiled TIFF of one level, 12,000 x 8,000 px (288 MB as RGB), tissue in its middle
+    pixels = np.full((8000, 12000, 3), 238, np.uint8)
+    pixels[2000:6000, 3000:9000] = [200, 120, 170]
+    path = tmp_path / "flat.tif"
+    write_pyramid(path, Image.fromarray(pixels), levels=1, aperio=False)
+    del pixels
+    with open_slide(path) as handle:
+        info = slide_info(handle, path)
+    assert info.level_count == 1
+    monkeypatch.setattr(_tiles, "_LEVEL_STRIP_BYTES", 4 << 20)  # 4 MiB: 75 strips of 108 rows
+    with _tiles.TileReader(info) as reader:
+        tracemalloc.start()
+        try:
+            tissue = tissue_mask(reader, 1000)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert tissue.mask.shape == (667, 1000) and tissue.downsample == 12.0  # reduced 12x, rounded up
+    expected = np.zeros((667, 1000), bool)
+    expected[167:500, 250:750] = True  # level-0 rows 2000..6000 and columns 3000..9000, 12 px a pixel
+    assert (tissue.mask != expected).sum() < 0.01 * expected.size  # only the edges' mixed pixels may differ
+    # the tile cache (64 MiB) and a strip, never the whole level
+    assert peak < 288e6 / 2, f"{peak / 1e6:.0f} MB at the peak"
+    with OpenSlideReader(info) as reader:  # OpenSlide's strips: the same mask
+        np.testing.assert_array_equal(tissue_mask(reader, 1000).mask, tissue.mask)
 
 
 # --- tiles on the disc slide ---------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import tifffile
+from PIL import Image
 
 from .._errors import ParameterError, SlideError, StoreError, option
 from .._locations import parse_location
@@ -46,6 +47,7 @@ _BLOCK_CACHE = 4096  # S3: blocks kept per process (64 MiB), shared by its threa
 # A neighbourhood read by OpenSlide covers at most this many pixels (64 MiB of RGBA); larger
 # unions fall back to one read per patch, so memory stays bounded whatever the annotation size.
 _MAX_REGION_PX = 4096 * 4096
+_LEVEL_STRIP_BYTES = 64 << 20  # a whole level read reduced comes in strips of about this many bytes
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:
@@ -445,8 +447,22 @@ class SlideReader(ABC):
         """The ``(size, size, 3)`` uint8 patch of ``level`` whose top-left is level-0 ``x, y``."""
 
     @abstractmethod
-    def read_level(self, level: int) -> np.ndarray:
-        """The whole of ``level``, ``(height, width, 3)`` uint8."""
+    def read_rows(self, level: int, top: int, height: int) -> np.ndarray:
+        """Level rows ``[top, top + height)`` of ``level``, all its width: ``(height, width, 3)`` uint8."""
+
+    def read_level(self, level: int, reduce_by: int = 1) -> np.ndarray:
+        """The whole of ``level``, ``(height, width, 3)`` uint8; with ``reduce_by`` > 1 reduced by
+        that whole factor (each pixel the mean of the pixels it covers, the size rounded up),
+        read in strips of about 64 MiB, so that a level of any size (a slide without a pyramid)
+        needs no more memory than the strip and the result."""
+        width, height = self.info.level_dimensions[level]
+        if reduce_by <= 1:
+            return self.read_rows(level, 0, height)
+        rows = max(1, _LEVEL_STRIP_BYTES // (3 * width * reduce_by)) * reduce_by  # whole boxes per strip
+        return np.concatenate([
+            np.asarray(Image.fromarray(self.read_rows(level, top, min(rows, height - top))).reduce(reduce_by))
+            for top in range(0, height, rows)
+        ])
 
     def read_patches(
         self, level: int, xs: np.ndarray, ys: np.ndarray, groups: np.ndarray, size: int, out: np.ndarray
@@ -480,8 +496,8 @@ class TileReader(SlideReader):
         downsample = self.info.level_downsamples[level]
         return self.tiff.region(level, level_px(x, downsample), level_px(y, downsample), size, size, out)
 
-    def read_level(self, level: int) -> np.ndarray:
-        return self.tiff.region(level, 0, 0, *self.info.level_dimensions[level])
+    def read_rows(self, level: int, top: int, height: int) -> np.ndarray:
+        return self.tiff.region(level, 0, top, self.info.level_dimensions[level][0], height)
 
     def close(self) -> None:
         self.tiff.close()
@@ -515,8 +531,11 @@ class OpenSlideReader(SlideReader):
         out[...] = rgb
         return out
 
-    def read_level(self, level: int) -> np.ndarray:
-        return read_rgb(self.slide, (0, 0), level, self.info.level_dimensions[level])
+    def read_rows(self, level: int, top: int, height: int) -> np.ndarray:
+        # level-0 y whose level row is ``top`` (OpenSlide floors y / downsample); at a fractional
+        # downsample it interpolates the strip by the remainder, under a pixel
+        y0 = math.ceil(top * self.info.level_downsamples[level])
+        return read_rgb(self.slide, (0, y0), level, (self.info.level_dimensions[level][0], height))
 
     def read_patches(
         self, level: int, xs: np.ndarray, ys: np.ndarray, groups: np.ndarray, size: int, out: np.ndarray

@@ -4,6 +4,7 @@ outlines."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,13 @@ class TissueMask:
 
 
 def tissue_mask(reader: SlideReader, max_px: int = 4096) -> TissueMask:
-    """Tissue from the coarsest level of a slide, read whole by ``reader`` (see
-    ``tissue_mask_of``; a level larger than ``max_px`` is reduced to that)."""
+    """Tissue from the coarsest level of a slide read by ``reader`` (see ``tissue_mask_of``),
+    reduced by the whole factor that brings it within ``max_px`` on its longer side, strip by
+    strip (a slide without a pyramid never needs its whole level 0 in memory)."""
     info = reader.info
-    return tissue_mask_of(reader.read_level(info.level_count - 1), info.dimensions[0], max_px)
+    coarsest = info.level_count - 1
+    reduce_by = math.ceil(max(info.level_dimensions[coarsest]) / max_px)
+    return tissue_mask_of(reader.read_level(coarsest, reduce_by), info.dimensions[0], max_px)
 
 
 def _saturation_table() -> np.ndarray:
